@@ -1,0 +1,3 @@
+from nscfate.cli import main
+
+raise SystemExit(main())
