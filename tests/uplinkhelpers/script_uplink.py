@@ -32,7 +32,7 @@ class ScriptError(anvil.server.AnvilWrappedError):
 anvil.server._register_exception_type("tests.ScriptError", ScriptError)
 
 
-def register(tag: str) -> None:
+def register(tag: str, extra: list[str]) -> None:
     @anvil.server.callable
     def echo(*args, **kwargs):
         return {"args": list(args), "kwargs": kwargs}
@@ -85,22 +85,36 @@ def register(tag: str) -> None:
     def by_pattern():
         return tag
 
+    # Registered last, so that once the hub lists an extra name it has all the others too.
+    for name in extra:
+        # A function only this uplink serves: sleeps, then says who answered.
+        def only_me(seconds=0):
+            time.sleep(seconds)
+            return tag
+
+        anvil.server.callable(name)(only_me)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
     parser.add_argument("--tag", default="script")
     parser.add_argument("--check", action="store_true")
+    parser.add_argument("--check-call", metavar="NAME", help="with --check: call NAME() instead of the echo")
     parser.add_argument("--no-functions", action="store_true")
+    parser.add_argument("--extra", action="append", default=[], help="also register NAME(seconds=0)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s", stream=sys.stdout)
     key = os.environ["ANVIL_UPLINK_KEY"]
     if not args.no_functions:
-        register(args.tag)
+        register(args.tag, args.extra)
     anvil.server.connect(key, url=args.url)
     if args.check:
         try:
-            result = anvil.server.call("anvil.private.echo", "ping")
+            if args.check_call:
+                result = anvil.server.call(args.check_call)
+            else:
+                result = anvil.server.call("anvil.private.echo", "ping")
             print(f"CHECK OK {result}", flush=True)
         except Exception as exc:
             print(f"CHECK FAILED {type(exc).__name__}: {exc}", flush=True)
