@@ -21,7 +21,7 @@ def test_concurrent_submissions_share_batches_up_to_max_batch():
         assert [r.value for r in results] == [x * 2 for x in range(8)]
         assert {r.batch_size for r in results} == {4}
         stats = batcher.stats()
-        assert (stats["batches"], stats["items"], stats["largest"], stats["sizes"]) == (2, 8, 4, {4: 2})
+        assert (stats["batches"], stats["items"], stats["largest"], stats["sizes"]) == (2, 8, 4, {"4": 2})
     finally:
         batcher.close()
 
@@ -31,7 +31,7 @@ def test_a_lone_item_runs_after_max_wait():
     try:
         result = batcher.submit(21).result(30)
         assert (result.value, result.batch_size) == (42, 1)
-        assert batcher.stats()["sizes"] == {1: 1}
+        assert batcher.stats()["sizes"] == {"1": 1}
     finally:
         batcher.close()
 
@@ -41,7 +41,7 @@ def test_submit_many_keeps_order_and_splits_at_max_batch():
     try:
         futures = batcher.submit_many(list(range(6)))
         assert [f.result(30).value for f in futures] == [0, 2, 4, 6, 8, 10]
-        assert batcher.stats()["sizes"] == {3: 2}
+        assert batcher.stats()["sizes"] == {"3": 2}
     finally:
         batcher.close()
 

@@ -105,14 +105,15 @@ class MicroBatcher(Generic[T, R]):
         self._thread.join(timeout)
 
     def stats(self) -> dict:
-        """Batches run so far: count, items, largest batch, and how many batches had each size."""
+        """Batches run so far: count, items, largest batch, and how many batches had each size (keys are
+        strings, so the dict can cross the uplink as it is)."""
         with self._lock:
             sizes = dict(sorted(self._sizes.items()))
         return {
             "batches": sum(sizes.values()),
             "items": sum(size * n for size, n in sizes.items()),
             "largest": max(sizes, default=0),
-            "sizes": sizes,
+            "sizes": {str(size): n for size, n in sizes.items()},
             "max_batch": self.max_batch,
             "max_wait_ms": self.max_wait * 1000,
         }
