@@ -286,3 +286,52 @@ def test_worker_without_models_or_key_fails_clearly(tmp_path):
     assert missing.wait(120) == 2
     assert "cannot load the models" in missing.output()
     missing.close()
+
+
+def _children(pid):
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def test_host_runs_its_own_worker_with_the_key_in_its_environment_only(tiny_model, tmp_path):
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    key = "host-test-key-0123456789"
+    host = UplinkProcess(
+        [sys.executable, "-m", "apphost", "--port", str(port), "--model", str(tiny_model)],
+        tmp_path / "host.log",
+        key=key,
+        env=WORKER_ENV,
+    )
+
+    def registrations():
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/_/health", timeout=2).json()["registrations"]
+        except httpx.HTTPError:
+            return {}
+
+    try:
+        wait_until(lambda: "predict_cell_fate" in registrations(), 180, "the built-in worker")
+        (worker_pid,) = _children(host.proc.pid)
+        cmdline = Path(f"/proc/{worker_pid}/cmdline").read_bytes().split(b"\0")
+        assert b"uplink" in cmdline and all(key.encode() not in arg for arg in cmdline)
+        assert f"ANVIL_UPLINK_KEY={key}".encode() in Path(f"/proc/{worker_pid}/environ").read_bytes().split(b"\0")
+        host.terminate()
+        assert host.wait(60) == 0
+        out = host.output()
+        assert "worker ready" in out and "worker stopped" in out
+        assert key not in out
+    finally:
+        host.close()
