@@ -335,3 +335,38 @@ def test_host_runs_its_own_worker_with_the_key_in_its_environment_only(tiny_mode
         assert key not in out
     finally:
         host.close()
+
+
+# ---- the service in-process (same tiny model)
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model):
+    from nscfate.predictor import Predictor
+
+    return Predictor.from_directory(tiny_model)
+
+
+def test_service_refuses_new_calls_once_shutting_down(predictor):
+    from uplink.errors import WorkerUnavailableError
+    from uplink.service import InferenceService
+
+    service = InferenceService([predictor], max_batch=4, max_wait=0.001)
+    try:
+        assert service.predict(media(cell_png(40)))["probabilities"]
+        service.begin_shutdown()
+        with pytest.raises(WorkerUnavailableError) as info:
+            service.predict(media(cell_png(40)))
+        assert info.value.code == "worker_unavailable"
+        assert service.wait_idle(5) and service.stats()["accepting"] is False
+    finally:
+        service.close()
+
+
+def test_service_configuration_errors(predictor):
+    from uplink.service import InferenceService
+
+    with pytest.raises(ValueError, match="two models are named"):
+        InferenceService([predictor, predictor])
+    with pytest.raises(ValueError, match="is not loaded"):
+        InferenceService([predictor], default_model="resnet50-medium4")
