@@ -370,3 +370,32 @@ def test_service_configuration_errors(predictor):
         InferenceService([predictor, predictor])
     with pytest.raises(ValueError, match="is not loaded"):
         InferenceService([predictor], default_model="resnet50-medium4")
+
+
+@pytest.mark.slow
+def test_worker_serves_the_shipped_default_model(tmp_path):
+    from tests.uplinkhelpers.harness import ROOT
+
+    registry_file = ROOT / "models" / "registry.json"
+    if not registry_file.is_file():
+        pytest.skip("no shipped models yet (models/registry.json)")
+    registry = json.loads(registry_file.read_text())
+    with HubServer() as hub_server:
+        worker = UplinkProcess(
+            [sys.executable, "-m", "uplink", "--url", hub_server.url], tmp_path / "shipped.log", env=WORKER_ENV
+        )
+        try:
+            hub_server.wait_registered("predict_cell_fate", timeout=300)
+            (card,) = [c for c in hub_server.hub.call_sync("list_models") if c["default"]]
+            assert card["name"] == registry["default"]
+            result = hub_server.hub.call_sync("predict_cell_fate", media(REAL_CELL_PNG.read_bytes(), "cell.png"))
+            assert_prediction_for(result, card)
+        finally:
+            worker.close()
+
+
+def assert_prediction_for(result, card):
+    classes = [c["key"] for c in card["classes"]]
+    assert [c["key"] for c in result["classes"]] == classes
+    assert math.isclose(sum(result["probabilities"].values()), 1.0, abs_tol=1e-4)
+    assert result["model"] == {"name": card["name"], "version": card["version"]}
