@@ -57,3 +57,15 @@ def test_models_lists_the_registry(model_dir, tmp_path, capsys):
     assert [(c["name"], c["default"]) for c in cards] == [("tiny-astro_vs_oligo", True)]
     assert main(["models", "--root", str(tmp_path)]) == 0
     assert "tiny-astro_vs_oligo@0.0.1" in capsys.readouterr().out
+
+
+def test_explain_writes_an_overlay_png(model_dir, tmp_path, capsys):
+    image = tmp_path / "cell.png"
+    image.write_bytes(to_png_bytes(cell_image(np.random.default_rng(2))))
+    out = tmp_path / "heat.png"
+    assert main(["explain", str(model_dir), str(image), "--out", str(out), "--class", "oligo"]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG")
+    line = json.loads(capsys.readouterr().out)
+    assert line["explained_class"] == "oligo" and line["heatmap"] == str(out)
+    assert main(["explain", str(model_dir), str(image), "--out", str(out), "--class", "neuron"]) == 2
+    assert main(["explain", str(model_dir), str(tmp_path / "none.png"), "--out", str(out)]) == 2
