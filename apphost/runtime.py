@@ -252,6 +252,12 @@ class AppRuntime:
         with self._context(self.new_context(session, remote_addr)) as ctx:
             return self.dispatch(ctx, name, args, kwargs)
 
+    def run(self, fn: CallFunction, *args: Any, session: Session | None = None, remote_addr: str | None = None,
+            **kwargs: Any) -> Any:
+        """Run any function in this thread inside a server-call context (for tests and host tasks)."""
+        with self._context(self.new_context(session, remote_addr)):
+            return fn(*args, **kwargs)
+
     async def call_async(self, name: str, *args: Any, session: Session | None = None,
                          remote_addr: str | None = None, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()

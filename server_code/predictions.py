@@ -400,8 +400,9 @@ def worker_models():
 
 
 @anvil.server.callable
-def list_models():
-    """The model cards of the models the connected workers serve."""
+def get_model_cards():
+    """The model cards of the models the connected workers serve (the worker's ``list_models``; named
+    differently because on Anvil an uplink function shadows a server function of the same name)."""
     access.require_user()
     return worker_models()
 
