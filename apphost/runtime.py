@@ -111,7 +111,14 @@ def install_platform() -> None:
             return
         _original_call = anvil.server.call
         anvil.server.call = _host_call
-        anvil.tables.app_tables = _HostAppTables()
+        # Modules that did ``from anvil.tables import app_tables`` before this ran hold anvil-uplink's
+        # lazy object; switch its class (anvil.tables swaps it the same way) so they get the host's too.
+        _use_host_app_tables()
+        anvil.server._on_invalidate_client_objects(_use_host_app_tables)
+
+
+def _use_host_app_tables() -> None:
+    object.__dict__["__class__"].__set__(anvil.tables.app_tables, _HostAppTables)
 
 
 # --------------------------------------------------------------------------------------------------
