@@ -1,0 +1,65 @@
+"""Small test images, encoded in memory with the real libraries (Pillow, OpenCV, tifffile)."""
+
+from __future__ import annotations
+
+import io
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+
+def cell_array(h: int = 47, w: int = 60, dtype=np.uint8, seed: int = 0) -> np.ndarray:
+    """A grey IFC-like crop: light background, dark-rimmed round cell, a little noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    r = np.hypot(yy - h / 2, xx - w / 2)
+    img = 0.6 + 0.01 * rng.standard_normal((h, w))
+    img[r < 10] = 0.45
+    img[(r >= 8) & (r < 10)] = 0.2
+    img = np.clip(img, 0, 1)
+    if np.dtype(dtype).kind in "ui":
+        return np.round(img * np.iinfo(dtype).max).astype(dtype)
+    return img.astype(dtype)
+
+
+def expected_float(arr: np.ndarray) -> np.ndarray:
+    """What decode_image must return for a grey integer/float array."""
+    if arr.dtype.kind in "ui":
+        return arr.astype(np.float32) / np.iinfo(arr.dtype).max
+    return arr.astype(np.float32)
+
+
+def pil_bytes(arr_or_image, fmt: str, **save_kwargs) -> bytes:
+    from PIL import Image
+
+    im = arr_or_image if isinstance(arr_or_image, Image.Image) else Image.fromarray(arr_or_image)
+    buf = io.BytesIO()
+    im.save(buf, fmt, **save_kwargs)
+    return buf.getvalue()
+
+
+def cv2_png(arr: np.ndarray) -> bytes:
+    """PNG via OpenCV (the way to write 16-bit colour PNG); ``arr`` colour order is RGB(A)."""
+    import cv2
+
+    if arr.ndim == 3:
+        arr = arr[:, :, [2, 1, 0, 3][: arr.shape[2]]]
+    ok, buf = cv2.imencode(".png", arr)
+    assert ok
+    return buf.tobytes()
+
+
+def tiff_bytes(arr: np.ndarray, **kwargs) -> bytes:
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr, **kwargs)
+    return buf.getvalue()
+
+
+def skimage_data(name: str) -> Path:
+    """A file shipped in scikit-image's wheel (real images, no download)."""
+    path = Path(str(resources.files("skimage") / "data" / name))
+    assert path.is_file(), f"scikit-image is missing {name}"
+    return path
