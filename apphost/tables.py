@@ -254,7 +254,7 @@ def _to_utc_naive(value: dt.datetime) -> dt.datetime:
 
 def _json_or_error(value: Any, what: str) -> str:
     try:
-        return json.dumps(value, allow_nan=False, sort_keys=True)
+        return json.dumps(value, allow_nan=False)  # keeps key order (e.g. class order)
     except (TypeError, ValueError) as e:
         raise TableError(f"{what} must be JSON-compatible (dict, list, str, number, bool, None): {e}") from None
 

@@ -17,9 +17,8 @@ import anvil
 import anvil.server
 import argon2
 
-from apphost.runtime import AppRuntime, load_app_config, service_config
-from apphost.tables import Database, load_schema
-from apphost.users import Accounts, LoginRateLimiter
+from apphost.runtime import AppRuntime, create_runtime
+from apphost.users import LoginRateLimiter
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLASSES = [("astro", "Astrocyte medium"), ("oligo", "Oligodendrocyte medium"),
@@ -125,14 +124,7 @@ def fast_hasher() -> argon2.PasswordHasher:
 def make_runtime(tmp_path: Path, call: Any, *, db_url: str | None = None,
                  host_functions: dict[str, Any] | None = None, app_dir: Path = REPO_ROOT,
                  limiter: LoginRateLimiter | None = None) -> AppRuntime:
-    """The app's server code on a fresh database under ``tmp_path``."""
-    config = load_app_config(app_dir)
-    users_cfg = service_config(config, "/runtime/services/anvil/users.yml") or {}
-    db = Database(db_url or f"sqlite:///{tmp_path / 'app.db'}", load_schema(app_dir / "anvil.yaml"),
-                  tmp_path / "media")
-    accounts = Accounts(db, user_table=users_cfg.get("server_config", {}).get("user_table", "users"),
-                        allow_signup=bool(users_cfg.get("client_config", {}).get("allow_signup")),
-                        hasher=fast_hasher(), limiter=limiter)
-    db.create_tables()
-    accounts.create_tables()
-    return AppRuntime(app_dir, db, accounts, call, host_functions=host_functions, max_workers=4)
+    """The app's server code on a fresh database under ``tmp_path`` (fast password hashing)."""
+    return create_runtime(app_dir, db_url=db_url or f"sqlite:///{tmp_path / 'app.db'}", media_dir=tmp_path / "media",
+                          call=call, host_functions=host_functions,
+                          accounts_options={"hasher": fast_hasher(), "limiter": limiter}, max_workers=4)

@@ -13,7 +13,7 @@ import anvil
 from . import errors
 
 MAX_FILES_PER_CALL = 64
-MAX_BYTES_PER_FILE = 20 * 1024 * 1024
+MAX_BYTES_PER_FILE = 20 * 1024 * 1024  # the same as nscfate's DecodeLimits.max_bytes in the worker
 MAX_TOTAL_BYTES = 128 * 1024 * 1024
 MAX_FILENAME_CHARS = 200
 MAX_EXPERIMENT_CHARS = 200
