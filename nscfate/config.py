@@ -14,8 +14,8 @@ Sections and fields (YAML keys are the same names)::
       path: dataset (IFC export tree, root/<class>/ folders, or CSV manifest)
       channel: 1 (brightfield; marker channels are refused)
       split: random | grouped     val_fraction: 0.1   test_fraction: 0.2
-      holdout_groups: acquisition batches kept out of training entirely and reported as
-                      ``grouped_test`` next to the random test set (0 = none)
+      grouped_holdout: fraction of the images, in whole acquisition batches, kept out of training
+                       entirely and reported as ``grouped_test`` next to the test set (0 = none)
       subsample: fraction of images used (1.0 = all)    seed: 0
       shuffle_buffer: 4096        augment: true (random flips; also 90-degree turns when square)
     model:
@@ -54,7 +54,7 @@ class DataConfig:
     split: Literal["random", "grouped"] = "random"
     val_fraction: float = 0.1
     test_fraction: float = 0.2
-    holdout_groups: int = 0
+    grouped_holdout: float = 0.0
     subsample: float = 1.0
     seed: int = 0
     shuffle_buffer: int = 4096
@@ -70,8 +70,8 @@ class DataConfig:
             raise ConfigError("data.val_fraction and data.test_fraction must each be in (0, 0.5), together < 0.8")
         if not 0.0 < self.subsample <= 1.0:
             raise ConfigError(f"data.subsample must be in (0, 1], got {self.subsample}")
-        if self.holdout_groups < 0 or self.shuffle_buffer < 1:
-            raise ConfigError("data.holdout_groups must be >= 0 and data.shuffle_buffer >= 1")
+        if not 0.0 <= self.grouped_holdout < 0.5 or self.shuffle_buffer < 1:
+            raise ConfigError("data.grouped_holdout must be in [0, 0.5) and data.shuffle_buffer >= 1")
 
 
 @dataclass(frozen=True)
