@@ -37,10 +37,11 @@ def png_bytes(seed: int, size: int = 8) -> bytes:
 
 
 class UnknownModelError(anvil.server.AnvilWrappedError):
-    """What the worker raises for an unknown model (registered type name ends in UnknownModelError)."""
+    """Stands in for uplink.errors.UnknownModelError (same registered type name)."""
 
 
-anvil.server._register_exception_type("uplink.errors.UnknownModelError", UnknownModelError)
+# A name of its own (not uplink's, which would be replaced process-wide); server code matches the suffix.
+anvil.server._register_exception_type("apphost.testing.UnknownModelError", UnknownModelError)
 
 
 @dataclass
