@@ -37,7 +37,7 @@ def png_bytes(seed: int, size: int = 8) -> bytes:
 
 
 class UnknownModelError(anvil.server.AnvilWrappedError):
-    """Stands in for uplink.errors.UnknownModelError (same registered type name)."""
+    """Stands in for uplink.errors.UnknownModelError (its type name ends the same way)."""
 
 
 # A name of its own (not uplink's, which would be replaced process-wide); server code matches the suffix.
