@@ -267,6 +267,17 @@ def test_aborted_transaction_keeps_no_media(db):
     assert not sha.exists()
 
 
+def test_orphan_media_files_are_collected(db):
+    db.open_transaction()
+    db.app_tables.people.add_row(name="gone", photo=anvil.BlobMedia("image/png", b"orphan"))
+    db.close_transaction(abort=True)
+    kept = db.app_tables.people.add_row(name="kept", photo=anvil.BlobMedia("image/png", b"kept"))
+    assert db.collect_orphan_media(min_age_s=3600) == 0  # too recent to be sure
+    assert db.collect_orphan_media(min_age_s=0) == 1
+    assert kept["photo"].get_bytes() == b"kept"
+    assert len(list(db.media.root.glob("??/*"))) == 1
+
+
 def test_csv_export(db):
     db.app_tables.groups.add_row(title='has "quotes", commas')
     text = db.app_tables.groups.search().to_csv().get_bytes().decode()
