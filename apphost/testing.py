@@ -159,3 +159,15 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="A fake NSC Fate worker on the real anvil-uplink client.")
     parser.add_argument("--url", required=True, help="the uplink URL, e.g. ws://127.0.0.1:3030/_/uplink")
     serve_fake_worker(parser.parse_args().url)
+
+
+def reset_postgres(url: str) -> str:
+    """Empty a scratch PostgreSQL database (drops its public schema!) and return the URL."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA IF EXISTS public CASCADE"))
+        conn.execute(sa.text("CREATE SCHEMA public"))
+    engine.dispose()
+    return url

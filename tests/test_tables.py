@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from anvil.tables import NoSuchColumnError, RowDeleted, TableError
 
 from apphost.tables import Database, SchemaError, parse_db_schema
+from apphost.testing import reset_postgres
 
 SCHEMA = {
     "people": {
@@ -44,13 +45,7 @@ def engine_url(request, tmp_path):
     """The database under test: a SQLite file, plus PostgreSQL when NSCFATE_TEST_POSTGRES_URL is set."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'tables.db'}"
-    url = _postgres_url()
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:  # a clean slate for each test
-        for name in ("app_people", "app_groups", "anvil_host_columns"):
-            conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
-    engine.dispose()
-    return url
+    return reset_postgres(_postgres_url())
 
 
 @pytest.fixture
