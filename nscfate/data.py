@@ -1,0 +1,465 @@
+"""Datasets: readers for the three layouts, seeded splits, and split manifests with file hashes.
+
+Layouts read by :func:`read_dataset`:
+
+1. **IFC export** (Amnis IDEAS, and ``nscfate synth``): ``root/<medium>/<medium>_<batch>_<object>_Ch<n>.<ext>``
+   with ``<ext>`` one of ``.ome.tif``, ``.ome.tiff``, ``.ome.bmp``, ``.tif``, ``.tiff``, ``.bmp``,
+   ``.png``; ``<batch>`` is day + replicate (e.g. ``D3B``) and becomes the group. Only brightfield
+   ``Ch1`` is read by default; the fluorescence marker channels Ch2-Ch4 define the answer and are refused
+   as model input (:class:`~nscfate.errors.MarkerChannelError`) unless ``allow_marker_channels=True``.
+2. **Class folders**: ``root/<class>/*.{tif,tiff,png,bmp,jpg,jpeg}``, optionally one level deeper,
+   ``root/<class>/<group>/*``, where the sub-folder names the acquisition batch.
+3. **CSV manifest**: a ``.csv`` file with header ``path,label[,group]`` (extra columns ignored);
+   relative paths are resolved against the CSV's folder.
+
+Labels are medium keys of :data:`nscfate.classes.MEDIA` (folder names are matched case-insensitively).
+Every sample has a group: the IFC batch, the class sub-folder, the CSV ``group`` column, or - when the
+data carry no batch information - the file itself (so a grouped split degrades to a random one).
+
+Splits are seeded: :func:`split_random` (stratified, as in the paper) and :func:`split_grouped` (no
+group on both sides). :func:`write_split_manifest` records every file's SHA-256 and a manifest hash
+that identifies the data independently of where it lies on disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nscfate.classes import MEDIA, get_task
+from nscfate.errors import DatasetError, ImageError, MarkerChannelError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".tif", ".tiff", ".png", ".bmp", ".jpg", ".jpeg")
+BRIGHTFIELD_CHANNEL = 1
+#: IDEAS export names: <medium>_<day><replicate>_<object>_Ch<n>.[ome.]<ext>
+IFC_NAME = re.compile(
+    r"^(?P<prefix>.+)_(?P<batch>[^_]+)_(?P<object>\d+)_Ch(?P<channel>\d+)\.(?:ome\.)?(?:tiff?|bmp|png)$",
+    re.IGNORECASE,
+)
+#: Fewest images of one class that a split can put on both sides.
+MIN_PER_CLASS = 2
+SPLIT_KINDS = ("random", "grouped")
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image: its file, its label (a medium key), its group (acquisition batch) and, for IFC
+    exports, its channel number (None when the file name carries none)."""
+
+    path: str
+    label: str
+    group: str
+    channel: int | None = None
+
+
+# ------------------------------------------------------------------------------------------------
+# readers
+
+
+def read_dataset(source: str | Path, *, task: str | None = None, channel: int | None = BRIGHTFIELD_CHANNEL,
+                 allow_marker_channels: bool = False) -> list[Sample]:
+    """Read a dataset directory (IFC export or class folders) or a CSV manifest.
+
+    Args:
+        source: a directory or a ``.csv`` file.
+        task: keep only the classes of this task (see ``nscfate.classes.TASKS``); each must be present.
+        channel: IFC channel to read (1 = brightfield); None reads every channel.
+        allow_marker_channels: permit fluorescence channels 2-4 (never as model input: they encode
+            the label; meant for inspection and for controls).
+
+    Returns:
+        Samples sorted by path.
+
+    Raises:
+        DatasetError: missing/empty source, unknown label, missing file, a task class with no images.
+        MarkerChannelError: a marker channel was asked for, or listed in a manifest, without
+            ``allow_marker_channels``.
+    """
+    path = Path(source)
+    if channel is not None and channel != BRIGHTFIELD_CHANNEL and not allow_marker_channels:
+        raise MarkerChannelError(
+            f"channel {channel} is a fluorescence marker channel; markers define the label and must not be "
+            "model input. Use the brightfield channel 1, or pass allow_marker_channels=True for inspection")
+    if channel is None and not allow_marker_channels:
+        raise MarkerChannelError("reading every channel includes the marker channels 2-4; pass "
+                                 "allow_marker_channels=True (inspection only) or choose channel=1")
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file or directory")
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise DatasetError(f"{path}: a dataset is a directory or a .csv manifest (path,label[,group])")
+        samples = _read_csv(path, channel, allow_marker_channels)
+    else:
+        samples = _read_tree(path, channel)
+    if task is not None:
+        samples = _restrict_to_task(samples, task, path)
+    if not samples:
+        raise DatasetError(f"{path}: no images found; expected {_layouts_help()}")
+    return sorted(samples, key=lambda s: s.path)
+
+
+def _layouts_help() -> str:
+    return ("root/<medium>/<medium>_<day><replicate>_<object>_Ch1.ome.tif (IFC export), "
+            f"root/<class>/*{{{','.join(IMAGE_EXTENSIONS)}}} or a CSV manifest path,label[,group]")
+
+
+def parse_label(name: str, where: str) -> str:
+    """The medium key for a folder name or manifest label (case-insensitive)."""
+    key = name.strip().lower()
+    if key not in MEDIA:
+        raise DatasetError(f"{where}: unknown label {name!r}; labels are medium keys: {', '.join(MEDIA)}")
+    return key
+
+
+def parse_ifc_name(filename: str) -> tuple[str, str, int] | None:
+    """(prefix, batch, channel) of an IFC export file name, or None if it is not one."""
+    m = IFC_NAME.match(filename)
+    if not m:
+        return None
+    return m["prefix"], m["batch"], int(m["channel"])
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _read_tree(root: Path, channel: int | None) -> list[Sample]:
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        stray = [p.name for p in root.iterdir() if _is_image(p)][:3]
+        hint = f" (found images directly in it: {', '.join(stray)}; put them in class folders)" if stray else ""
+        raise DatasetError(f"{root}: no class folders{hint}; expected {_layouts_help()}")
+    samples: list[Sample] = []
+    skipped: Counter[int] = Counter()
+    prefix_mismatch = 0
+    for class_dir in class_dirs:
+        label = parse_label(class_dir.name, f"{root}: folder {class_dir.name!r}")
+        files = sorted(p for p in class_dir.rglob("*") if _is_image(p))
+        if not files:
+            raise DatasetError(f"{class_dir}: class folder {class_dir.name!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        for f in files:
+            rel_parts = f.relative_to(class_dir).parts
+            ifc = parse_ifc_name(f.name)
+            if ifc is not None:
+                prefix, batch, ch = ifc
+                if channel is not None and ch != channel:
+                    skipped[ch] += 1
+                    continue
+                prefix_mismatch += prefix.lower() != label
+                samples.append(Sample(str(f), label, batch, ch))
+            elif len(rel_parts) > 1:  # root/<class>/<group>/file
+                samples.append(Sample(str(f), label, "/".join(rel_parts[:-1]), None))
+            else:  # no batch information: the file is its own group
+                samples.append(Sample(str(f), label, f"{label}/{f.name}", None))
+    if skipped:
+        log.debug("skipped files of other channels: %s", dict(skipped))
+    if not samples and skipped:
+        raise DatasetError(f"{root}: no Ch{channel} files; found only channels {sorted(skipped)}")
+    if prefix_mismatch:
+        log.warning("%d IFC file names start with another medium than their folder; the folder is the label",
+                    prefix_mismatch)
+    return samples
+
+
+def _read_csv(path: Path, channel: int | None, allow_marker_channels: bool) -> list[Sample]:
+    base = path.parent
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+            if "path" not in fields or "label" not in fields:
+                raise DatasetError(f"{path}: the CSV header must name columns path,label[,group]; got {reader.fieldnames}")
+            rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not a UTF-8 text CSV file") from None
+    except csv.Error as exc:
+        raise DatasetError(f"{path}: malformed CSV ({exc})") from None
+    samples, missing = [], []
+    for line, row in enumerate(rows, start=2):
+        if not row.get("path"):
+            raise DatasetError(f"{path}, line {line}: empty path")
+        file = Path(row["path"])
+        file = file if file.is_absolute() else base / file
+        label = parse_label(row.get("label", ""), f"{path}, line {line}")
+        if not file.is_file():
+            missing.append(row["path"])
+            continue
+        ifc = parse_ifc_name(file.name)
+        ch = ifc[2] if ifc else None
+        if ch is not None and ch != BRIGHTFIELD_CHANNEL and not allow_marker_channels:
+            raise MarkerChannelError(f"{path}, line {line}: {file.name} is marker channel Ch{ch}; markers define the "
+                                     "label and must not be model input (list brightfield Ch1 files)")
+        if channel is not None and ch is not None and ch != channel:
+            continue
+        group = row.get("group") or (ifc[1] if ifc else f"{label}/{file.name}")
+        samples.append(Sample(str(file), label, group, ch))
+    if missing:
+        raise DatasetError(f"{path}: {len(missing)} listed file(s) do not exist, e.g. {', '.join(missing[:3])}")
+    if not rows:
+        raise DatasetError(f"{path}: the manifest lists no images")
+    return samples
+
+
+def _restrict_to_task(samples: list[Sample], task_name: str, where: Path) -> list[Sample]:
+    task = get_task(task_name)
+    kept = [s for s in samples if s.label in task.classes]
+    present = {s.label for s in kept}
+    absent = [c for c in task.classes if c not in present]
+    if absent:
+        raise DatasetError(f"{where}: task {task.name!r} needs classes {', '.join(task.classes)}; "
+                           f"no images for {', '.join(absent)}")
+    return kept
+
+
+# ------------------------------------------------------------------------------------------------
+# splits
+
+
+@dataclass(frozen=True)
+class Split:
+    """A train/test split and how it was made."""
+
+    train: list[Sample]
+    test: list[Sample]
+    kind: str
+    seed: int
+    test_fraction: float
+    subsample: float | None = None
+
+
+def subsample(samples: Sequence[Sample], fraction: float, seed: int = 0) -> list[Sample]:
+    """A stratified, seeded subsample keeping ``fraction`` of each class (the paper used 15 %),
+    at least one image per class."""
+    if not 0.0 < fraction <= 1.0:
+        raise DatasetError(f"subsample fraction must be in (0, 1], got {fraction}")
+    rng = np.random.default_rng([seed, 1])
+    kept: list[Sample] = []
+    for label, items in _by_label(samples).items():
+        n = max(1, int(round(len(items) * fraction)))
+        kept.extend(items[i] for i in sorted(rng.permutation(len(items))[:n]))
+    return sorted(kept, key=lambda s: s.path)
+
+
+def _by_label(samples: Iterable[Sample]) -> dict[str, list[Sample]]:
+    out: dict[str, list[Sample]] = {}
+    for s in sorted(samples, key=lambda s: s.path):
+        out.setdefault(s.label, []).append(s)
+    return dict(sorted(out.items()))
+
+
+def _check_fraction(test_fraction: float) -> None:
+    if not 0.0 < test_fraction < 1.0:
+        raise DatasetError(f"test fraction must be between 0 and 1, got {test_fraction}")
+
+
+def split_random(samples: Sequence[Sample], test_fraction: float = 0.2, seed: int = 0) -> Split:
+    """Stratified random split: each class contributes ``test_fraction`` of its images to the test set."""
+    _check_fraction(test_fraction)
+    rng = np.random.default_rng([seed, 2])
+    train, test = [], []
+    for label, items in _by_label(samples).items():
+        if len(items) < MIN_PER_CLASS:
+            raise DatasetError(f"class {label!r} has {len(items)} image(s); a split needs at least {MIN_PER_CLASS}")
+        n_test = min(max(1, int(round(len(items) * test_fraction))), len(items) - 1)
+        order = rng.permutation(len(items))
+        test.extend(items[i] for i in order[:n_test])
+        train.extend(items[i] for i in order[n_test:])
+    return Split(_sorted(train), _sorted(test), "random", seed, test_fraction)
+
+
+def split_grouped(samples: Sequence[Sample], test_fraction: float = 0.2, seed: int = 0, attempts: int = 200) -> Split:
+    """Grouped split: whole groups go to one side, so no acquisition batch is in both train and test.
+
+    Tries ``attempts`` seeded orders of the groups, filling the test set group by group up to
+    ``test_fraction`` of the images, and keeps the order whose test fraction is closest to the target
+    among those with every class on both sides.
+    """
+    _check_fraction(test_fraction)
+    by_group: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_group.setdefault(s.group, []).append(s)
+    groups = sorted(by_group)
+    labels = {s.label for s in samples}
+    if len(groups) < 2:
+        raise DatasetError(f"a grouped split needs at least 2 groups; the data has {len(groups)} ({', '.join(groups)})")
+    for label in sorted(labels):
+        label_groups = {s.group for s in samples if s.label == label}
+        if len(label_groups) < 2:
+            raise DatasetError(f"grouped split impossible: all images of class {label!r} are in one group "
+                               f"({', '.join(label_groups)}), so it cannot be on both sides")
+    total = len(samples)
+    rng = np.random.default_rng([seed, 3])
+    best: tuple[float, list[str]] | None = None
+    for _ in range(attempts):
+        order = [groups[i] for i in rng.permutation(len(groups))]
+        chosen, n = [], 0
+        for g in order:
+            if n >= test_fraction * total:
+                break
+            if n + len(by_group[g]) > total - 1:
+                continue
+            chosen.append(g)
+            n += len(by_group[g])
+        test_labels = {s.label for g in chosen for s in by_group[g]}
+        train_labels = {s.label for g in groups if g not in chosen for s in by_group[g]}
+        if test_labels != labels or train_labels != labels:
+            continue
+        score = abs(n / total - test_fraction)
+        if best is None or score < best[0]:
+            best = (score, chosen)
+    if best is None:
+        raise DatasetError(f"grouped split impossible: no choice of the {len(groups)} groups puts every class "
+                           "on both sides; add acquisition batches or use a random split")
+    test_groups = set(best[1])
+    test = [s for s in samples if s.group in test_groups]
+    train = [s for s in samples if s.group not in test_groups]
+    return Split(_sorted(train), _sorted(test), "grouped", seed, test_fraction)
+
+
+def make_split(samples: Sequence[Sample], kind: str = "random", test_fraction: float = 0.2, seed: int = 0,
+               subsample_fraction: float | None = None) -> Split:
+    """Subsample (optional) then split ``samples`` the ``kind`` way ("random" or "grouped")."""
+    if kind not in SPLIT_KINDS:
+        raise DatasetError(f"unknown split kind {kind!r}; known: {', '.join(SPLIT_KINDS)}")
+    pool = list(samples) if subsample_fraction is None else subsample(samples, subsample_fraction, seed)
+    split = (split_random if kind == "random" else split_grouped)(pool, test_fraction, seed)
+    return Split(split.train, split.test, split.kind, split.seed, split.test_fraction, subsample_fraction)
+
+
+def _sorted(samples: Iterable[Sample]) -> list[Sample]:
+    return sorted(samples, key=lambda s: s.path)
+
+
+# ------------------------------------------------------------------------------------------------
+# manifests
+
+
+def file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def manifest_hash(entries: Iterable[dict]) -> str:
+    """SHA-256 over (subset, label, group, file hash) of every entry, sorted: it names the data and
+    the split, wherever the files lie."""
+    lines = sorted(f"{e['subset']}\t{e['label']}\t{e['group']}\t{e['sha256']}" for e in entries)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def write_split_manifest(split: Split, path: str | Path) -> str:
+    """Write ``split`` as JSON with every file's SHA-256; returns the manifest hash. Paths are stored
+    relative to the manifest's folder when they lie under it."""
+    path = Path(path)
+    base = path.parent.resolve()
+    entries = []
+    for subset, items in (("train", split.train), ("test", split.test)):
+        for s in items:
+            file = Path(s.path).resolve()
+            stored = str(file.relative_to(base)) if file.is_relative_to(base) else str(file)
+            entries.append({"subset": subset, "path": stored, "label": s.label, "group": s.group,
+                            "channel": s.channel, "sha256": file_sha256(file)})
+    digest = manifest_hash(entries)
+    doc = {"version": MANIFEST_VERSION, "kind": split.kind, "seed": split.seed, "test_fraction": split.test_fraction,
+           "subsample": split.subsample, "counts": {"train": len(split.train), "test": len(split.test)},
+           "manifest_sha256": digest, "samples": entries}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return digest
+
+
+def read_split_manifest(path: str | Path, *, verify: bool = True) -> tuple[Split, str]:
+    """Read a manifest written by :func:`write_split_manifest`; returns (split, manifest hash).
+    With ``verify``, every file must exist and still have its recorded SHA-256."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+        entries = doc["samples"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{path}: not a split manifest ({exc})") from None
+    base = path.parent
+    train, test, bad = [], [], []
+    for e in entries:
+        file = Path(e["path"]) if Path(e["path"]).is_absolute() else base / e["path"]
+        if verify and (not file.is_file() or file_sha256(file) != e["sha256"]):
+            bad.append(e["path"])
+        (train if e["subset"] == "train" else test).append(Sample(str(file), e["label"], e["group"], e.get("channel")))
+    if bad:
+        raise DatasetError(f"{path}: {len(bad)} file(s) missing or changed since the manifest was written, "
+                           f"e.g. {', '.join(bad[:3])}")
+    digest = manifest_hash(entries)
+    if digest != doc.get("manifest_sha256"):
+        raise DatasetError(f"{path}: manifest hash mismatch (the file was edited)")
+    split = Split(train, test, doc["kind"], doc["seed"], doc["test_fraction"], doc.get("subsample"))
+    return split, digest
+
+
+# ------------------------------------------------------------------------------------------------
+# inspection
+
+
+def inspect_dataset(source: str | Path, *, max_images: int | None = None, seed: int = 0) -> dict:
+    """Counts per class, group and channel (every channel, markers included), and image size and
+    bit-depth statistics of the brightfield images (decoded headers and pixels; at most
+    ``max_images`` of them, chosen at random with ``seed``, when given)."""
+    from nscfate.io import decode_image
+
+    samples = read_dataset(source, channel=None, allow_marker_channels=True)
+    channels = Counter("none" if s.channel is None else str(s.channel) for s in samples)
+    images = [s for s in samples if s.channel in (None, BRIGHTFIELD_CHANNEL)]
+    per_class = Counter(s.label for s in images)
+    per_group = Counter(s.group for s in images)
+    class_group: dict[str, dict[str, int]] = {}
+    for s in images:
+        class_group.setdefault(s.label, Counter())[s.group] += 1
+    chosen = images
+    if max_images is not None and len(images) > max_images:
+        idx = np.random.default_rng(seed).choice(len(images), max_images, replace=False)
+        chosen = [images[i] for i in sorted(idx)]
+    heights, widths, depths, formats, errors = [], [], Counter(), Counter(), Counter()
+    for s in chosen:
+        try:
+            info = decode_image(s.path).info
+        except ImageError as exc:
+            errors[exc.code] += 1
+            continue
+        heights.append(info.original_shape[0])
+        widths.append(info.original_shape[1])
+        depths[f"{info.bit_depth}-bit {info.dtype}"] += 1
+        formats[info.format + (" (OME)" if info.ome else "")] += 1
+
+    def stats(values: list[int]) -> dict:
+        if not values:
+            return {}
+        return {"min": int(np.min(values)), "median": float(np.median(values)), "max": int(np.max(values))}
+
+    return {
+        "source": str(source),
+        "images": len(images),
+        "files": len(samples),
+        "classes": dict(sorted(per_class.items())),
+        "groups": dict(sorted(per_group.items())),
+        "class_groups": {k: dict(sorted(v.items())) for k, v in sorted(class_group.items())},
+        "channels": dict(sorted(channels.items())),
+        "decoded": len(heights),
+        "height": stats(heights),
+        "width": stats(widths),
+        "bit_depths": dict(depths),
+        "formats": dict(formats),
+        "unreadable": dict(errors),
+    }
+
+
+def samples_to_dicts(samples: Iterable[Sample]) -> list[dict]:
+    return [asdict(s) for s in samples]

@@ -1,0 +1,259 @@
+"""Dataset readers (three layouts), marker-channel refusal, splits and manifests."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from nscfate import errors
+from nscfate.data import (
+    Sample,
+    file_sha256,
+    inspect_dataset,
+    make_split,
+    parse_ifc_name,
+    read_dataset,
+    read_split_manifest,
+    split_grouped,
+    split_random,
+    subsample,
+    write_split_manifest,
+)
+from nscfate.synth import SynthConfig, write_dataset
+from tests.imagegen import cell_array, pil_bytes, tiff_bytes
+
+
+@pytest.fixture(scope="module")
+def ifc_root(tmp_path_factory):
+    """A small synthetic IFC export with marker channels: 4 media x 12 images, groups D1A..D3B."""
+    root = tmp_path_factory.mktemp("ifc")
+    write_dataset(SynthConfig(per_class=12, seed=5, days=(1, 3), replicates=2, with_markers=True), root)
+    return root
+
+
+def _write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("astro_D3B_000042_Ch1.ome.tif", ("astro", "D3B", 1)),
+    ("oligo_D1A_7_Ch4.ome.tiff", ("oligo", "D1A", 4)),
+    ("rashh_D7C_000001_Ch2.ome.bmp", ("rashh", "D7C", 2)),
+    ("nt3_D3A_12_Ch1.tif", ("nt3", "D3A", 1)),
+    ("my_medium_D2A_5_Ch1.BMP", ("my_medium", "D2A", 1)),
+    ("cell_001.png", None),
+    ("astro_D3B_000042_Ch1.jpg", None),
+])
+def test_parse_ifc_name(name, expected):
+    assert parse_ifc_name(name) == expected
+
+
+def test_ifc_layout_reads_brightfield_only(ifc_root):
+    samples = read_dataset(ifc_root)
+    assert len(samples) == 48
+    assert {s.channel for s in samples} == {1}
+    assert Counter(s.label for s in samples) == {"astro": 12, "oligo": 12, "rashh": 12, "nt3": 12}
+    assert {s.group for s in samples} == {"D1A", "D1B", "D3A", "D3B"}
+    s = next(s for s in samples if s.path.endswith("astro_D3B_000003_Ch1.ome.tif"))
+    assert s == Sample(s.path, "astro", "D3B", 1)
+    assert samples == sorted(samples, key=lambda s: s.path)
+
+
+def test_marker_channels_refused_unless_allowed(ifc_root):
+    for ch in (2, 3, 4):
+        with pytest.raises(errors.MarkerChannelError, match="marker"):
+            read_dataset(ifc_root, channel=ch)
+    with pytest.raises(errors.MarkerChannelError):
+        read_dataset(ifc_root, channel=None)
+    markers = read_dataset(ifc_root, channel=3, allow_marker_channels=True)
+    assert len(markers) == 48 and all(s.path.endswith("_Ch3.ome.tif") for s in markers)
+    everything = read_dataset(ifc_root, channel=None, allow_marker_channels=True)
+    assert Counter(s.channel for s in everything) == {1: 48, 2: 48, 3: 48, 4: 48}
+
+
+def test_task_restriction(ifc_root):
+    samples = read_dataset(ifc_root, task="astro_vs_oligo")
+    assert {s.label for s in samples} == {"astro", "oligo"} and len(samples) == 24
+    with pytest.raises(errors.ConfigError):
+        read_dataset(ifc_root, task="nope")
+
+
+def test_task_with_missing_class(tmp_path):
+    _write(tmp_path / "astro" / "a.png", pil_bytes(cell_array(), "PNG"))
+    with pytest.raises(errors.DatasetError, match="no images for oligo"):
+        read_dataset(tmp_path, task="astro_vs_oligo")
+
+
+@pytest.mark.parametrize("ext", [".ome.tiff", ".ome.bmp", ".tif", ".bmp"])
+def test_ifc_extensions_tolerated(tmp_path, ext):
+    data = pil_bytes(cell_array(), "BMP") if "bmp" in ext else tiff_bytes(cell_array())
+    for i in range(2):
+        _write(tmp_path / "oligo" / f"oligo_D7A_{i}_Ch1{ext}", data)
+        _write(tmp_path / "oligo" / f"oligo_D7A_{i}_Ch3{ext}", data)
+    samples = read_dataset(tmp_path)
+    assert len(samples) == 2 and all(s.group == "D7A" and s.channel == 1 for s in samples)
+
+
+def test_class_folder_layout_with_and_without_groups(tmp_path):
+    png = pil_bytes(cell_array(), "PNG")
+    _write(tmp_path / "astro" / "plate1" / "a.png", png)
+    _write(tmp_path / "astro" / "plate2" / "b.jpg", pil_bytes(cell_array(), "JPEG"))
+    _write(tmp_path / "NT3" / "c.tiff", tiff_bytes(cell_array()))
+    _write(tmp_path / "NT3" / "notes.txt", b"not an image")
+    samples = read_dataset(tmp_path)
+    by_name = {s.path.rsplit("/", 1)[-1]: s for s in samples}
+    assert set(by_name) == {"a.png", "b.jpg", "c.tiff"}
+    assert by_name["a.png"].group == "plate1" and by_name["b.jpg"].group == "plate2"
+    assert by_name["c.tiff"].label == "nt3" and by_name["c.tiff"].group == "nt3/c.tiff"  # no batch info
+    assert all(s.channel is None for s in samples)
+
+
+def test_csv_manifest(tmp_path):
+    png = pil_bytes(cell_array(), "PNG")
+    _write(tmp_path / "imgs" / "x1.png", png)
+    _write(tmp_path / "imgs" / "x2.png", png)
+    abs_file = _write(tmp_path / "elsewhere" / "astro_D3A_1_Ch1.ome.tif", tiff_bytes(cell_array()))
+    (tmp_path / "m.csv").write_text(
+        f"path,label,group,comment\nimgs/x1.png,oligo,run1,ok\nimgs/x2.png,Rashh,,\n{abs_file},astro,,\n")
+    samples = read_dataset(tmp_path / "m.csv")
+    got = {s.path.rsplit("/", 1)[-1]: (s.label, s.group, s.channel) for s in samples}
+    assert got == {"x1.png": ("oligo", "run1", None), "x2.png": ("rashh", "rashh/x2.png", None),
+                   "astro_D3A_1_Ch1.ome.tif": ("astro", "D3A", 1)}
+    assert str(tmp_path / "imgs" / "x1.png") in {s.path for s in samples}
+
+
+def test_csv_errors(tmp_path):
+    _write(tmp_path / "a.png", pil_bytes(cell_array(), "PNG"))
+    cases = {
+        "path,class\na.png,astro\n": "path,label",
+        "path,label\na.png,neuron\n": "unknown label 'neuron'",
+        "path,label\nmissing.png,astro\n": "do not exist",
+        "path,label\n": "lists no images",
+    }
+    for i, (text, message) in enumerate(cases.items()):
+        (tmp_path / f"m{i}.csv").write_text(text)
+        with pytest.raises(errors.DatasetError, match=message):
+            read_dataset(tmp_path / f"m{i}.csv")
+    _write(tmp_path / "oligo_D1A_1_Ch2.ome.tif", tiff_bytes(cell_array()))
+    (tmp_path / "marker.csv").write_text("path,label\noligo_D1A_1_Ch2.ome.tif,oligo\n")
+    with pytest.raises(errors.MarkerChannelError, match="Ch2"):
+        read_dataset(tmp_path / "marker.csv")
+
+
+def test_directory_errors(tmp_path):
+    with pytest.raises(errors.DatasetError, match="no such file"):
+        read_dataset(tmp_path / "nope")
+    with pytest.raises(errors.DatasetError, match="no class folders"):
+        read_dataset(tmp_path)
+    _write(tmp_path / "astro" / "empty.txt", b"")
+    with pytest.raises(errors.DatasetError, match="holds no images"):
+        read_dataset(tmp_path)
+    _write(tmp_path / "astro" / "a.png", pil_bytes(cell_array(), "PNG"))
+    _write(tmp_path / "neurons" / "b.png", pil_bytes(cell_array(), "PNG"))
+    with pytest.raises(errors.DatasetError, match="unknown label 'neurons'"):
+        read_dataset(tmp_path)
+    (tmp_path / "x.txt").write_text("")
+    with pytest.raises(errors.DatasetError, match="directory or a .csv"):
+        read_dataset(tmp_path / "x.txt")
+
+
+def test_only_marker_files(tmp_path):
+    _write(tmp_path / "astro" / "astro_D1A_1_Ch2.ome.tif", tiff_bytes(cell_array()))
+    with pytest.raises(errors.DatasetError, match="no Ch1 files; found only channels \\[2\\]"):
+        read_dataset(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------
+# splits
+
+
+def _samples(per_class=20, groups=5, labels=("astro", "oligo", "rashh", "nt3")):
+    return [Sample(f"/d/{lab}/{lab}_{i:03d}.png", lab, f"D3{'ABCDEFGH'[i % groups]}", 1)
+            for lab in labels for i in range(per_class)]
+
+
+def test_random_split_is_stratified_and_seeded():
+    samples = _samples()
+    a, b, c = split_random(samples, 0.2, seed=1), split_random(samples, 0.2, seed=1), split_random(samples, 0.2, seed=2)
+    assert a == b and a.test != c.test
+    assert Counter(s.label for s in a.test) == {"astro": 4, "oligo": 4, "rashh": 4, "nt3": 4}
+    assert not {s.path for s in a.train} & {s.path for s in a.test}
+    assert len(a.train) + len(a.test) == len(samples)
+
+
+def test_random_split_needs_two_per_class():
+    with pytest.raises(errors.DatasetError, match="'oligo' has 1 image"):
+        split_random(_samples(per_class=5, labels=("astro",)) + _samples(per_class=1, labels=("oligo",)))
+
+
+def test_grouped_split_never_leaks_a_group():
+    samples = _samples(per_class=30, groups=5)
+    for seed in range(5):
+        split = split_grouped(samples, 0.2, seed=seed)
+        train_groups, test_groups = {s.group for s in split.train}, {s.group for s in split.test}
+        assert train_groups.isdisjoint(test_groups)
+        assert {s.label for s in split.test} == {s.label for s in split.train} == {"astro", "oligo", "rashh", "nt3"}
+        assert len(split.test) == 24  # one of five equal groups
+    assert split_grouped(samples, 0.2, seed=3) == split_grouped(samples, 0.2, seed=3)
+
+
+def test_grouped_split_impossible():
+    with pytest.raises(errors.DatasetError, match="at least 2 groups"):
+        split_grouped(_samples(groups=1))
+    one_group_class = _samples(groups=4) + [Sample(f"/d/ctrl{i}.png", "ctrl", "X", 1) for i in range(5)]
+    with pytest.raises(errors.DatasetError, match="class 'ctrl' are in one group"):
+        split_grouped(one_group_class)
+
+
+def test_subsample_and_make_split():
+    samples = _samples(per_class=40)
+    sub = subsample(samples, 0.15, seed=0)
+    assert Counter(s.label for s in sub) == {"astro": 6, "oligo": 6, "rashh": 6, "nt3": 6}
+    assert sub == subsample(samples, 0.15, seed=0)
+    split = make_split(samples, "grouped", 0.2, seed=0, subsample_fraction=0.5)
+    assert split.subsample == 0.5 and len(split.train) + len(split.test) == 80
+    with pytest.raises(errors.DatasetError):
+        make_split(samples, "stratified")
+    with pytest.raises(errors.DatasetError):
+        subsample(samples, 0.0)
+
+
+def test_split_manifest_roundtrip_and_verification(ifc_root, tmp_path):
+    split = make_split(read_dataset(ifc_root), "grouped", 0.25, seed=0)
+    digest = write_split_manifest(split, ifc_root / "split.json")
+    doc = json.loads((ifc_root / "split.json").read_text())
+    assert doc["manifest_sha256"] == digest and len(doc["samples"]) == 48
+    first = doc["samples"][0]
+    assert not first["path"].startswith("/")  # relative to the manifest, so the tree can move
+    assert first["sha256"] == file_sha256(ifc_root / first["path"])
+    back, digest2 = read_split_manifest(ifc_root / "split.json")
+    assert digest2 == digest and back.kind == "grouped"
+    assert [s.path for s in back.test] == [s.path for s in split.test]
+    # same data written elsewhere -> same hash; a changed file is detected
+    assert write_split_manifest(split, tmp_path / "m" / "split.json") == digest
+    victim = ifc_root / doc["samples"][1]["path"]
+    original = victim.read_bytes()
+    try:
+        victim.write_bytes(original + b"\x00")
+        with pytest.raises(errors.DatasetError, match="changed"):
+            read_split_manifest(ifc_root / "split.json")
+    finally:
+        victim.write_bytes(original)
+        (ifc_root / "split.json").unlink()
+
+
+def test_inspect_dataset(ifc_root):
+    report = inspect_dataset(ifc_root)
+    assert report["images"] == 48 and report["files"] == 192
+    assert report["classes"] == {"astro": 12, "nt3": 12, "oligo": 12, "rashh": 12}
+    assert report["channels"] == {"1": 48, "2": 48, "3": 48, "4": 48}
+    assert sum(report["groups"].values()) == 48 and set(report["groups"]) == {"D1A", "D1B", "D3A", "D3B"}
+    assert report["width"] == {"min": 60, "median": 60.0, "max": 60}
+    assert 37 <= report["height"]["min"] <= report["height"]["median"] <= report["height"]["max"] <= 57
+    assert report["bit_depths"] == {"8-bit uint8": 48} and report["formats"] == {"tiff (OME)": 48}
+    sampled = inspect_dataset(ifc_root, max_images=10)
+    assert sampled["decoded"] == 10 and sampled["images"] == 48
+    assert np.isfinite(report["height"]["median"])
