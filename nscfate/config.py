@@ -27,7 +27,7 @@ Sections and fields (YAML keys are the same names)::
       label_smoothing: 0.0   class_weights: balanced | none
       early_stopping_patience: 6 (epochs without val improvement; 0 = off)
       steps_per_epoch: null (all)   mixed_precision: auto | on | off   distribute: auto | off
-      seed: 0
+      seed: 0   eval_bootstrap: 1000 (bootstrap resamples for the held-out 95% intervals)
     export:
       name: null (default <arch>-<task>)   version: 1.0.0   weights_dtype: auto | float32 | float16
       description: free text for the model card    synthetic: null (auto: true for nscfate synth data)
@@ -107,8 +107,11 @@ class TrainConfig:
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     distribute: Literal["auto", "off"] = "auto"
     seed: int = 0
+    eval_bootstrap: int = 1000
 
     def validate(self) -> None:
+        if self.eval_bootstrap < 0:
+            raise ConfigError("train.eval_bootstrap must be >= 0 (0 = no confidence intervals)")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("train.epochs and train.batch_size must be >= 1")
         if not 0.0 < self.learning_rate < 10.0:

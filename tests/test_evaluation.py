@@ -32,3 +32,21 @@ def test_per_group_accuracy():
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.3, 0.7]])
     out = per_group_accuracy(labels, probs, ["a", "a", "b", "b"])
     assert out == {"a": {"n": 2, "accuracy": 0.5}, "b": {"n": 2, "accuracy": 1.0}}
+
+
+def test_evaluate_command_on_a_dataset_through_the_predictor(tmp_path, capsys):
+    from nscfate.cli import main
+    from nscfate.synth import SynthConfig, write_dataset
+    from nscfate.testing import make_tiny_model_dir
+
+    write_dataset(SynthConfig(per_class=12, seed=2, replicates=3), tmp_path / "data")
+    model = make_tiny_model_dir(tmp_path / "tiny", task="astro_vs_oligo")
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(model), "--data", str(tmp_path / "data"), "--out", str(out),
+                 "--bootstrap", "20"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 24 and m["classes"] == ["astro", "oligo"]  # only the task's classes are read
+    assert m["model"] == {"name": "tiny-astro_vs_oligo", "version": "0.0.1"}
+    assert set(m["per_group"]) == {"D3A", "D3B", "D3C"}
+    assert "accuracy" in capsys.readouterr().out
+    assert (out / "roc.png").is_file() and (out / "report.html").is_file()
