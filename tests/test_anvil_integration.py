@@ -37,13 +37,16 @@ def _wait(condition, what, timeout=30.0):
 
 @pytest.fixture
 def host(tmp_path):
-    holder = {}
-    runtime = make_runtime(
-        tmp_path, lambda name, *a, **k: holder["app"].state.hub.call_sync(name, *a, **k),
-        host_functions={"nscfate_host_status": lambda: {"workers": len(holder["app"].state.hub.workers())}})
+    made = {}
+
+    def routes(hub):
+        made["runtime"] = make_runtime(
+            tmp_path, hub.call_sync, host_functions={"nscfate_host_status": lambda: {"workers": len(hub.workers())}})
+        return api_routes(made["runtime"])
+
+    app = app_module.create_app(app_module.HostSettings(uplink_key=KEY), app_routes=routes)
+    runtime = made["runtime"]
     runtime.accounts.create_user(*ANN)
-    app = app_module.create_app(app_module.HostSettings(uplink_key=KEY), extra_routes=api_routes(runtime))
-    holder["app"] = app
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
