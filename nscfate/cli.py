@@ -19,7 +19,7 @@ from nscfate import __version__
 from nscfate.errors import InputError
 
 #: Subcommands in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ()
+COMMANDS: tuple[str, ...] = ("synth", "inspect")
 
 log = logging.getLogger("nscfate")
 
