@@ -4,7 +4,7 @@ the Anvil app's HTTP routes, all on one port."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
@@ -41,13 +41,16 @@ class HostSettings:
         )
 
 
-def create_app(settings: HostSettings, *, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+def create_app(
+    settings: HostSettings, *, app_routes: Callable[[UplinkHub], Sequence[BaseRoute]] | None = None
+) -> Starlette:
     """Build the host app. The hub is ``app.state.hub``.
 
     Args:
         settings: the host settings.
-        extra_routes: further routes (the Anvil app's ``/_/api/...`` routes and web UI), mounted after
-            the uplink endpoint and the health route.
+        app_routes: ``app_routes(hub)`` returns the Anvil app's routes (``/_/api/...``, web UI), mounted
+            after the uplink endpoint and the health route; they reach the worker's callables through
+            ``hub.call_sync`` (e.g. ``api_routes(AppRuntime(..., call=hub.call_sync))``).
     """
     hub = UplinkHub(
         settings.uplink_key,
@@ -70,8 +73,7 @@ def create_app(settings: HostSettings, *, extra_routes: Sequence[BaseRoute] = ()
     routes: list[BaseRoute] = [
         WebSocketRoute(UPLINK_PATH, hub.endpoint),
         Route("/_/health", health),
-        # The Anvil app's routes (server modules, /_/api/..., web UI) come in through extra_routes.
-        *extra_routes,
+        *(app_routes(hub) if app_routes is not None else ()),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.hub = hub

@@ -157,7 +157,12 @@ class HttpApi:
         except Exception:
             log.exception("HTTP endpoint %s %s failed", request.method, path)
             return error(500, "internal_error", "The server failed to handle this request")
-        return _to_response(result, request.method)
+        response = _to_response(result, request.method)
+        if COOKIE_NAME in request.cookies or "x-requested-with" in request.headers:
+            # A browser page: no Basic challenge, or the browser would pop up its own password dialog.
+            if "www-authenticate" in response.headers:
+                del response.headers["www-authenticate"]
+        return response
 
     async def _request_data(self, request: Request) -> tuple[dict[str, Any], anvil.Media | None]:
         if request.method in ("GET", "HEAD"):

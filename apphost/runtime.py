@@ -25,9 +25,10 @@ import re
 import sys
 import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,6 @@ class CallContext:
     session: Session | None = None
     user: Row | None = None
     remote_addr: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 _local = threading.local()
@@ -232,21 +232,19 @@ class AppRuntime:
 
     # ---- contexts
 
-    class _context:  # noqa: N801 - used as a context manager
-        def __init__(self, ctx: CallContext):
-            self.ctx = ctx
-
-        def __enter__(self) -> CallContext:
-            self.prev = current_context()
-            _local.ctx = self.ctx
-            return self.ctx
-
-        def __exit__(self, *exc: Any) -> None:
+    @contextmanager
+    def _context(self, ctx: CallContext) -> Iterator[CallContext]:
+        """Make ``ctx`` this thread's call context; roll back a transaction the call left open."""
+        prev = current_context()
+        _local.ctx = ctx
+        try:
+            yield ctx
+        finally:
             try:
-                if self.ctx.runtime.db.rollback_dangling():
+                if self.db.rollback_dangling():
                     log.warning("a server call ended with a transaction still open; it was rolled back")
             finally:
-                _local.ctx = self.prev
+                _local.ctx = prev
 
     def new_context(self, session: Session | None = None, remote_addr: str | None = None) -> CallContext:
         return CallContext(self, session, self.accounts.session_user(session), remote_addr)

@@ -32,6 +32,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -474,6 +475,21 @@ class Database:
                 if self.media.is_pinned(sha) or self._media_referenced(sha):
                     continue
                 self.media.remove(sha)
+
+    def collect_orphan_media(self, min_age_s: float = 3600.0) -> int:
+        """Remove stored files no row refers to (left by failed inserts or aborted transactions) that
+        are older than ``min_age_s``; returns how many were removed. Safe while the host runs."""
+        removed = 0
+        now = time.time()
+        for path in self.media.root.glob("??/*"):
+            sha = path.name
+            if not _SHA256_RE.match(sha) or now - path.stat().st_mtime < min_age_s:
+                continue
+            with self.media.lock:
+                if not self.media.is_pinned(sha) and not self._media_referenced(sha):
+                    self.media.remove(sha)
+                    removed += 1
+        return removed
 
     def _media_referenced(self, sha: str) -> bool:
         with self.engine.connect() as conn:

@@ -37,10 +37,11 @@ def png_bytes(seed: int, size: int = 8) -> bytes:
 
 
 class UnknownModelError(anvil.server.AnvilWrappedError):
-    """What the worker raises for an unknown model (registered type name ends in UnknownModelError)."""
+    """Stands in for uplink.errors.UnknownModelError (its type name ends the same way)."""
 
 
-anvil.server._register_exception_type("uplink.errors.UnknownModelError", UnknownModelError)
+# A name of its own (not uplink's, which would be replaced process-wide); server code matches the suffix.
+anvil.server._register_exception_type("apphost.testing.UnknownModelError", UnknownModelError)
 
 
 @dataclass
@@ -128,3 +129,45 @@ def make_runtime(tmp_path: Path, call: Any, *, db_url: str | None = None,
     return create_runtime(app_dir, db_url=db_url or f"sqlite:///{tmp_path / 'app.db'}", media_dir=tmp_path / "media",
                           call=call, host_functions=host_functions,
                           accounts_options={"hasher": fast_hasher(), "limiter": limiter}, max_workers=4)
+
+
+def serve_fake_worker(url: str) -> None:
+    """Run ``FakeWorker`` as a real anvil-uplink worker (key from ``ANVIL_UPLINK_KEY``) until killed."""
+    import os
+
+    worker = FakeWorker()
+
+    @anvil.server.callable("predict_cell_fate_batch")
+    def predict_cell_fate_batch(images: list[anvil.Media], model: str | None = None) -> list[dict[str, Any]]:
+        return worker.predict_batch(images, model)
+
+    @anvil.server.callable("predict_cell_fate")
+    def predict_cell_fate(image: anvil.Media, model: str | None = None, explain: bool = False) -> dict[str, Any]:
+        return worker.predict(image, model, explain)
+
+    @anvil.server.callable("list_models")
+    def list_models() -> list[dict[str, Any]]:
+        return worker.list_models()
+
+    anvil.server.connect(os.environ["ANVIL_UPLINK_KEY"], url=url, quiet=True)
+    anvil.server.wait_forever()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A fake NSC Fate worker on the real anvil-uplink client.")
+    parser.add_argument("--url", required=True, help="the uplink URL, e.g. ws://127.0.0.1:3030/_/uplink")
+    serve_fake_worker(parser.parse_args().url)
+
+
+def reset_postgres(url: str) -> str:
+    """Empty a scratch PostgreSQL database (drops its public schema!) and return the URL."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA IF EXISTS public CASCADE"))
+        conn.execute(sa.text("CREATE SCHEMA public"))
+    engine.dispose()
+    return url

@@ -63,6 +63,8 @@ def test_everything_else_needs_credentials(client):
         r = client.get(path)
         assert r.status_code == 401 and "Basic" in r.headers["www-authenticate"], path
     assert client.get("/_/api/predictions", auth=("ann@lab.org", "wrong password")).status_code == 401
+    from_page = client.get("/_/api/predictions", headers={"x-requested-with": "fetch"})
+    assert from_page.status_code == 401 and "www-authenticate" not in from_page.headers  # no browser dialog
 
 
 def test_post_multipart_then_list_detail_image_and_csv(client):

@@ -11,7 +11,7 @@ import sys
 import anvil
 import pytest
 
-from apphost.testing import FakeWorker, make_runtime, png_bytes
+from apphost.testing import FakeWorker, make_runtime, png_bytes, reset_postgres
 
 _ENGINES = ["sqlite"] + (["postgres"] if os.environ.get("NSCFATE_TEST_POSTGRES_URL") else [])
 
@@ -20,15 +20,7 @@ _ENGINES = ["sqlite"] + (["postgres"] if os.environ.get("NSCFATE_TEST_POSTGRES_U
 def db_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'app.db'}"
-    import sqlalchemy as sa
-
-    url = os.environ["NSCFATE_TEST_POSTGRES_URL"]
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        for name in ("app_predictions", "app_users", "anvil_host_columns", "anvil_host_sessions"):
-            conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
-    engine.dispose()
-    return url
+    return reset_postgres(os.environ["NSCFATE_TEST_POSTGRES_URL"])
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from anvil.tables import NoSuchColumnError, RowDeleted, TableError
 
 from apphost.tables import Database, SchemaError, parse_db_schema
+from apphost.testing import reset_postgres
 
 SCHEMA = {
     "people": {
@@ -44,13 +45,7 @@ def engine_url(request, tmp_path):
     """The database under test: a SQLite file, plus PostgreSQL when NSCFATE_TEST_POSTGRES_URL is set."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'tables.db'}"
-    url = _postgres_url()
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:  # a clean slate for each test
-        for name in ("app_people", "app_groups", "anvil_host_columns"):
-            conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
-    engine.dispose()
-    return url
+    return reset_postgres(_postgres_url())
 
 
 @pytest.fixture
@@ -265,6 +260,17 @@ def test_aborted_transaction_keeps_no_media(db):
     assert sha.exists()  # orphan file, not referenced; harmless, never served
     db.app_tables.people.add_row(name="n", photo=anvil.BlobMedia("image/png", b"abc")).delete()
     assert not sha.exists()
+
+
+def test_orphan_media_files_are_collected(db):
+    db.open_transaction()
+    db.app_tables.people.add_row(name="gone", photo=anvil.BlobMedia("image/png", b"orphan"))
+    db.close_transaction(abort=True)
+    kept = db.app_tables.people.add_row(name="kept", photo=anvil.BlobMedia("image/png", b"kept"))
+    assert db.collect_orphan_media(min_age_s=3600) == 0  # too recent to be sure
+    assert db.collect_orphan_media(min_age_s=0) == 1
+    assert kept["photo"].get_bytes() == b"kept"
+    assert len(list(db.media.root.glob("??/*"))) == 1
 
 
 def test_csv_export(db):

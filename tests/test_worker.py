@@ -335,3 +335,67 @@ def test_host_runs_its_own_worker_with_the_key_in_its_environment_only(tiny_mode
         assert key not in out
     finally:
         host.close()
+
+
+# ---- the service in-process (same tiny model)
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model):
+    from nscfate.predictor import Predictor
+
+    return Predictor.from_directory(tiny_model)
+
+
+def test_service_refuses_new_calls_once_shutting_down(predictor):
+    from uplink.errors import WorkerUnavailableError
+    from uplink.service import InferenceService
+
+    service = InferenceService([predictor], max_batch=4, max_wait=0.001)
+    try:
+        assert service.predict(media(cell_png(40)))["probabilities"]
+        service.begin_shutdown()
+        with pytest.raises(WorkerUnavailableError) as info:
+            service.predict(media(cell_png(40)))
+        assert info.value.code == "worker_unavailable"
+        assert service.wait_idle(5) and service.stats()["accepting"] is False
+    finally:
+        service.close()
+
+
+def test_service_configuration_errors(predictor):
+    from uplink.service import InferenceService
+
+    with pytest.raises(ValueError, match="two models are named"):
+        InferenceService([predictor, predictor])
+    with pytest.raises(ValueError, match="is not loaded"):
+        InferenceService([predictor], default_model="resnet50-medium4")
+
+
+@pytest.mark.slow
+def test_worker_serves_the_shipped_default_model(tmp_path):
+    from tests.uplinkhelpers.harness import ROOT
+
+    registry_file = ROOT / "models" / "registry.json"
+    if not registry_file.is_file():
+        pytest.skip("no shipped models yet (models/registry.json)")
+    registry = json.loads(registry_file.read_text())
+    with HubServer() as hub_server:
+        worker = UplinkProcess(
+            [sys.executable, "-m", "uplink", "--url", hub_server.url], tmp_path / "shipped.log", env=WORKER_ENV
+        )
+        try:
+            hub_server.wait_registered("predict_cell_fate", timeout=300)
+            (card,) = [c for c in hub_server.hub.call_sync("list_models") if c["default"]]
+            assert card["name"] == registry["default"]
+            result = hub_server.hub.call_sync("predict_cell_fate", media(REAL_CELL_PNG.read_bytes(), "cell.png"))
+            assert_prediction_for(result, card)
+        finally:
+            worker.close()
+
+
+def assert_prediction_for(result, card):
+    classes = [c["key"] for c in card["classes"]]
+    assert [c["key"] for c in result["classes"]] == classes
+    assert math.isclose(sum(result["probabilities"].values()), 1.0, abs_tol=1e-4)
+    assert result["model"] == {"name": card["name"], "version": card["version"]}

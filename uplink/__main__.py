@@ -20,6 +20,7 @@ import signal
 import stat
 import sys
 import threading
+import time
 from pathlib import Path
 
 logger = logging.getLogger("uplink")
@@ -55,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--drain-seconds", type=float, default=25.0, help="on SIGTERM, most seconds to finish calls in flight"
+    )
+    parser.add_argument(
+        "--settle-seconds", type=float, default=1.0,
+        help="on SIGTERM, seconds to keep accepting calls already on the wire before refusing new ones",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return parser
@@ -141,6 +146,9 @@ def _serve(args: argparse.Namespace, key: str, stop: threading.Event, server) ->
     while not stop.wait(1.0):
         pass
 
+    # Calls the server sent just before the signal may still be on the wire; keep accepting for a
+    # moment so they run instead of failing with a disconnect, then refuse new ones (retryable error).
+    time.sleep(args.settle_seconds)
     service.begin_shutdown()
     if not service.wait_idle(args.drain_seconds):
         logger.warning("calls still in flight after %.0f s; they will fail", args.drain_seconds)
