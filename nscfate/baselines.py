@@ -107,7 +107,8 @@ class LogisticRegression:
         m, v = np.zeros_like(w), np.zeros_like(w)
         b1, b2 = 0.9, 0.999
         for t in range(1, self.steps + 1):
-            grad = xs.T @ (_softmax(xs @ w) - onehot) / len(xs) + self.l2 * np.vstack([w[:-1], np.zeros((1, w.shape[1]))])
+            penalty = np.vstack([w[:-1], np.zeros((1, w.shape[1]))])  # the bias is not regularised
+            grad = xs.T @ (_softmax(xs @ w) - onehot) / len(xs) + self.l2 * penalty
             m = b1 * m + (1 - b1) * grad
             v = b2 * v + (1 - b2) * grad * grad
             w -= self.learning_rate * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + 1e-8)

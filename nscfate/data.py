@@ -148,7 +148,8 @@ def _read_tree(root: Path, channel: int | None) -> list[Sample]:
         label = parse_label(class_dir.name, f"{root}: folder {class_dir.name!r}")
         files = sorted(p for p in class_dir.rglob("*") if _is_image(p))
         if not files:
-            raise DatasetError(f"{class_dir}: class folder {class_dir.name!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise DatasetError(f"{class_dir}: class folder {class_dir.name!r} holds no images "
+                               f"({', '.join(IMAGE_EXTENSIONS)})")
         for f in files:
             rel_parts = f.relative_to(class_dir).parts
             ifc = parse_ifc_name(f.name)
@@ -180,7 +181,8 @@ def _read_csv(path: Path, channel: int | None, allow_marker_channels: bool) -> l
             reader = csv.DictReader(fh)
             fields = [f.strip().lower() for f in (reader.fieldnames or [])]
             if "path" not in fields or "label" not in fields:
-                raise DatasetError(f"{path}: the CSV header must name columns path,label[,group]; got {reader.fieldnames}")
+                raise DatasetError(f"{path}: the CSV header must name columns path,label[,group]; "
+                                   f"got {reader.fieldnames}")
             rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
     except UnicodeDecodeError:
         raise DatasetError(f"{path}: not a UTF-8 text CSV file") from None

@@ -204,7 +204,9 @@ def sniff_format(data: bytes) -> str | None:
         return "WebP"
     if data[4:8] == b"ftyp":
         brand = data[8:12]
-        return "AVIF" if brand.startswith(b"avi") else "HEIC/HEIF" if brand.startswith((b"hei", b"mif")) else "MP4/QuickTime"
+        if brand.startswith(b"avi"):
+            return "AVIF"
+        return "HEIC/HEIF" if brand.startswith((b"hei", b"mif")) else "MP4/QuickTime"
     head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if head.startswith(b"<"):
         if b"<svg" in head:
@@ -278,7 +280,8 @@ def _check_geometry(label: str, height: int, width: int, channels: int, limits: 
 # PNG, JPEG, BMP
 
 
-def _decode_pillow_header_first(data: bytes, fmt: str, limits: DecodeLimits, label: str) -> tuple[np.ndarray, ImageInfo]:
+def _decode_pillow_header_first(data: bytes, fmt: str, limits: DecodeLimits,
+                                label: str) -> tuple[np.ndarray, ImageInfo]:
     from PIL import Image, ImageOps
 
     pil_format = {"png": "PNG", "jpeg": "JPEG", "bmp": "BMP"}[fmt]
@@ -291,8 +294,8 @@ def _decode_pillow_header_first(data: bytes, fmt: str, limits: DecodeLimits, lab
     width, height = im.size
     channels = len(im.getbands())
     _check_geometry(label, height, width, channels, limits)
-    info = ImageInfo(format=fmt, dtype="uint8", bit_depth=8, original_shape=(height, width) if channels == 1 else (height, width, channels),
-                     channels=channels)
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    info = ImageInfo(format=fmt, dtype="uint8", bit_depth=8, original_shape=shape, channels=channels)
     try:
         if fmt == "png":
             # Pillow's integrity check walks the chunks and CRCs without inflating the pixels; OpenCV

@@ -33,7 +33,8 @@ SHARD_MODES = ("raw", "prepared")
 SHARD_INDEX = "shards.json"
 
 
-def load_prepared(source, input_size: tuple[int, int] = DEFAULT_INPUT_SIZE, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
+def load_prepared(source, input_size: tuple[int, int] = DEFAULT_INPUT_SIZE,
+                  limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
     """``prepare_image(decode_image(source).pixels, input_size)``: the one image -> model input path."""
     return prepare_image(decode_image(source, limits=limits).pixels, input_size)
 
@@ -248,8 +249,11 @@ def make_tfrecord_dataset(
     parsed = ds.map(lambda r: tf.io.parse_single_example(r, spec), num_parallel_calls=AUTOTUNE)
     h, w = input_size
     if mode == "prepared":
-        images = parsed.map(lambda e: (tf.reshape(tf.io.decode_raw(e["data"], tf.float32, little_endian=True), (h, w, 1)),
-                                       tf.cast(e["label"], tf.int32)), num_parallel_calls=AUTOTUNE)
+        def unpack(e):
+            image = tf.reshape(tf.io.decode_raw(e["data"], tf.float32, little_endian=True), (h, w, 1))
+            return image, tf.cast(e["label"], tf.int32)
+
+        images = parsed.map(unpack, num_parallel_calls=AUTOTUNE)
     else:
         pairs = parsed.map(lambda e: (e["data"], tf.cast(e["label"], tf.int32)))
         images = _map_load(pairs, input_size, limits, skip_bad, from_path=False)

@@ -14,24 +14,25 @@ medium shifts a handful of *overlapping* cues away from the undifferentiated ste
 ``ctrl`` medium); no single cue separates the classes:
 
 =========  =====================================================================================
-medium     cues at full strength (day >= 7) and why
+medium     cues at full strength and why
 =========  =====================================================================================
 ctrl       undifferentiated: ~17 px, round or slightly oval, no processes, medium-grain texture
-astro      astrocyte medium (serum/BMP): larger and flatter (~20 px, wider spread, more oval, weaker
-           halo and coarser, smoother texture: spread cytoplasm), a few *thick* short processes
-oligo      oligodendrocyte medium: small (~15.5 px), *several fine radial* processes, fine texture
-rashh      RA + SHH: small, polarised (elongated) with *1-2 long thin* processes, often bipolar
-           along the long axis (young neurons)
-nt3        NT-3: small, round, *blebbing* (membrane bumps), one short thin process, fine
-           granular texture
-bdnf, fsk, neuronal/oligodendroglial variants of the above with the same vocabulary (provisional
-t3, nano   media keys, see ``nscfate.classes``)
+astro      astrocyte medium (serum/BMP): larger and flatter (~20.5 px, wider spread, more oval, weaker
+           halo, coarse smooth texture: spreading cytoplasm), 1-3 *thick* short processes
+oligo      oligodendrocyte medium: small (~15.5 px), 4-8 *fine radial* processes, fine texture
+rashh      RA + SHH: small, elongated (polarised) with 1-3 *long thin* processes, mostly at the two
+           ends of the long axis (young bipolar neurons)
+nt3        NT-3: small, round, *blebbing* outline (membrane bumps), rarely a short thin process,
+           fine granular texture
+bdnf, fsk, variants in the same vocabulary (provisional media keys, see ``nscfate.classes``)
+t3, nano
 =========  =====================================================================================
 
-Each cue is a distribution, not a value (sizes overlap by design; protrusion counts are random and
-may be zero), and all cues grow with the days in culture: ``strength(day) = 1 - exp(-day / 2.5)``
-(day 1: 0.33, day 3: 0.70, day 7: 0.94) interpolates every class from the ``ctrl`` look towards its
-own, so early days are harder, as in Zhu et al. (2021).
+Each cue is a distribution, not a value (sizes overlap by design; process counts are random), and
+all cues grow with the days in culture: ``strength(day) = 1 - exp(-day / 1.5)`` (day 1: 0.49,
+day 3: 0.86, day 7: 0.99) interpolates every medium from the ``ctrl`` look towards its own, so early
+days are harder, as in Zhu et al. (2021). Difficulty at the default day 3 (docs/DATA.md): a
+size+intensity baseline ~63 %, a small CNN trained for ~4 min on CPU ~93 %.
 
 Nuisances
 ---------
@@ -59,6 +60,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -81,7 +83,7 @@ DEFAULT_REPLICATES = 5
 CONFOUNDS = ("background",)
 FORMATS = ("tif", "bmp")
 #: Days over which class cues reach 1 - 1/e of their full strength.
-CUE_TIME_CONSTANT_DAYS = 2.5
+CUE_TIME_CONSTANT_DAYS = 1.5
 #: Channel numbers of the export: 1 brightfield, 2-4 fluorescence markers.
 MARKER_CHANNELS = {2: "GFAP (AF488)", 3: "Olig2 (PE)", 4: "NeuN (APC)"}
 _MARKER_LINEAGE = {2: "astrocyte", 3: "oligodendrocyte", 4: "neuron"}
@@ -99,6 +101,7 @@ class Look:
     diameter_sd: float = 2.0
     eccentricity: float = 0.05  # mean (a - b) / (a + b) of the body ellipse
     protrusions: float = 0.15  # mean number of processes
+    min_protrusions: float = 0.0  # processes every cell has (scaled by the cue strength, rounded)
     protrusion_width: float = 1.0  # px (Gaussian half-width)
     protrusion_length: float = 3.0  # px beyond the rim
     bipolar: float = 0.0  # probability that processes sit at the two ends of the long axis
@@ -113,25 +116,28 @@ NEUTRAL = Look()  # the undifferentiated stem cell: every medium starts here on 
 
 LOOKS: dict[str, Look] = {
     "ctrl": NEUTRAL,
-    "astro": Look(diameter=19.5, diameter_sd=2.6, eccentricity=0.12, protrusions=1.6, protrusion_width=1.9,
-                  protrusion_length=4.0, granule_scale=1.6, texture=0.04, blebs=0.6, rim=0.40, halo=0.10),
-    "oligo": Look(diameter=15.8, diameter_sd=1.9, eccentricity=0.05, protrusions=4.5, protrusion_width=0.65,
-                  protrusion_length=6.5, granule_scale=0.8, texture=0.05, blebs=0.4, rim=0.45, halo=0.14),
-    "rashh": Look(diameter=15.8, diameter_sd=1.9, eccentricity=0.17, protrusions=1.7, protrusion_width=0.8,
-                  protrusion_length=9.0, bipolar=0.8, granule_scale=1.0, texture=0.05, blebs=0.6, rim=0.47,
-                  halo=0.16),
-    "nt3": Look(diameter=16.2, diameter_sd=1.9, eccentricity=0.06, protrusions=1.0, protrusion_width=0.8,
-                protrusion_length=5.5, granule_scale=0.7, texture=0.065, blebs=4.5, rim=0.47, halo=0.16),
-    "bdnf": Look(diameter=16.0, diameter_sd=1.9, eccentricity=0.09, protrusions=1.4, protrusion_width=0.8,
-                 protrusion_length=8.0, bipolar=0.3, granule_scale=0.9, texture=0.055, blebs=2.0, rim=0.46,
+    "astro": Look(diameter=20.5, diameter_sd=2.6, eccentricity=0.14, protrusions=2.0, min_protrusions=1,
+                  protrusion_width=2.0, protrusion_length=4.5, granule_scale=1.8, texture=0.035, blebs=0.6,
+                  rim=0.40, halo=0.09),
+    "oligo": Look(diameter=15.5, diameter_sd=1.9, eccentricity=0.05, protrusions=6.5, min_protrusions=4,
+                  protrusion_width=0.7, protrusion_length=6.0, granule_scale=0.7, texture=0.05, blebs=0.4,
+                  rim=0.45, halo=0.14),
+    "rashh": Look(diameter=15.5, diameter_sd=1.9, eccentricity=0.24, protrusions=2.0, min_protrusions=1,
+                  protrusion_width=0.85, protrusion_length=11.0, bipolar=0.9, granule_scale=1.0, texture=0.05,
+                  blebs=0.6, rim=0.47, halo=0.16),
+    "nt3": Look(diameter=16.5, diameter_sd=1.9, eccentricity=0.05, protrusions=0.6, protrusion_width=0.8,
+                protrusion_length=5.0, granule_scale=0.65, texture=0.08, blebs=6.0, rim=0.47, halo=0.16),
+    "bdnf": Look(diameter=16.0, diameter_sd=1.9, eccentricity=0.1, protrusions=1.4, protrusion_width=0.8,
+                 protrusion_length=8.0, bipolar=0.3, granule_scale=0.9, texture=0.06, blebs=3.0, rim=0.46,
                  halo=0.15),
-    "fsk": Look(diameter=15.2, diameter_sd=1.8, eccentricity=0.2, protrusions=2.0, protrusion_width=0.75,
-                protrusion_length=10.0, bipolar=0.9, granule_scale=1.0, texture=0.05, blebs=0.6, rim=0.47,
-                halo=0.16),
-    "t3": Look(diameter=16.2, diameter_sd=1.9, eccentricity=0.05, protrusions=3.5, protrusion_width=0.7,
-               protrusion_length=5.5, granule_scale=0.85, texture=0.05, blebs=0.5, rim=0.45, halo=0.14),
+    "fsk": Look(diameter=15.0, diameter_sd=1.8, eccentricity=0.25, protrusions=2.0, min_protrusions=1,
+                protrusion_width=0.75, protrusion_length=12.0, bipolar=1.0, granule_scale=1.0, texture=0.05,
+                blebs=0.6, rim=0.47, halo=0.16),
+    "t3": Look(diameter=16.0, diameter_sd=1.9, eccentricity=0.05, protrusions=4.5, min_protrusions=2,
+               protrusion_width=0.7, protrusion_length=5.0, granule_scale=0.8, texture=0.05, blebs=0.5, rim=0.45,
+               halo=0.14),
     "nano": Look(diameter=16.5, diameter_sd=2.0, eccentricity=0.1, protrusions=1.5, protrusion_width=0.8,
-                 protrusion_length=7.0, bipolar=0.4, granule_scale=0.8, texture=0.06, blebs=3.0, rim=0.46,
+                 protrusion_length=7.0, bipolar=0.4, granule_scale=0.8, texture=0.065, blebs=4.0, rim=0.46,
                  halo=0.15),
 }
 assert set(LOOKS) == set(MEDIA), "every medium needs a look"
@@ -182,7 +188,8 @@ class SynthConfig:
             raise ConfigError(f"per_class must be at least 1, got {self.per_class}")
         unknown = [m for m in self.media if m not in MEDIA]
         if unknown or not self.media or len(set(self.media)) != len(self.media):
-            raise ConfigError(f"media must be distinct keys of {', '.join(MEDIA)}; got {', '.join(self.media) or 'none'}")
+            raise ConfigError(f"media must be distinct keys of {', '.join(MEDIA)}; "
+                              f"got {', '.join(self.media) or 'none'}")
         if not self.days or any(not 0 <= d <= 99 for d in self.days) or len(set(self.days)) != len(self.days):
             raise ConfigError(f"days must be distinct integers 0..99; got {self.days}")
         if not 1 <= self.replicates <= 26:
@@ -240,7 +247,7 @@ def draw_batch(seed: int, day: int, replicate: str, medium: str | None = None, c
         background = (152.0 if oligo else 101.0) + 2.0 * (u[10] - 0.5)
         noise = (1.6 if oligo else 0.5) * (0.9 + 0.2 * u[11])
     return Batch(day=day, replicate=replicate, background=background, noise=noise, gain=0.85 + 0.3 * u[2],
-                 defocus=0.3 + 0.6 * u[3], banding=0.012 * u[4], band_period=6.0 + 14.0 * u[5],
+                 defocus=0.3 + 0.5 * u[3], banding=0.012 * u[4], band_period=6.0 + 14.0 * u[5],
                  doublet_rate=0.06 * u[6], debris_rate=0.1 + 0.6 * u[7], height_mean=41.0 + 12.0 * u[8],
                  jitter=0.8 + 1.7 * u[9])
 
@@ -289,6 +296,7 @@ def _cell_params(look: Look, u: np.ndarray, z: np.ndarray, cy: np.ndarray, cx: n
     angle = np.pi * u[:, 0]
     # protrusion count: binomial(8, mean/8), close to Poisson for the means used
     n_prot = (u[:, 1:1 + _MAX_PROTRUSIONS] < min(look.protrusions / _MAX_PROTRUSIONS, 1.0)).sum(axis=1)
+    n_prot = np.maximum(n_prot, int(round(look.min_protrusions)))
     n_bleb = (u[:, 9:9 + _MAX_BLEBS] < min(look.blebs / _MAX_BLEBS, 1.0)).sum(axis=1)
     bipolar = u[:, 17] < look.bipolar
     return {
@@ -351,7 +359,7 @@ def _render_cells(p: dict[str, np.ndarray], texture_noise: np.ndarray) -> tuple[
         canvas[:] = 0
         width, length = float(p["prot_width"][i]), float(p["prot_length"][i])
         thickness = 2 if width >= 1.4 else 1
-        strength = min(width / (0.9 * thickness), 1.0)  # fainter when thinner than the drawn line
+        strength = min(width / (0.7 * thickness), 1.0)  # fainter when thinner than the drawn line
         for j in range(int(p["n_prot"][i])):
             theta = float(_protrusion_angle(p, i, j))
             r0 = float(outline[i, int(theta % (2 * np.pi) * _N_ANGLES / (2 * np.pi)) % _N_ANGLES]) - 1.0
@@ -363,10 +371,11 @@ def _render_cells(p: dict[str, np.ndarray], texture_noise: np.ndarray) -> tuple[
                             p["cy"][i] + (r0 + t) * np.sin(theta) + off * np.cos(theta)))
             pts_i = (np.array(pts) * _SUB).round().astype(np.int32)
             cv2.polylines(canvas, [pts_i[:3]], False, int(255 * strength), thickness, cv2.LINE_AA, 4)
-            cv2.line(canvas, tuple(pts_i[2]), tuple(pts_i[3]), int(170 * strength), max(thickness - 1, 1), cv2.LINE_AA, 4)
+            cv2.line(canvas, tuple(pts_i[2]), tuple(pts_i[3]), int(180 * strength), max(thickness - 1, 1),
+                     cv2.LINE_AA, 4)
         ink[i] = canvas
     line = ink.astype(np.float32) * np.float32(1 / 255)
-    signal -= 0.42 * line * (1.0 - inside)
+    signal -= 0.5 * line * (1.0 - inside)
     return signal, np.maximum(inside, line)
 
 
@@ -442,7 +451,7 @@ def _render_chunk(config: SynthConfig, medium: str, indices: Sequence[int]) -> l
         signal[on] += sign * np.exp(-((_YY - py.reshape(-1, 1, 1)) ** 2 + (_XX - px.reshape(-1, 1, 1)) ** 2) / (r * r))
 
     # defocus: the batch's blur plus a per-cell focus jitter (cells flow at different depths)
-    sigma = np.clip(nb("defocus") + 0.15 * z[:, 22], 0.2, None)
+    sigma = np.clip(nb("defocus") + 0.1 * z[:, 22], 0.2, None)
     for i in range(k):
         signal[i] = cv2.GaussianBlur(signal[i], (0, 0), float(sigma[i]))
 
@@ -460,8 +469,8 @@ def _render_chunk(config: SynthConfig, medium: str, indices: Sequence[int]) -> l
         img = SynthImage(pixels=np.ascontiguousarray(grey[i, top:top + heights[i]]), medium=medium, index=int(index),
                          day=nuis[i].day, replicate=nuis[i].replicate)
         if config.with_markers:
-            img.markers = _markers(medium, nuis[i].day, footprint[i, top:top + heights[i]], fields_[i, 1, top:top + heights[i]],
-                                   u[i, 24:27])
+            crop = slice(top, top + heights[i])
+            img.markers = _markers(medium, nuis[i].day, footprint[i, crop], fields_[i, 1, crop], u[i, 36:39])
         out.append(img)
     return out
 
@@ -487,7 +496,8 @@ def _batch_index_ranges(n: int, chunk: int) -> Iterator[range]:
         yield range(start, min(start + chunk, n))
 
 
-def generate(config: SynthConfig, medium: str, indices: Sequence[int] | None = None, chunk: int = 128) -> list[SynthImage]:
+def generate(config: SynthConfig, medium: str, indices: Sequence[int] | None = None,
+             chunk: int = 128) -> list[SynthImage]:
     """Render images of one medium in memory (default: all ``config.per_class`` of them)."""
     if medium not in config.media:
         raise ConfigError(f"medium {medium!r} is not in this configuration ({', '.join(config.media)})")
@@ -509,11 +519,13 @@ def generate_arrays(config: SynthConfig) -> tuple[list[np.ndarray], np.ndarray, 
     return images, np.array(labels), np.array(groups)
 
 
-def _write_one(path: Path, pixels: np.ndarray, fmt: str) -> None:
+def _write_one(path: Path, pixels: np.ndarray, fmt: str, seed: int) -> None:
     if fmt == "tif":
         import tifffile
 
-        tifffile.imwrite(path, pixels, ome=True, metadata={"axes": "YX"}, photometric="minisblack")
+        # OME-XML carries a UUID; derive it from seed and name so the same config gives identical bytes
+        uid = uuid.uuid5(uuid.NAMESPACE_URL, f"nscfate-synth/{seed}/{path.name}")
+        tifffile.imwrite(path, pixels, ome=True, photometric="minisblack", metadata={"axes": "YX", "UUID": str(uid)})
     else:
         from PIL import Image
 
@@ -524,9 +536,9 @@ def _write_chunk(args: tuple[SynthConfig, str, str, int, int]) -> int:
     config, out_dir, medium, start, stop = args
     folder = Path(out_dir) / medium
     for img in _render_chunk(config, medium, range(start, stop)):
-        _write_one(folder / img.filename(1, config.format), img.pixels, config.format)
+        _write_one(folder / img.filename(1, config.format), img.pixels, config.format, config.seed)
         for channel, marker in img.markers.items():
-            _write_one(folder / img.filename(channel, config.format), marker, config.format)
+            _write_one(folder / img.filename(channel, config.format), marker, config.format, config.seed)
     return stop - start
 
 
