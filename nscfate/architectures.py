@@ -12,6 +12,7 @@ model needs nothing else:
   channel replicated to three and rescaled to the range their ImageNet weights expect: [-1, 1] for
   MobileNet/InceptionV3, caffe-style ``x * 255 - channel mean`` for VGG19/ResNet50.
 - ``cnn`` and ``resnet18`` are trained from scratch here and take the single grey channel directly.
+- BatchNormalization layers use momentum :data:`BN_MOMENTUM` (0.9) for short training schedules.
 - Minimum input sizes: keras.applications backbones need at least 32 px a side, InceptionV3 at least
   75. When a side is below the architecture's minimum (InceptionV3 at 45x60 or 60x60), a bilinear
   ``Resizing`` layer inside the model enlarges the image, keeping its aspect ratio, until the short
@@ -35,6 +36,11 @@ from keras import layers
 from nscfate.errors import ConfigError
 from nscfate.layers import GreyToRGB, PercentileNormalization
 
+#: BatchNormalization momentum of every backbone (Keras' default is 0.99). Our CPU schedules are
+#: short (hundreds to a few thousand steps) and with 0.99 the moving averages lag the changing weights
+#: so far that inference-mode accuracy collapses to chance while training accuracy is high; 0.9 keeps
+#: them in step.
+BN_MOMENTUM = 0.9
 #: ImageNet channel means (BGR, 0-255) used by the caffe-style VGG/ResNet50 weights.
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
@@ -183,6 +189,9 @@ def build_model(
             backbone = _backbone(arch, x, weights)
     except ValueError as exc:  # keras reports shape mismatches of a weights file as ValueError
         raise ConfigError(f"cannot load pretrained weights {os.fspath(pretrained)!r} into {arch}: {exc}") from None
+    for layer in backbone.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = BN_MOMENTUM
     x = layers.GlobalAveragePooling2D(name="avg_pool")(backbone.output)
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)

@@ -278,6 +278,8 @@ def parse_set(items: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, dict):  # "text: more text" is prose, not a mapping
+            value = raw
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:

@@ -314,7 +314,7 @@ def train(cfg: RunConfig, *, restart: bool = False, overwrite: bool = False, com
         weights = class_weights(splits.train, classes) if cfg.train.class_weights == "balanced" else None
         t0 = time.perf_counter()
         model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs, steps_per_epoch=steps,
-                  class_weight=weights, callbacks=callbacks, verbose=0)
+                  class_weight=weights, callbacks=callbacks, shuffle=False, verbose=0)  # the pipeline shuffles
         train_seconds = time.perf_counter() - t0
         if (run / BEST_WEIGHTS).is_file():
             model.load_weights(run / BEST_WEIGHTS)

@@ -94,3 +94,17 @@ def test_bad_arguments():
 def test_param_counts_match_the_published_backbones():
     # ResNet18 has 11.2M parameters with a 1000-way head (11.7M); without: ~11.18M
     assert 11_000_000 < count_params(build_backbone("resnet18", (64, 64))) < 11_300_000
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_batchnorm_momentum_is_set_for_short_schedules(tmp_path, arch):
+    import keras
+
+    from nscfate.architectures import BN_MOMENTUM
+
+    model = build_model(arch, 2, (32, 32))
+    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert bns and {l.momentum for l in bns} == {BN_MOMENTUM}
+    model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras")
+    assert {l.momentum for l in again.layers if isinstance(l, keras.layers.BatchNormalization)} == {BN_MOMENTUM}

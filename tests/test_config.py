@@ -51,5 +51,7 @@ def test_bad_values_are_config_errors(overrides, match):
 
 def test_parse_set():
     assert parse_set(["a.b=1", "a.c=x", "d=true"]) == {"a": {"b": 1, "c": "x"}, "d": True}
+    assert parse_set(["export.notes=Data: made by x=1"]) == {"export": {"notes": "Data: made by x=1"}}
+    assert parse_set(["model.input_size=[45, 60]"]) == {"model": {"input_size": [45, 60]}}
     with pytest.raises(ConfigError):
         parse_set(["novalue"])

@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from nscfate.training import train
 
-    command = "nscfate " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if sys.argv[0].endswith(("nscfate", "__main__.py")) else sys.argv))
+    # The command line as typed (for the model card); None when called programmatically.
+    command = "nscfate " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
     result = train(cfg, restart=args.restart, overwrite=args.overwrite, command=command)
     sys.stdout.write(f"{result.model_dir}\n")
     return 0
