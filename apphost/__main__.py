@@ -262,7 +262,8 @@ class LocalHost:
         try:
             accounts.ensure_first_admin(env, out=out)
         except (anvil.users.PasswordNotAcceptable, anvil.users.AuthenticationFailed) as exc:
-            raise HostError(f"cannot create the lab admin from NSCFATE_ADMIN_EMAIL/NSCFATE_ADMIN_PASSWORD: {exc}") from None
+            raise HostError(
+                f"cannot create the lab admin from NSCFATE_ADMIN_EMAIL/NSCFATE_ADMIN_PASSWORD: {exc}") from None
         if out.getvalue().strip():
             # Held back for the ready message, so it is not lost among the workers' start-up logs.
             self.one_time_password_note = out.getvalue().strip()
@@ -377,9 +378,10 @@ class LocalHost:
                 models = f"unknown ({type(exc).__name__})"
             lines.append(f"  {workers} of {self.args.workers} worker(s) ready; model(s): {models}")
         else:
-            lines += ["  No worker started (--workers 0). Connect workers with this machine's key:",
-                      f"    python -m uplink --url ws://{url_host(self.args.host)}:{self.url.rsplit(':', 1)[1]}/_/uplink"
-                      f" --key-file {self.paths.key_file}"]
+            key = ("the key in ANVIL_UPLINK_KEY" if self.key_source == "ANVIL_UPLINK_KEY"
+                   else f"--key-file {self.paths.key_file}")
+            lines += ["  No worker started (--workers 0). Connect workers with this host's uplink key:",
+                      f"    python -m uplink --url ws://{self.url.split('://', 1)[1]}/_/uplink {key}"]
         lines += [f"  Data: {self.paths.root} ({describe_database(self.db_url)})",
                   f"  REST API: {self.url}/_/api/ (HTTP Basic with your email and password)",
                   "  Press Ctrl-C to stop.", ""]
@@ -439,7 +441,8 @@ class WorkerSupervisor:
         backoff = 1.0
         while not self._should_stop():
             started = time.monotonic()
-            self.proc = await asyncio.create_subprocess_exec(*self.command, env=self.env)
+            # The worker's output joins the host's log (stderr); stdout is kept for the ready message.
+            self.proc = await asyncio.create_subprocess_exec(*self.command, env=self.env, stdout=sys.stderr.fileno())
             logger.info("%s started (pid %d)", self.name, self.proc.pid)
             code = await self.proc.wait()
             ran = time.monotonic() - started
