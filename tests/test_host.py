@@ -128,11 +128,15 @@ def test_one_command_runs_everything_and_keeps_workers_alive(tmp_path, tiny_mode
           "the dead worker to be replaced")
     _wait(lambda: _health(url).get("workers") == 2, "the new worker to connect")
 
-    # Ctrl-C stops the host and its workers cleanly.
+    # Ctrl-C (to the whole process group, as in a terminal) stops the host and its workers cleanly,
+    # without restarting the workers it reaches at the same time.
     workers = children_of(host.proc.pid)
-    assert host.interrupt() == 0
+    restarts = host.stderr().count("restarting it")
+    assert host.interrupt(group=True) == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
     assert host.stderr().count("worker stopped") == 2
+    assert host.stderr().count("restarting it") == restarts == 1
+    assert "Traceback" not in host.stderr()
 
     # Everything survives a restart: the same key, the same accounts, the history.
     again = Host(tmp_path, "--workers", "0", "--port", str(port), name="host2")

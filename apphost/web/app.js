@@ -147,8 +147,12 @@ async function afterSessionChange() {
   $("nav").hidden = !signedIn;
   $("account").hidden = !signedIn;
   $("who").textContent = signedIn ? state.user.email : "";
-  if (signedIn) await loadModels();
-  else $("model-banner").hidden = true;
+  if (signedIn) {
+    await loadModels();
+    loadRecentExperiments();
+  } else {
+    $("model-banner").hidden = true;
+  }
   await route();
 }
 
@@ -490,6 +494,14 @@ function setUpDropZone() {
   });
 }
 
+/** Offer the experiments of the latest predictions as suggestions in experiment fields. */
+async function loadRecentExperiments() {
+  try {
+    const page = await api("GET", "/_/api/predictions?page_size=200");
+    addExperiments(page.rows.map((r) => r.experiment));
+  } catch (e) { /* suggestions only */ }
+}
+
 function addExperiments(names) {
   const list = $("experiment-list");
   const known = new Set([...list.options].map((o) => o.value));
@@ -509,7 +521,9 @@ function historyParams(params) {
 }
 
 function goHistory(p) {
-  location.hash = "#/history" + query(p);
+  const hash = "#/history" + query(p);
+  if (location.hash === hash) route();  // the same filters again: reload (no hashchange event)
+  else location.hash = hash;
 }
 
 async function showHistory(params) {
@@ -532,6 +546,10 @@ async function showHistory(params) {
     return;
   }
   state.historyPage = p;
+  if (!page.rows.length && page.total && p.page > 0) {  // e.g. the last row of the last page was deleted
+    goHistory({...p, page: page.pages - 1});
+    return;
+  }
   addExperiments(page.rows.map((r) => r.experiment));
   const body = $("history-table").tBodies[0];
   body.replaceChildren(...page.rows.map(historyRow));
