@@ -19,7 +19,7 @@ from nscfate import __version__
 from nscfate.errors import InputError
 
 #: Subcommands in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("synth", "inspect")
+COMMANDS: tuple[str, ...] = ("synth", "inspect", "train", "evaluate", "audit", "predict", "explain", "models")
 
 log = logging.getLogger("nscfate")
 

@@ -1,0 +1,81 @@
+"""The local host as one Starlette ASGI app: the uplink endpoint, a health route, and (added by the lead)
+the Anvil app's HTTP routes, all on one port."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+
+from apphost.hub import UplinkHub
+
+UPLINK_PATH = "/_/uplink"
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """Settings of the local host.
+
+    Attributes:
+        uplink_key: the server uplink key (never logged); ``None`` refuses server uplinks.
+        client_uplink_key: the client uplink key, or ``None`` to refuse client uplinks.
+        call_timeout: seconds a server-side call to an uplink function may take.
+        max_media_bytes: most bytes of Media one uplink message may carry.
+    """
+
+    uplink_key: str | None
+    client_uplink_key: str | None = None
+    call_timeout: float = 30.0
+    max_media_bytes: int = 64 * 1024 * 1024
+
+    def __repr__(self) -> str:  # keep keys out of logs and tracebacks
+        return (
+            f"HostSettings(uplink_key={'set' if self.uplink_key else None}, "
+            f"client_uplink_key={'set' if self.client_uplink_key else None}, "
+            f"call_timeout={self.call_timeout}, max_media_bytes={self.max_media_bytes})"
+        )
+
+
+def create_app(
+    settings: HostSettings, *, app_routes: Callable[[UplinkHub], Sequence[BaseRoute]] | None = None
+) -> Starlette:
+    """Build the host app. The hub is ``app.state.hub``.
+
+    Args:
+        settings: the host settings.
+        app_routes: ``app_routes(hub)`` returns the Anvil app's routes (``/_/api/...``, web UI), mounted
+            after the uplink endpoint and the health route; they reach the worker's callables through
+            ``hub.call_sync`` (e.g. ``api_routes(AppRuntime(..., call=hub.call_sync))``).
+    """
+    hub = UplinkHub(
+        settings.uplink_key,
+        settings.client_uplink_key,
+        call_timeout=settings.call_timeout,
+        max_media_bytes=settings.max_media_bytes,
+    )
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "uplinks": hub.workers(), "registrations": hub.registrations()})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await hub.start()
+        try:
+            yield
+        finally:
+            await hub.close()
+
+    routes: list[BaseRoute] = [
+        WebSocketRoute(UPLINK_PATH, hub.endpoint),
+        Route("/_/health", health),
+        *(app_routes(hub) if app_routes is not None else ()),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.hub = hub
+    app.state.settings = settings
+    return app

@@ -1,0 +1,1007 @@
+"""Anvil Data Tables (``anvil.tables``) on SQL, for running ``server_code/`` on the local host.
+
+The tables are created from ``anvil.yaml``'s ``db_schema`` (the new map format; one schema for hosted
+Anvil and this host). Storage is SQLAlchemy Core: a SQLite file (WAL mode) by default, PostgreSQL by
+URL. Every query is parameterised.
+
+What server modules see is Anvil's public API: ``app_tables.<name>`` with ``add_row``, ``get``,
+``get_by_id``, ``search`` (``anvil.tables.query`` operators and ``anvil.tables.order_by``), rows with
+``row["col"]``, ``update``, ``delete``, ``get_id``, slicing and ``len`` of searches, and transactions
+through ``anvil.tables.Transaction`` / ``in_transaction`` (their private calls are routed here by
+``apphost.runtime``).
+
+Host-specific choices, documented in docs/ANVIL_APP.md:
+- datetimes are stored as UTC and come back timezone-aware (naive datetimes are taken as UTC);
+- numbers are stored as double precision; integral values come back as ``int``;
+- media bytes live outside the rows in a content-addressed store (files named by their SHA-256);
+  the row holds the hash, content type and name;
+- searching on ``simpleObject``, ``media`` and ``link_multiple`` columns and ``q.full_text_match`` are
+  not supported and raise ``TableError`` saying so.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anvil
+import anvil.tables
+import anvil.tables.query as q
+import sqlalchemy as sa
+import yaml
+from anvil.tables import NoSuchColumnError, RowDeleted, TableError, TransactionConflict
+
+log = logging.getLogger(__name__)
+
+COLUMN_TYPES = frozenset(
+    {"string", "number", "bool", "date", "datetime", "media", "simpleObject", "link_single", "link_multiple"}
+)
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_ROW_ID_RE = re.compile(r"^\[(\d+),(\d+)\]$")
+_PAGE = 500  # rows fetched per round trip when iterating a search
+_SCHEMA_TABLE = "anvil_host_columns"
+
+
+class SchemaError(ValueError):
+    """``anvil.yaml``'s ``db_schema`` is invalid, or differs from the database in a way that cannot
+    be applied automatically."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Schema
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    name: str
+    type: str
+    target: str | None = None
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    columns: tuple[ColumnSpec, ...]
+
+    def column(self, name: str) -> ColumnSpec:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise NoSuchColumnError(f"No such column '{name}' in table '{self.name}'")
+
+
+def parse_db_schema(db_schema: Any) -> dict[str, TableSpec]:
+    """Validate a ``db_schema`` map (new format) and return its tables by python name."""
+    if not isinstance(db_schema, dict) or not db_schema:
+        raise SchemaError("db_schema must be a non-empty map of table name -> table (Anvil's new format)")
+    tables: dict[str, TableSpec] = {}
+    for tname, tdef in db_schema.items():
+        if not isinstance(tname, str) or not _NAME_RE.match(tname) or "__" in tname:
+            raise SchemaError(f"invalid table name {tname!r}: use letters, digits and single underscores")
+        if not isinstance(tdef, dict) or not isinstance(tdef.get("columns"), list):
+            raise SchemaError(f"table {tname!r} must be a map with a 'columns' list")
+        cols: list[ColumnSpec] = []
+        seen: set[str] = set()
+        for cdef in tdef["columns"]:
+            if not isinstance(cdef, dict):
+                raise SchemaError(f"table {tname!r}: each column must be a map with name and type")
+            cname, ctype = cdef.get("name"), cdef.get("type")
+            if not isinstance(cname, str) or not _NAME_RE.match(cname) or "__" in cname:
+                raise SchemaError(f"table {tname!r}: invalid column name {cname!r}")
+            if cname in seen:
+                raise SchemaError(f"table {tname!r}: column {cname!r} defined twice")
+            if ctype not in COLUMN_TYPES:
+                raise SchemaError(
+                    f"table {tname!r} column {cname!r}: unknown type {ctype!r}; "
+                    f"known types: {', '.join(sorted(COLUMN_TYPES))}"
+                )
+            target = cdef.get("target")
+            if ctype.startswith("link_"):
+                if not isinstance(target, str):
+                    raise SchemaError(f"table {tname!r} column {cname!r}: link columns need a 'target' table")
+            elif target is not None:
+                raise SchemaError(f"table {tname!r} column {cname!r}: only link columns take a 'target'")
+            seen.add(cname)
+            cols.append(ColumnSpec(cname, ctype, target))
+        tables[tname] = TableSpec(tname, tuple(cols))
+    for spec in tables.values():
+        for col in spec.columns:
+            if col.target is not None and col.target not in tables:
+                raise SchemaError(
+                    f"table {spec.name!r} column {col.name!r} links to unknown table {col.target!r}"
+                )
+    return tables
+
+
+def load_schema(anvil_yaml: str | os.PathLike[str]) -> dict[str, TableSpec]:
+    """Read ``db_schema`` from an ``anvil.yaml`` file."""
+    with open(anvil_yaml, encoding="utf-8") as f:
+        app = yaml.safe_load(f)
+    if not isinstance(app, dict):
+        raise SchemaError(f"{anvil_yaml} is not a YAML map")
+    return parse_db_schema(app.get("db_schema"))
+
+
+def table_number(name: str) -> int:
+    """A stable number for a table, used in Anvil-style row ids ``[table,row]``."""
+    return 100000 + zlib.crc32(name.encode("utf-8")) % 900000
+
+
+# --------------------------------------------------------------------------------------------------
+# Media
+
+
+class MediaStore:
+    """Content-addressed files for media columns: ``<root>/<sha[:2]>/<sha256>``.
+
+    File names are only ever SHA-256 hex digests computed here, never anything a user supplied.
+    Files referenced by rows inside a not-yet-committed transaction are pinned so a concurrent
+    delete of another row with the same content does not remove them.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.RLock()
+        self._pins: dict[str, int] = {}
+
+    def path(self, sha: str) -> Path:
+        if not isinstance(sha, str) or not _SHA256_RE.match(sha):
+            raise ValueError("media id must be a SHA-256 hex digest")
+        return self.root / sha[:2] / sha
+
+    def put(self, data: bytes) -> str:
+        """Store bytes (once per content) and pin them; the caller unpins after its row is committed."""
+        sha = hashlib.sha256(data).hexdigest()
+        target = self.path(sha)
+        with self.lock:
+            self._pins[sha] = self._pins.get(sha, 0) + 1
+            if target.exists():
+                return sha
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return sha
+
+    def read(self, sha: str) -> bytes:
+        try:
+            return self.path(sha).read_bytes()
+        except FileNotFoundError:
+            raise TableError(f"the media file {sha[:12]}... is missing from the media store") from None
+
+    def exists(self, sha: str) -> bool:
+        return self.path(sha).exists()
+
+    def pin(self, sha: str) -> None:
+        with self.lock:
+            self._pins[sha] = self._pins.get(sha, 0) + 1
+
+    def unpin(self, sha: str) -> None:
+        with self.lock:
+            n = self._pins.get(sha, 0) - 1
+            if n <= 0:
+                self._pins.pop(sha, None)
+            else:
+                self._pins[sha] = n
+
+    def is_pinned(self, sha: str) -> bool:
+        with self.lock:
+            return sha in self._pins
+
+    def remove(self, sha: str) -> None:
+        self.path(sha).unlink(missing_ok=True)
+
+
+class StoredMedia(anvil.Media):
+    """A media value read from a row; bytes are loaded from the store on demand."""
+
+    def __init__(self, store: MediaStore, sha256: str, content_type: str | None, name: str | None, length: int):
+        self._store = store
+        self.sha256 = sha256
+        self._content_type = content_type
+        self._name = name
+        self._length = length
+
+    def get_bytes(self) -> bytes:
+        return self._store.read(self.sha256)
+
+    def get_content_type(self) -> str | None:
+        return self._content_type
+
+    def get_name(self) -> str | None:
+        return self._name
+
+    def get_length(self) -> int:
+        return self._length
+
+    def __repr__(self) -> str:
+        return f"StoredMedia[{self._content_type},{self._length} bytes,{self.sha256[:12]}]"
+
+
+# --------------------------------------------------------------------------------------------------
+# Values: Python <-> SQL
+
+
+def _to_utc_naive(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _json_or_error(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, allow_nan=False)  # keeps key order (e.g. class order)
+    except (TypeError, ValueError) as e:
+        raise TableError(f"{what} must be JSON-compatible (dict, list, str, number, bool, None): {e}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Database
+
+
+class _Txn:
+    def __init__(self, conn: sa.Connection, trans: sa.Transaction):
+        self.conn = conn
+        self.trans = trans
+        self.pinned: list[str] = []
+        self.released: list[str] = []
+
+
+class Database:
+    """The SQL storage behind ``app_tables``. Thread-safe; explicit transactions are per thread."""
+
+    def __init__(self, url: str, schema: dict[str, TableSpec], media_root: str | os.PathLike[str]):
+        self.url = url
+        self.schema = schema
+        self.media = MediaStore(media_root)
+        self.is_sqlite = url.startswith("sqlite")
+        self.engine = self._make_engine(url)
+        self.metadata = sa.MetaData()
+        self._sql: dict[str, sa.Table] = {}
+        self._local = threading.local()
+        numbers = {table_number(n): n for n in schema}
+        if len(numbers) != len(schema):
+            raise SchemaError("two table names map to the same row-id number; rename one table")
+        self._by_number = numbers
+        self._define_tables()
+        self.app_tables = AppTables(self)
+
+    # ---- setup
+
+    def _make_engine(self, url: str) -> sa.Engine:
+        if not url.startswith("sqlite"):
+            return sa.create_engine(url, pool_pre_ping=True)
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy/us emit BEGIN (pysqlite's own transaction handling is unreliable).
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.execute("PRAGMA case_sensitive_like=ON")  # Anvil's q.like is case-sensitive
+            cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_begin(conn: sa.Connection) -> None:
+            # Explicit Anvil transactions take the write lock up front so they serialise cleanly.
+            immediate = conn.get_execution_options().get("anvil_immediate", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+
+    def _define_tables(self) -> None:
+        sa.Table(
+            _SCHEMA_TABLE, self.metadata,
+            sa.Column("table_name", sa.String(200), primary_key=True),
+            sa.Column("column_name", sa.String(200), primary_key=True),
+            sa.Column("column_type", sa.String(40), nullable=False),
+            sa.Column("target", sa.String(200)),
+        )
+        for spec in self.schema.values():
+            cols: list[sa.Column[Any]] = [sa.Column("_id", sa.Integer, primary_key=True, autoincrement=True)]
+            for c in spec.columns:
+                cols.extend(self._sql_columns(c))
+            self._sql[spec.name] = sa.Table(f"app_{spec.name}", self.metadata, *cols)
+
+    @staticmethod
+    def _sql_columns(c: ColumnSpec) -> list[sa.Column[Any]]:
+        kinds: dict[str, Any] = {
+            "string": sa.Text, "number": sa.Float(53), "bool": sa.Boolean, "date": sa.Date,
+            "datetime": sa.DateTime, "simpleObject": sa.Text, "link_multiple": sa.Text,
+        }
+        if c.type == "media":
+            return [sa.Column(c.name, sa.String(64), index=True), sa.Column(f"{c.name}__media", sa.Text)]
+        if c.type == "link_single":
+            return [sa.Column(c.name, sa.Integer, index=True)]
+        return [sa.Column(c.name, kinds[c.type], index=c.type in ("datetime", "date"))]
+
+    def create_tables(self) -> None:
+        """Create missing tables and add missing columns; refuse a changed column type."""
+        self.metadata.create_all(self.engine)
+        meta = self.metadata.tables[_SCHEMA_TABLE]
+        insp = sa.inspect(self.engine)
+        with self.engine.begin() as conn:
+            known = {(r.table_name, r.column_name): (r.column_type, r.target) for r in conn.execute(sa.select(meta))}
+            for spec in self.schema.values():
+                sql_table = self._sql[spec.name]
+                existing = {c["name"] for c in insp.get_columns(sql_table.name)}
+                for c in spec.columns:
+                    prev = known.get((spec.name, c.name))
+                    if prev is not None and prev != (c.type, c.target):
+                        raise SchemaError(
+                            f"column {spec.name}.{c.name} is {prev[0]} in the database but {c.type} in "
+                            "anvil.yaml; migrate the data by hand (types are never changed automatically)"
+                        )
+                    for col in self._sql_columns(c):
+                        if col.name not in existing:
+                            ddl = sa.schema.CreateColumn(col).compile(dialect=self.engine.dialect)
+                            conn.execute(sa.text(f"ALTER TABLE {sql_table.name} ADD COLUMN {ddl}"))
+                            log.info("added column %s.%s", sql_table.name, col.name)
+                    if prev is None:
+                        conn.execute(sa.insert(meta).values(
+                            table_name=spec.name, column_name=c.name, column_type=c.type, target=c.target))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # ---- connections and transactions
+
+    def _txn(self) -> _Txn | None:
+        return getattr(self._local, "txn", None)
+
+    @contextmanager
+    def connect(self) -> Iterator[sa.Connection]:
+        """The current thread's transaction connection, or a short autocommitted one."""
+        txn = self._txn()
+        if txn is not None:
+            with _conflicts_as_anvil_errors():
+                yield txn.conn
+            return
+        released: list[str] = []
+        self._local.released = released
+        try:
+            with _conflicts_as_anvil_errors(), self.engine.begin() as conn:
+                yield conn
+        finally:
+            self._local.released = None
+        self._collect_media(released)
+
+    def open_transaction(self, isolation: str | None = None) -> None:
+        """Begin an explicit transaction in this thread (``anvil.tables.Transaction``)."""
+        if self._txn() is not None:
+            raise TableError("Cannot nest transactions: a transaction is already open")
+        conn = self.engine.connect()
+        if self.is_sqlite:
+            conn = conn.execution_options(anvil_immediate=True)
+        elif isolation != "relaxed":
+            conn = conn.execution_options(isolation_level="SERIALIZABLE")
+        try:
+            with _conflicts_as_anvil_errors():
+                trans = conn.begin()
+        except BaseException:
+            conn.close()
+            raise
+        self._local.txn = _Txn(conn, trans)
+
+    def close_transaction(self, abort: bool) -> None:
+        """Commit (or roll back when ``abort``) this thread's transaction."""
+        txn = self._txn()
+        if txn is None:
+            raise TableError("No transaction is open")
+        self._local.txn = None
+        try:
+            with _conflicts_as_anvil_errors():
+                if abort:
+                    txn.trans.rollback()
+                else:
+                    txn.trans.commit()
+        finally:
+            txn.conn.close()
+            for sha in txn.pinned:
+                self.media.unpin(sha)
+        if not abort:
+            self._collect_media(txn.released)
+
+    def rollback_dangling(self) -> bool:
+        """Roll back a transaction a finished call left open; True if there was one."""
+        if self._txn() is None:
+            return False
+        self.close_transaction(abort=True)
+        return True
+
+    # ---- media bookkeeping
+
+    def _store_media(self, value: anvil.Media) -> tuple[str, dict[str, Any]]:
+        if isinstance(value, StoredMedia) and value._store is self.media:
+            sha, length = value.sha256, value.get_length()
+            self.media.pin(sha)
+            if not self.media.exists(sha):
+                self.media.unpin(sha)
+                raise TableError("this media value belongs to a deleted row and its file is gone")
+        else:
+            data = value.get_bytes()
+            if not isinstance(data, bytes):
+                raise TableError("media content must be bytes")
+            sha, length = self.media.put(data), len(data)
+        txn = self._txn()
+        if txn is not None:
+            txn.pinned.append(sha)  # keep pinned until commit
+        else:
+            self._local.pinned_once = getattr(self._local, "pinned_once", []) + [sha]
+        return sha, {"content_type": value.get_content_type(), "name": value.get_name(), "length": length}
+
+    def _unpin_once(self) -> None:
+        for sha in getattr(self._local, "pinned_once", []):
+            self.media.unpin(sha)
+        self._local.pinned_once = []
+
+    def _note_released(self, shas: list[str]) -> None:
+        txn = self._txn()
+        target = txn.released if txn is not None else getattr(self._local, "released", None)
+        if target is not None:
+            target.extend(s for s in shas if s)
+
+    def _collect_media(self, shas: list[str]) -> None:
+        """Remove media files no committed row references any more."""
+        for sha in set(shas):
+            with self.media.lock:
+                if self.media.is_pinned(sha) or self._media_referenced(sha):
+                    continue
+                self.media.remove(sha)
+
+    def collect_orphan_media(self, min_age_s: float = 3600.0) -> int:
+        """Remove stored files no row refers to (left by failed inserts or aborted transactions) that
+        are older than ``min_age_s``; returns how many were removed. Safe while the host runs."""
+        removed = 0
+        now = time.time()
+        for path in self.media.root.glob("??/*"):
+            sha = path.name
+            if not _SHA256_RE.match(sha) or now - path.stat().st_mtime < min_age_s:
+                continue
+            with self.media.lock:
+                if not self.media.is_pinned(sha) and not self._media_referenced(sha):
+                    self.media.remove(sha)
+                    removed += 1
+        return removed
+
+    def _media_referenced(self, sha: str) -> bool:
+        with self.engine.connect() as conn:
+            for spec in self.schema.values():
+                table = self._sql[spec.name]
+                for c in spec.columns:
+                    if c.type == "media":
+                        hit = conn.execute(sa.select(table.c._id).where(table.c[c.name] == sha).limit(1)).first()
+                        if hit is not None:
+                            return True
+        return False
+
+    # ---- value conversion
+
+    def to_sql(self, spec: TableSpec, values: dict[str, Any]) -> dict[str, Any]:
+        """Check column names and types and convert values to their SQL form."""
+        out: dict[str, Any] = {}
+        for name, value in values.items():
+            col = spec.column(name)
+            what = f"column '{name}' ({col.type}) of table '{spec.name}'"
+            if value is None:
+                out[name] = None
+                if col.type == "media":
+                    out[f"{name}__media"] = None
+                continue
+            t = col.type
+            if t == "string":
+                if not isinstance(value, str):
+                    raise TableError(f"{what} takes a string, not {type(value).__name__}")
+                out[name] = value
+            elif t == "number":
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise TableError(f"{what} takes a number, not {type(value).__name__}")
+                out[name] = float(value)
+            elif t == "bool":
+                if not isinstance(value, bool):
+                    raise TableError(f"{what} takes True or False, not {type(value).__name__}")
+                out[name] = value
+            elif t == "date":
+                if isinstance(value, dt.datetime) or not isinstance(value, dt.date):
+                    raise TableError(f"{what} takes a datetime.date, not {type(value).__name__}")
+                out[name] = value
+            elif t == "datetime":
+                if not isinstance(value, dt.datetime):
+                    raise TableError(f"{what} takes a datetime.datetime, not {type(value).__name__}")
+                out[name] = _to_utc_naive(value)
+            elif t == "simpleObject":
+                out[name] = _json_or_error(value, what)
+            elif t == "media":
+                if not isinstance(value, anvil.Media):
+                    raise TableError(f"{what} takes a Media object, not {type(value).__name__}")
+                sha, meta = self._store_media(value)
+                out[name] = sha
+                out[f"{name}__media"] = json.dumps(meta)
+            elif t == "link_single":
+                out[name] = self._link_pk(col, value, what)
+            elif t == "link_multiple":
+                if not isinstance(value, (list, tuple)):
+                    raise TableError(f"{what} takes a list of rows, not {type(value).__name__}")
+                out[name] = json.dumps([self._link_pk(col, v, what) for v in value])
+        return out
+
+    def _link_pk(self, col: ColumnSpec, value: Any, what: str) -> int:
+        if not isinstance(value, Row) or value._table.spec.name != col.target or value._table._db is not self:
+            raise TableError(f"{what} takes a row from table '{col.target}'")
+        return value._pk
+
+    def from_sql(self, spec: TableSpec, record: Any) -> dict[str, Any]:
+        m = record._mapping
+        out: dict[str, Any] = {}
+        for c in spec.columns:
+            v = m[c.name]
+            if v is None:
+                out[c.name] = [] if c.type == "link_multiple" else None
+            elif c.type == "number":
+                out[c.name] = int(v) if float(v).is_integer() and abs(v) < 2**53 else float(v)
+            elif c.type == "datetime":
+                out[c.name] = v.replace(tzinfo=dt.timezone.utc)
+            elif c.type == "simpleObject":
+                out[c.name] = json.loads(v)
+            elif c.type == "media":
+                meta = json.loads(m[f"{c.name}__media"] or "{}")
+                out[c.name] = StoredMedia(self.media, v, meta.get("content_type"), meta.get("name"),
+                                          int(meta.get("length", 0)))
+            elif c.type == "link_single":
+                out[c.name] = Row(self.app_tables[c.target], int(v), None)
+            elif c.type == "link_multiple":
+                target = self.app_tables[c.target]
+                out[c.name] = [Row(target, int(pk), None) for pk in json.loads(v)]
+            else:
+                out[c.name] = v
+        return out
+
+    def sql_table(self, name: str) -> sa.Table:
+        return self._sql[name]
+
+    def table_for_number(self, number: int) -> str | None:
+        return self._by_number.get(number)
+
+
+@contextmanager
+def _conflicts_as_anvil_errors() -> Iterator[None]:
+    """Lock timeouts (SQLite) and serialisation failures (PostgreSQL) are Anvil's TransactionConflict,
+    which ``anvil.tables.in_transaction`` retries."""
+    try:
+        yield
+    except sa.exc.OperationalError as e:
+        text = str(e.orig).lower()
+        code = getattr(e.orig, "sqlstate", None) or getattr(e.orig, "pgcode", None)
+        if "database is locked" in text or "deadlock" in text or code in ("40001", "40P01"):
+            raise TransactionConflict("another transaction changed the same data; try again") from e
+        raise
+
+
+# --------------------------------------------------------------------------------------------------
+# The public API: app_tables, Table, Row, SearchIterator
+
+
+class AppTables(anvil.tables._base_classes.AppTables):
+    """``app_tables``: attribute access to each table in ``db_schema``."""
+
+    def __init__(self, db: Database):
+        object.__setattr__(self, "_db", db)
+        object.__setattr__(self, "_tables", {n: Table(db, s) for n, s in db.schema.items()})
+
+    def __getattr__(self, name: str) -> Table:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            return self._tables[name]
+        except KeyError:
+            raise AttributeError(f"No such app table: '{name}'") from None
+
+    def __getitem__(self, name: str) -> Table:
+        return self.__getattr__(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("app_tables is read-only")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tables)
+
+    def __dir__(self) -> list[str]:
+        return list(self._tables)
+
+
+class Table(anvil.tables.Table):
+    """One data table (``app_tables.<name>``)."""
+
+    __slots__ = ("_db", "spec", "_sql")
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Table:
+        return object.__new__(cls)
+
+    def __init__(self, db: Database, spec: TableSpec):
+        self._db = db
+        self.spec = spec
+        self._sql = db.sql_table(spec.name)
+
+    def __repr__(self) -> str:
+        return f"<Table {self.spec.name}>"
+
+    def add_row(self, **values: Any) -> Row:
+        """Add a row; keyword arguments are column values. Returns the new row."""
+        try:
+            sql_values = self._db.to_sql(self.spec, values)
+            with self._db.connect() as conn:
+                pk = conn.execute(sa.insert(self._sql).values(**sql_values)).inserted_primary_key[0]
+        finally:
+            self._db._unpin_once()
+        return Row(self, int(pk), None)  # values are read back on first access
+
+    def get(self, *queries: Any, **kwargs: Any) -> Row | None:
+        """The single row matching the query, None if none; TableError if several match."""
+        rows = list(self.search(*queries, **kwargs)[0:2])
+        if len(rows) > 1:
+            raise TableError("More than one row matched this query")
+        return rows[0] if rows else None
+
+    def get_by_id(self, row_id: str, fetch: Any = None) -> Row | None:
+        """The row with this id (from ``row.get_id()``), or None."""
+        if not isinstance(row_id, str):
+            raise TypeError("row ids are strings")
+        m = _ROW_ID_RE.match(row_id)
+        if m is None or int(m.group(1)) != table_number(self.spec.name):
+            return None
+        row = Row(self, int(m.group(2)), None)
+        try:
+            row._load()
+        except RowDeleted:
+            return None
+        return row
+
+    def has_row(self, row: Any) -> bool:
+        if not isinstance(row, Row) or row._table is not self:
+            return False
+        with self._db.connect() as conn:
+            return conn.execute(sa.select(self._sql.c._id).where(self._sql.c._id == row._pk)).first() is not None
+
+    def search(self, *queries: Any, **kwargs: Any) -> SearchIterator:
+        """Rows matching the query (``q.*`` operators, column=value), ordered by ``order_by``."""
+        where, order = _compile(self, queries, kwargs)
+        return SearchIterator(self, where, order)
+
+    def list_columns(self) -> list[dict[str, Any]]:
+        return [
+            {"name": c.name, "type": c.type, **({"table_id": c.target} if c.target else {})}
+            for c in self.spec.columns
+        ]
+
+    def delete_all_rows(self) -> None:
+        self.search().delete_all_rows()
+
+    def to_csv(self, escape_for_excel: bool = False) -> anvil.BlobMedia:
+        return self.search().to_csv(escape_for_excel)
+
+
+class Row(anvil.tables.Row):
+    """A table row. Values are cached when read; ``update``/``delete`` write through immediately."""
+
+    __slots__ = ("_table", "_pk", "_values")
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Row:
+        return object.__new__(cls)
+
+    def __init__(self, table: Table, pk: int, values: dict[str, Any] | None):
+        self._table = table
+        self._pk = pk
+        self._values = values
+
+    def _load(self) -> dict[str, Any]:
+        if self._values is None:
+            t = self._table
+            with t._db.connect() as conn:
+                rec = conn.execute(sa.select(t._sql).where(t._sql.c._id == self._pk)).first()
+            if rec is None:
+                raise RowDeleted("This row has been deleted")
+            self._values = t._db.from_sql(t.spec, rec)
+        return self._values
+
+    def get_id(self) -> str:
+        return f"[{table_number(self._table.spec.name)},{self._pk}]"
+
+    def __getitem__(self, key: str) -> Any:
+        if not isinstance(key, str):
+            raise TypeError(f"Row columns are always strings, not {type(key).__name__}")
+        values = self._load()
+        if key not in values:
+            raise NoSuchColumnError(f"No such column '{key}'")
+        return _copy_value(values[key])
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except NoSuchColumnError:
+            return default
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.update(**{key: value})
+
+    def keys(self) -> list[str]:
+        return [c.name for c in self._table.spec.columns]
+
+    def values(self) -> list[Any]:
+        return [self[k] for k in self.keys()]
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(k, self[k]) for k in self.keys()]
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        return iter(self.items())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
+
+    def update(self, **values: Any) -> None:
+        """Set several columns at once."""
+        t = self._table
+        old_media: list[str] = []
+        try:
+            sql_values = t._db.to_sql(t.spec, values)
+            media_cols = [c.name for c in t.spec.columns if c.type == "media" and c.name in values]
+            with t._db.connect() as conn:
+                if media_cols:
+                    rec = conn.execute(sa.select(*(t._sql.c[n] for n in media_cols))
+                                       .where(t._sql.c._id == self._pk)).first()
+                    old_media = [v for v in (rec or ()) if v]
+                if sql_values:
+                    res = conn.execute(sa.update(t._sql).where(t._sql.c._id == self._pk).values(**sql_values))
+                    if res.rowcount == 0:
+                        raise RowDeleted("This row has been deleted")
+                t._db._note_released(old_media)
+        finally:
+            t._db._unpin_once()
+        self._values = None  # read back on next access, in stored form
+
+    def delete(self) -> None:
+        """Delete this row (and its media files once nothing references them)."""
+        t = self._table
+        media_cols = [c.name for c in t.spec.columns if c.type == "media"]
+        with t._db.connect() as conn:
+            shas: list[str] = []
+            if media_cols:
+                rec = conn.execute(sa.select(*(t._sql.c[n] for n in media_cols))
+                                   .where(t._sql.c._id == self._pk)).first()
+                shas = [v for v in (rec or ()) if v]
+            res = conn.execute(sa.delete(t._sql).where(t._sql.c._id == self._pk))
+            if res.rowcount == 0:
+                raise RowDeleted("This row has been deleted")
+            t._db._note_released(shas)
+        self._values = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Row):
+            return NotImplemented
+        return self._table is other._table and self._pk == other._pk
+
+    def __hash__(self) -> int:
+        return hash((self._table.spec.name, self._pk))
+
+    def __repr__(self) -> str:
+        return f"<Row {self._table.spec.name} {self.get_id()}>"
+
+
+class SearchIterator(anvil.tables.SearchIterator):
+    """A lazy search: ``len()`` counts in SQL, slices become LIMIT/OFFSET, iteration pages."""
+
+    __slots__ = ("_table", "_where", "_order", "_offset", "_limit")
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> SearchIterator:
+        return object.__new__(cls)
+
+    def __init__(self, table: Table, where: Any, order: list[Any], offset: int = 0, limit: int | None = None):
+        self._table = table
+        self._where = where
+        self._order = order
+        self._offset = offset
+        self._limit = limit
+
+    def _select(self, offset: int, limit: int | None) -> sa.Select[Any]:
+        t = self._table._sql
+        stmt = sa.select(t).where(self._where).order_by(*self._order, t.c._id).offset(offset)
+        return stmt.limit(limit) if limit is not None else stmt
+
+    def __len__(self) -> int:
+        t = self._table._sql
+        inner = sa.select(t.c._id).where(self._where).order_by(*self._order, t.c._id).offset(self._offset)
+        if self._limit is not None:
+            inner = inner.limit(self._limit)
+        with self._table._db.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(inner.subquery())).scalar_one())
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[Row]:
+        db, spec = self._table._db, self._table.spec
+        done = 0
+        while self._limit is None or done < self._limit:
+            n = _PAGE if self._limit is None else min(_PAGE, self._limit - done)
+            with db.connect() as conn:
+                records = conn.execute(self._select(self._offset + done, n)).all()
+            for rec in records:
+                yield Row(self._table, int(rec._mapping["_id"]), db.from_sql(spec, rec))
+            done += len(records)
+            if len(records) < n:
+                return
+
+    def __getitem__(self, idx: int | slice) -> Row | SearchIterator:
+        if isinstance(idx, slice):
+            if idx.step not in (None, 1):
+                raise ValueError("search slices do not support a step")
+            start = _non_negative(idx.start, 0)
+            stop = _non_negative(idx.stop, None)
+            limit = None if stop is None else max(0, stop - start)
+            if self._limit is not None:
+                remaining = max(0, self._limit - start)
+                limit = remaining if limit is None else min(limit, remaining)
+            return SearchIterator(self._table, self._where, self._order, self._offset + start, limit)
+        i = _non_negative(idx, 0)
+        rows = list(self[i:i + 1])
+        if not rows:
+            raise IndexError("search index out of range")
+        return rows[0]
+
+    def delete_all_rows(self) -> None:
+        for row in list(self):
+            row.delete()
+
+    def to_csv(self, escape_for_excel: bool = False) -> anvil.BlobMedia:
+        """The rows as CSV (media columns as their name; links as row ids)."""
+        cols = self._table.spec.columns
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow([c.name for c in cols] + ["ID"])
+        for row in self:
+            cells = []
+            for c in cols:
+                v = row[c.name]
+                if isinstance(v, anvil.Media):
+                    v = v.get_name() or ""
+                elif isinstance(v, Row):
+                    v = v.get_id()
+                elif isinstance(v, list) and c.type == "link_multiple":
+                    v = " ".join(r.get_id() for r in v)
+                elif isinstance(v, (dict, list)):
+                    v = json.dumps(v)
+                elif isinstance(v, (dt.datetime, dt.date)):
+                    v = v.isoformat()
+                cells.append("" if v is None else str(v))
+            writer.writerow(cells + [row.get_id()])
+        data = out.getvalue()
+        if escape_for_excel:
+            data = "\ufeff" + data
+        return anvil.BlobMedia("text/csv", data.encode("utf-8"), name=f"{self._table.spec.name}.csv")
+
+
+def _non_negative(i: Any, default: int | None) -> int | None:
+    if i is None:
+        return default
+    if not isinstance(i, int) or isinstance(i, bool) or i < 0:
+        raise ValueError("search indices must be non-negative integers")
+    return i
+
+
+def _copy_value(v: Any) -> Any:
+    return copy.deepcopy(v) if isinstance(v, (dict, list)) and not _has_rows(v) else v
+
+
+def _has_rows(v: Any) -> bool:
+    return isinstance(v, list) and any(isinstance(x, Row) for x in v)
+
+
+# --------------------------------------------------------------------------------------------------
+# Query compilation: anvil.tables.query objects -> SQLAlchemy expressions
+
+_COMPARISONS = {
+    q.greater_than: "__gt__", q.less_than: "__lt__",
+    q.greater_than_or_equal_to: "__ge__", q.less_than_or_equal_to: "__le__",
+}
+
+
+def _compile(table: Table, queries: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, list[Any]]:
+    order: list[Any] = []
+    clauses: list[Any] = []
+    for query in queries:
+        if isinstance(query, anvil.tables.order_by):
+            col = table.spec.column(query.column_name)
+            if col.type in ("simpleObject", "media", "link_multiple"):
+                raise TableError(f"cannot order by the {col.type} column '{col.name}'")
+            sql_col = table._sql.c[col.name]
+            order.append(sql_col.asc() if query.ascending else sql_col.desc())
+        elif isinstance(query, (q.page_size, q.fetch_only)):
+            continue  # performance hints; every column is fetched here
+        else:
+            clauses.append(_compile_query(table, query))
+    clauses.extend(_compile_column(table, name, value) for name, value in kwargs.items())
+    return sa.and_(sa.true(), *clauses), order
+
+
+def _compile_query(table: Table, query: Any) -> Any:
+    """A positional query: q.all_of / any_of / none_of combining column conditions."""
+    if isinstance(query, (q.all_of, q.any_of, q.none_of)):
+        parts = [_compile_query(table, a) for a in query.args]
+        parts += [_compile_column(table, n, v) for n, v in query.kwargs.items()]
+        if isinstance(query, q.all_of):
+            return sa.and_(sa.true(), *parts)
+        if isinstance(query, q.any_of):
+            return sa.or_(sa.false(), *parts)
+        return sa.not_(sa.or_(sa.false(), *parts))
+    if isinstance(query, q.full_text_match):
+        raise TableError("q.full_text_match is not supported by the local host; use q.ilike")
+    raise TableError(f"unsupported query argument {query!r}; use q.* operators or column=value")
+
+
+def _compile_column(table: Table, name: str, value: Any) -> Any:
+    col = table.spec.column(name)
+    sql_col = table._sql.c[col.name]
+    if isinstance(value, (q.all_of, q.any_of, q.none_of)):
+        if value.kwargs:
+            raise TableError(f"column '{name}': q.{type(value).__name__} on a column takes values, not keywords")
+        parts = [_compile_column(table, name, v) for v in value.args]
+        if isinstance(value, q.all_of):
+            return sa.and_(sa.true(), *parts)
+        if isinstance(value, q.any_of):
+            return sa.or_(sa.false(), *parts)
+        return sa.not_(sa.or_(sa.false(), *parts))
+    if value is None and col.type in ("simpleObject", "media"):
+        return sql_col.is_(None)
+    if col.type in ("simpleObject", "media", "link_multiple"):
+        raise TableError(f"searching on the {col.type} column '{name}' is not supported by the local host")
+    if isinstance(value, (q.like, q.ilike)):
+        if col.type != "string":
+            raise TableError(f"q.{type(value).__name__} only applies to string columns, not '{name}'")
+        if not isinstance(value.pattern, str):
+            raise TableError(f"q.{type(value).__name__} takes a string pattern")
+        return sql_col.like(value.pattern) if isinstance(value, q.like) else sql_col.ilike(value.pattern)
+    for kind, op in _COMPARISONS.items():
+        if isinstance(value, kind):
+            if value.value is None:
+                raise TableError(f"column '{name}': cannot compare with None")
+            return getattr(sql_col, op)(_query_value(table, col, value.value))
+    if isinstance(value, q.full_text_match):
+        raise TableError("q.full_text_match is not supported by the local host; use q.ilike")
+    if value is None:
+        return sql_col.is_(None)
+    return sql_col == _query_value(table, col, value)
+
+
+def _query_value(table: Table, col: ColumnSpec, value: Any) -> Any:
+    if col.type == "link_single":
+        if isinstance(value, Row) and value._table.spec.name == col.target:
+            return value._pk
+        raise TableError(f"column '{col.name}' is matched with a row from table '{col.target}'")
+    return table._db.to_sql(table.spec, {col.name: value})[col.name]

@@ -1,0 +1,173 @@
+"""Helpers for tests of the Anvil side: a local runtime on a temporary database and a fake worker.
+
+The fake worker stands in for the uplink worker's callables (per docs/DEVELOPING.md) so server modules
+can be tested without a model; it is deterministic and records what it was asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anvil
+import anvil.server
+import argon2
+
+from apphost.runtime import AppRuntime, create_runtime
+from apphost.users import LoginRateLimiter
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CLASSES = [("astro", "Astrocyte medium"), ("oligo", "Oligodendrocyte medium"),
+           ("rashh", "RA + SHH (neuronal)"), ("nt3", "NT-3 (neuronal)")]
+
+
+def png_bytes(seed: int, size: int = 8) -> bytes:
+    """A small valid greyscale PNG whose pixels depend on ``seed``."""
+    raw = b"".join(b"\x00" + bytes((seed * 31 + x * 7 + y * 13) % 256 for x in range(size)) for y in range(size))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", size, size, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+class UnknownModelError(anvil.server.AnvilWrappedError):
+    """Stands in for uplink.errors.UnknownModelError (its type name ends the same way)."""
+
+
+# A name of its own (not uplink's, which would be replaced process-wide); server code matches the suffix.
+anvil.server._register_exception_type("apphost.testing.UnknownModelError", UnknownModelError)
+
+
+@dataclass
+class FakeWorker:
+    """``call(name, *args, **kwargs)`` answering like the uplink worker.
+
+    The predicted class is derived from the image bytes' hash; an image whose bytes contain ``BAD``
+    gets a per-image error entry, as the worker returns for an undecodable image. ``fail`` makes every
+    call raise (a worker that is down); ``fail_after`` lets that many batch calls succeed first.
+    """
+
+    model_name: str = "tiny-medium4"
+    model_version: str = "1.0.0"
+    fail: bool = False
+    fail_after: int | None = None
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+
+    def __call__(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append((name, args, kwargs))
+        if self.fail:
+            raise anvil.server.UplinkDisconnectedError("Connection to Anvil Uplink server lost")
+        handlers = {"predict_cell_fate_batch": self.predict_batch, "predict_cell_fate": self.predict,
+                    "list_models": self.list_models}
+        if name not in handlers:
+            raise anvil.server.NoServerFunctionError(f'No server function matching "{name}" has been registered')
+        return handlers[name](*args, **kwargs)
+
+    def _check_model(self, model: str | None) -> None:
+        if model not in (None, self.model_name):
+            raise UnknownModelError(f"unknown model {model!r}; available: {self.model_name}")
+
+    def _result(self, data: bytes) -> dict[str, Any]:
+        digest = hashlib.sha256(data).digest()
+        winner = digest[0] % len(CLASSES)
+        probs = {key: (0.7 if i == winner else 0.1) for i, (key, _) in enumerate(CLASSES)}
+        return {
+            "model": {"name": self.model_name, "version": self.model_version},
+            "predicted_class": CLASSES[winner][0],
+            "predicted_display_name": CLASSES[winner][1],
+            "confidence": 0.7,
+            "classes": [{"key": k, "display_name": d} for k, d in CLASSES],
+            "probabilities": probs,
+            "warnings": ["colour image converted to grey"] if digest[1] % 4 == 0 else [],
+            "timings_ms": {"total": 1.0},
+            "image": {"format": "png"},
+        }
+
+    def predict_batch(self, images: list[anvil.Media], model: str | None = None) -> list[dict[str, Any]]:
+        self._check_model(model)
+        if self.fail_after is not None and len(self.batch_sizes) >= self.fail_after:
+            raise anvil.server.UplinkDisconnectedError("Connection to Anvil Uplink server lost")
+        self.batch_sizes.append(len(images))
+        out = []
+        for media in images:
+            data = media.get_bytes()
+            if b"BAD" in data:
+                out.append({"error": {"code": "corrupt", "message": "The image data is corrupt"}})
+            else:
+                out.append(self._result(data))
+        return out
+
+    def predict(self, image: anvil.Media, model: str | None = None, explain: bool = False) -> dict[str, Any]:
+        self._check_model(model)
+        result = self._result(image.get_bytes())
+        if explain:
+            result["gradcam"] = anvil.BlobMedia("image/png", png_bytes(99), name="gradcam.png")
+        return result
+
+    def list_models(self) -> list[dict[str, Any]]:
+        return [{"name": self.model_name, "version": self.model_version, "task": "medium4",
+                 "classes": [{"key": k, "display_name": d} for k, d in CLASSES],
+                 "trained_on": "synthetic IFC-like benchmark", "metrics": {"accuracy": 0.9}}]
+
+
+def fast_hasher() -> argon2.PasswordHasher:
+    """Argon2 with tiny costs: the real algorithm, fast enough for tests."""
+    return argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+
+
+def make_runtime(tmp_path: Path, call: Any, *, db_url: str | None = None,
+                 host_functions: dict[str, Any] | None = None, app_dir: Path = REPO_ROOT,
+                 limiter: LoginRateLimiter | None = None) -> AppRuntime:
+    """The app's server code on a fresh database under ``tmp_path`` (fast password hashing)."""
+    return create_runtime(app_dir, db_url=db_url or f"sqlite:///{tmp_path / 'app.db'}", media_dir=tmp_path / "media",
+                          call=call, host_functions=host_functions,
+                          accounts_options={"hasher": fast_hasher(), "limiter": limiter}, max_workers=4)
+
+
+def serve_fake_worker(url: str) -> None:
+    """Run ``FakeWorker`` as a real anvil-uplink worker (key from ``ANVIL_UPLINK_KEY``) until killed."""
+    import os
+
+    worker = FakeWorker()
+
+    @anvil.server.callable("predict_cell_fate_batch")
+    def predict_cell_fate_batch(images: list[anvil.Media], model: str | None = None) -> list[dict[str, Any]]:
+        return worker.predict_batch(images, model)
+
+    @anvil.server.callable("predict_cell_fate")
+    def predict_cell_fate(image: anvil.Media, model: str | None = None, explain: bool = False) -> dict[str, Any]:
+        return worker.predict(image, model, explain)
+
+    @anvil.server.callable("list_models")
+    def list_models() -> list[dict[str, Any]]:
+        return worker.list_models()
+
+    anvil.server.connect(os.environ["ANVIL_UPLINK_KEY"], url=url, quiet=True)
+    anvil.server.wait_forever()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A fake NSC Fate worker on the real anvil-uplink client.")
+    parser.add_argument("--url", required=True, help="the uplink URL, e.g. ws://127.0.0.1:3030/_/uplink")
+    serve_fake_worker(parser.parse_args().url)
+
+
+def reset_postgres(url: str) -> str:
+    """Empty a scratch PostgreSQL database (drops its public schema!) and return the URL."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA IF EXISTS public CASCADE"))
+        conn.execute(sa.text("CREATE SCHEMA public"))
+    engine.dispose()
+    return url

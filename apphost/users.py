@@ -1,0 +1,306 @@
+"""Accounts, sessions and roles for the local host: the platform side of ``anvil.users``.
+
+Accounts are rows of the Users table named in ``anvil.yaml`` (``server_config.user_table``), with
+argon2 password hashes. Sessions are server-side: a random token goes to the browser in an HttpOnly,
+SameSite cookie, and only its SHA-256 is stored (table ``anvil_host_sessions``), with an idle and an
+absolute expiry. Failed sign-ins are rate limited per account and per client address.
+
+``apphost.runtime`` routes ``anvil.users.get_user()``, ``login_with_email``, ``logout``,
+``force_login`` and ``signup_with_email`` here, so server modules keep using Anvil's API.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import re
+import secrets
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import argon2
+import sqlalchemy as sa
+from anvil.users import (
+    AccountIsNotEnabled,
+    AuthenticationFailed,
+    PasswordNotAcceptable,
+    TooManyPasswordFailures,
+    UserExists,
+)
+
+from apphost.tables import Database, Row
+
+log = logging.getLogger(__name__)
+
+ROLES = ("researcher", "lab_admin")
+MIN_PASSWORD_LENGTH = 10
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
+_SESSIONS = "anvil_host_sessions"
+
+
+def normalise_email(email: Any) -> str:
+    """Emails are compared case-insensitively and without surrounding spaces."""
+    if not isinstance(email, str) or not _EMAIL_RE.match(email.strip()) or len(email) > 254:
+        raise AuthenticationFailed("Enter a valid email address, like name@lab.org")
+    return email.strip().lower()
+
+
+def check_password_policy(password: Any) -> None:
+    if not isinstance(password, str) or len(password) < MIN_PASSWORD_LENGTH:
+        raise PasswordNotAcceptable(f"Passwords must be at least {MIN_PASSWORD_LENGTH} characters long")
+    if len(password) > 1024:
+        raise PasswordNotAcceptable("Passwords must be at most 1024 characters long")
+    if len(set(password)) < 4:
+        raise PasswordNotAcceptable("This password is too easy to guess; use more different characters")
+
+
+@dataclass
+class Session:
+    """A browser session. ``token`` is only known for sessions created in this process call."""
+
+    token_hash: str
+    user_pk: int | None
+    csrf_token: str
+    expires: dt.datetime
+    token: str | None = None
+
+
+class LoginRateLimiter:
+    """At most ``max_failures`` failed sign-ins per key (account or address) in ``window_s`` seconds."""
+
+    def __init__(self, max_failures: int = 5, window_s: float = 300.0, clock: Callable[[], float] = time.monotonic):
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self._clock = clock
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: str) -> deque[float]:
+        now = self._clock()
+        failures = self._failures.setdefault(key, deque())
+        while failures and now - failures[0] > self.window_s:
+            failures.popleft()
+        return failures
+
+    def check(self, *keys: str) -> None:
+        with self._lock:
+            for key in keys:
+                failures = self._recent(key)
+                if len(failures) >= self.max_failures:
+                    wait = int(self.window_s - (self._clock() - failures[0])) + 1
+                    raise TooManyPasswordFailures(
+                        f"Too many failed sign-in attempts. Try again in {wait} seconds.")
+
+    def failed(self, *keys: str) -> None:
+        with self._lock:
+            for key in keys:
+                self._recent(key).append(self._clock())
+
+    def succeeded(self, key: str) -> None:
+        with self._lock:
+            self._failures.pop(key, None)
+
+
+class Accounts:
+    """User accounts and sessions on top of the app's Data Tables."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        user_table: str = "users",
+        allow_signup: bool = False,
+        session_days: float = 7.0,
+        idle_hours: float = 12.0,
+        hasher: argon2.PasswordHasher | None = None,
+        limiter: LoginRateLimiter | None = None,
+    ):
+        self.db = db
+        self.users = db.app_tables[user_table]
+        for col in ("email", "enabled", "password_hash", "role"):
+            self.users.spec.column(col)  # fail at start-up, not at first sign-in
+        self.allow_signup = allow_signup
+        self.session_lifetime = dt.timedelta(days=session_days)
+        self.idle_timeout = dt.timedelta(hours=idle_hours)
+        self.hasher = hasher or argon2.PasswordHasher()
+        self.limiter = limiter or LoginRateLimiter()
+        self._dummy_hash = self.hasher.hash(secrets.token_urlsafe(16))
+        self.sessions = sa.Table(
+            _SESSIONS, db.metadata,
+            sa.Column("token_hash", sa.String(64), primary_key=True),
+            sa.Column("user_pk", sa.Integer, index=True),
+            sa.Column("csrf_token", sa.String(64), nullable=False),
+            sa.Column("created", sa.DateTime, nullable=False),
+            sa.Column("last_seen", sa.DateTime, nullable=False),
+            sa.Column("expires", sa.DateTime, nullable=False),
+            extend_existing=True,
+        )
+
+    def create_tables(self) -> None:
+        self.sessions.create(self.db.engine, checkfirst=True)
+
+    # ---- accounts
+
+    def find(self, email: str) -> Row | None:
+        return self.users.get(email=normalise_email(email))
+
+    def user_by_pk(self, pk: int) -> Row | None:
+        return self.users.get_by_id(Row(self.users, pk, None).get_id())
+
+    def create_user(self, email: str, password: str, *, role: str = "researcher", enabled: bool = True) -> Row:
+        """Create an account. Raises UserExists, PasswordNotAcceptable or ValueError (bad role)."""
+        email = normalise_email(email)
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+        check_password_policy(password)
+        if self.users.get(email=email) is not None:
+            raise UserExists("An account with this email address already exists")
+        return self.users.add_row(
+            email=email, enabled=enabled, role=role, password_hash=self.hasher.hash(password),
+            signed_up=_now(), n_password_failures=0, confirmed_email=False,
+        )
+
+    def signup(self, email: str, password: str) -> Row:
+        """Controlled sign-up: the account is created disabled until a lab admin enables it."""
+        if not self.allow_signup:
+            raise AuthenticationFailed("Sign-up is closed; ask a lab admin for an account")
+        return self.create_user(email, password, role="researcher", enabled=False)
+
+    def authenticate(self, email: Any, password: Any, remote_addr: str | None = None) -> Row:
+        """The account for these credentials, or AuthenticationFailed (or a subclass) saying why."""
+        if not isinstance(email, str) or not isinstance(password, str):
+            raise AuthenticationFailed("Email address and password are required")
+        key_email = "email:" + email.strip().lower()
+        keys = [key_email] + ([f"addr:{remote_addr}"] if remote_addr else [])
+        self.limiter.check(*keys)
+        user = self.users.get(email=email.strip().lower()) if _EMAIL_RE.match(email.strip()) else None
+        stored = user["password_hash"] if user is not None else None
+        if not self._verify(stored or self._dummy_hash, password) or stored is None:
+            self.limiter.failed(*keys)
+            if user is not None:
+                user["n_password_failures"] = (user["n_password_failures"] or 0) + 1
+            raise AuthenticationFailed("Incorrect email address or password")
+        if not user["enabled"]:
+            raise AccountIsNotEnabled("This account is not enabled yet; a lab admin has to enable it")
+        self.limiter.succeeded(key_email)
+        updates: dict[str, Any] = {"last_login": _now(), "n_password_failures": 0}
+        if self.hasher.check_needs_rehash(stored):
+            updates["password_hash"] = self.hasher.hash(password)
+        user.update(**updates)
+        return user
+
+    def _verify(self, stored: str, password: str) -> bool:
+        try:
+            return self.hasher.verify(stored, password)
+        except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+            return False
+
+    def change_password(self, user: Row, old_password: str, new_password: str) -> None:
+        if not self._verify(user["password_hash"] or self._dummy_hash, old_password or ""):
+            raise AuthenticationFailed("The current password is not correct")
+        check_password_policy(new_password)
+        user["password_hash"] = self.hasher.hash(new_password)
+        self.end_sessions_of(user)
+
+    def ensure_first_admin(self, env: Mapping[str, str], out: TextIO = sys.stderr) -> Row | None:
+        """Create the first lab admin if there is none.
+
+        The account comes from ``NSCFATE_ADMIN_EMAIL`` / ``NSCFATE_ADMIN_PASSWORD``; without a password a
+        random one is generated and written once to ``out`` (the operator's console, never the log).
+        """
+        if len(self.users.search(role="lab_admin", enabled=True)) > 0:
+            return None
+        email = normalise_email(env.get("NSCFATE_ADMIN_EMAIL") or "admin@localhost.localdomain")
+        password = env.get("NSCFATE_ADMIN_PASSWORD")
+        existing = self.users.get(email=email)
+        if existing is not None:
+            existing.update(role="lab_admin", enabled=True)
+            log.info("made existing account %s the lab admin", email)
+            return existing
+        generated = password is None
+        if generated:
+            password = secrets.token_urlsafe(15)
+        user = self.create_user(email, password, role="lab_admin")
+        log.info("created the first lab admin account %s", email)
+        if generated:
+            out.write(
+                f"\nNSC Fate: created lab admin account {email}\n"
+                f"One-time password (shown only now): {password}\n"
+                "Sign in and change it (Account > Change password, or POST /_/auth/password).\n\n")
+            out.flush()
+        return user
+
+    # ---- sessions
+
+    def create_session(self, user: Row | None) -> Session:
+        token = secrets.token_urlsafe(32)
+        now = _now_naive()
+        session = Session(_hash_token(token), user._pk if user is not None else None,
+                          secrets.token_urlsafe(24), now + self.session_lifetime, token)
+        with self.db.engine.begin() as conn:
+            conn.execute(sa.insert(self.sessions).values(
+                token_hash=session.token_hash, user_pk=session.user_pk, csrf_token=session.csrf_token,
+                created=now, last_seen=now, expires=session.expires))
+        return session
+
+    def session_from_token(self, token: str | None) -> Session | None:
+        """The live session for a cookie token (refreshing its idle timer), or None."""
+        if not token or len(token) > 200:
+            return None
+        token_hash = _hash_token(token)
+        now = _now_naive()
+        with self.db.engine.begin() as conn:
+            rec = conn.execute(sa.select(self.sessions).where(self.sessions.c.token_hash == token_hash)).first()
+            if rec is None:
+                return None
+            if rec.expires <= now or rec.last_seen + self.idle_timeout <= now:
+                conn.execute(sa.delete(self.sessions).where(self.sessions.c.token_hash == token_hash))
+                return None
+            conn.execute(sa.update(self.sessions).where(self.sessions.c.token_hash == token_hash)
+                         .values(last_seen=now))
+        return Session(token_hash, rec.user_pk, rec.csrf_token, rec.expires, token)
+
+    def set_session_user(self, session: Session, user: Row | None) -> None:
+        session.user_pk = user._pk if user is not None else None
+        with self.db.engine.begin() as conn:
+            conn.execute(sa.update(self.sessions).where(self.sessions.c.token_hash == session.token_hash)
+                         .values(user_pk=session.user_pk))
+
+    def end_session(self, session: Session) -> None:
+        with self.db.engine.begin() as conn:
+            conn.execute(sa.delete(self.sessions).where(self.sessions.c.token_hash == session.token_hash))
+
+    def end_sessions_of(self, user: Row) -> None:
+        with self.db.engine.begin() as conn:
+            conn.execute(sa.delete(self.sessions).where(self.sessions.c.user_pk == user._pk))
+
+    def session_user(self, session: Session | None) -> Row | None:
+        """The enabled account signed in to this session, if any."""
+        if session is None or session.user_pk is None:
+            return None
+        user = self.user_by_pk(session.user_pk)
+        if user is None or not user["enabled"]:
+            return None
+        return user
+
+
+def role_of(user: Row | None) -> str | None:
+    return None if user is None else (user["role"] or "researcher")
+
+
+def _hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _now_naive() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)

@@ -1,0 +1,50 @@
+from ._anvil_designer import ResultCardTemplate
+from anvil import *
+import anvil.server
+
+from ... import charts
+
+
+class ResultCard(ResultCardTemplate):
+    """One image's result: the image, the predicted condition and probabilities, or why it was rejected."""
+
+    def __init__(self, **properties):
+        self.init_components(**properties)
+        result = self.item
+        self.filename_label.text = result["filename"]
+        image = result.get("image")
+        name = (result["filename"] or "").lower()
+        # Browsers cannot show TIFF; the prediction still used the full image.
+        self.image.visible = image is not None and not (name.endswith(".tif") or name.endswith(".tiff"))
+        if self.image.visible:
+            self.image.source = image
+        if not result["ok"]:
+            self.show_rejection(result["error"])
+            return
+        self.condition_label.text = "Predicted condition: %s" % result["predicted_display_name"]
+        self.confidence_label.text = "Probability %s (model %s %s)" % (
+            charts.percent(result["confidence"]), result["model"]["name"], result["model"]["version"])
+        self.probability_plot.data, self.probability_plot.layout = charts.probability_bars(result)
+        if result["warnings"]:
+            self.warnings_label.text = "Note: " + "; ".join(result["warnings"])
+            self.warnings_label.visible = True
+
+    def show_rejection(self, error):
+        self.error_label.text = "Rejected: %s" % error["message"]
+        self.error_label.visible = True
+        for component in (self.condition_label, self.confidence_label, self.probability_plot, self.gradcam_button):
+            component.visible = False
+
+    def gradcam_button_click(self, **event_args):
+        self.gradcam_button.enabled = False
+        try:
+            out = anvil.server.call("explain_prediction", self.item["id"])
+        except Exception as e:
+            alert("Grad-CAM is not available: %s" % e)
+            self.gradcam_button.enabled = True
+            return
+        self.gradcam_image.source = out["gradcam"]
+        self.gradcam_image.visible = True
+        self.gradcam_note.text = out["note"] or "Regions that most raised the predicted condition's score."
+        self.gradcam_note.visible = True
+        self.gradcam_button.visible = False

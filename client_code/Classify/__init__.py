@@ -1,0 +1,57 @@
+from ._anvil_designer import ClassifyTemplate
+from anvil import *
+import anvil.server
+
+# Images per server call: keeps each call well inside Anvil's 30 s server-call limit.
+FILES_PER_CALL = 16
+
+
+class Classify(ClassifyTemplate):
+    """Upload cell images and show one result card per image."""
+
+    def __init__(self, **properties):
+        self.init_components(**properties)
+        self.load_models()
+
+    def load_models(self):
+        try:
+            cards = anvil.server.call("get_model_cards")
+        except Exception as e:
+            self.status_label.text = "No prediction worker is connected right now: %s" % e
+            cards = []
+        self.model_dropdown.items = [("%s %s" % (c.get("name"), c.get("version") or ""), c.get("name"))
+                                     for c in cards]
+
+    def file_loader_change(self, file, files, **event_args):
+        self.status_label.text = "%d image(s) selected" % len(files)
+
+    def classify_button_click(self, **event_args):
+        files = list(self.file_loader.files)
+        if not files:
+            alert("Choose one or more cell images first.")
+            return
+        results = []
+        self.classify_button.enabled = False
+        try:
+            for start in range(0, len(files), FILES_PER_CALL):
+                chunk = files[start:start + FILES_PER_CALL]
+                self.status_label.text = "Classifying images %d-%d of %d ..." % (
+                    start + 1, start + len(chunk), len(files))
+                out = anvil.server.call("classify_cell_images", chunk, experiment=self.experiment_box.text,
+                                        notes=self.notes_box.text, model=self.model_dropdown.selected_value)
+                for result in out:
+                    result["image"] = chunk[result["index"]]
+                    result["index"] = start + result["index"]
+                results.extend(out)
+                self.results_panel.items = results
+        except Exception as e:
+            alert("Classification stopped: %s" % e)
+        finally:
+            self.classify_button.enabled = True
+        n_ok = len([r for r in results if r["ok"]])
+        self.status_label.text = "%d classified and saved to the history, %d rejected" % (n_ok, len(results) - n_ok)
+
+    def clear_button_click(self, **event_args):
+        self.file_loader.clear()
+        self.results_panel.items = []
+        self.status_label.text = ""

@@ -1,0 +1,80 @@
+from ._anvil_designer import HistoryTemplate
+from anvil import *
+import anvil.server
+
+from .. import charts
+from .PredictionDetail import PredictionDetail
+
+PAGE_SIZE = 25
+
+
+class History(HistoryTemplate):
+    """The lab's predictions, newest first, filtered and paged on the server."""
+
+    def __init__(self, **properties):
+        self.page = 0
+        self.pages = 0
+        self.init_components(**properties)
+        self.history_rows.set_event_handler("x-open", self.open_detail)
+        self.history_rows.set_event_handler("x-deleted", self.row_deleted)
+        self.load_conditions()
+        self.load()
+
+    def load_conditions(self):
+        items = []
+        try:
+            for card in anvil.server.call("get_model_cards"):
+                for c in card.get("classes") or []:
+                    if (c["display_name"], c["key"]) not in items:
+                        items.append((c["display_name"], c["key"]))
+        except Exception:
+            pass  # the filter still works for conditions typed into other filters; no worker needed to browse
+        self.condition_dropdown.items = items
+
+    def filters(self):
+        filters = {
+            "condition": self.condition_dropdown.selected_value,
+            "date_from": self.date_from_picker.date,
+            "date_to": self.date_to_picker.date,
+            "experiment": self.experiment_box.text.strip() or None,
+            "user": self.user_box.text.strip() or None,
+        }
+        return dict((k, v) for k, v in filters.items() if v)
+
+    def load(self):
+        try:
+            result = anvil.server.call("search_predictions", self.filters(), self.page, PAGE_SIZE)
+        except Exception as e:
+            alert("Could not search the history: %s" % e)
+            return
+        for row in result["rows"]:
+            row["created_text"] = row["created"].strftime("%Y-%m-%d %H:%M")
+            row["confidence_text"] = charts.percent(row["confidence"])
+        self.history_rows.items = result["rows"]
+        self.pages = result["pages"]
+        self.page_label.text = "Page %d of %d (%d predictions)" % (
+            min(self.page + 1, max(self.pages, 1)), max(self.pages, 1), result["total"])
+        self.prev_button.enabled = self.page > 0
+        self.next_button.enabled = self.page + 1 < self.pages
+
+    def search_button_click(self, **event_args):
+        self.page = 0
+        self.load()
+
+    def prev_button_click(self, **event_args):
+        self.page = max(0, self.page - 1)
+        self.load()
+
+    def next_button_click(self, **event_args):
+        self.page += 1
+        self.load()
+
+    def export_button_click(self, **event_args):
+        download(anvil.server.call("export_predictions_csv", self.filters()))
+
+    def open_detail(self, item, **event_args):
+        detail = anvil.server.call("get_prediction", item["id"])
+        alert(content=PredictionDetail(item=detail), large=True, title=detail["filename"])
+
+    def row_deleted(self, **event_args):
+        self.load()

@@ -1,0 +1,30 @@
+"""``nscfate audit DATA``: look for shortcuts (background-only, crop-size-only baselines)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+HELP = "check a dataset for shortcuts: can background or crop size alone predict the labels?"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", metavar="DATA", help="dataset: IFC export, root/<class>/ folders or CSV manifest")
+    parser.add_argument("--task", default="medium4", choices=("medium4", "astro_vs_oligo"))
+    parser.add_argument("--channel", type=int, default=1)
+    parser.add_argument("--max-images", type=int, default=4000, help="images used (class-stratified, seeded)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--strict", action="store_true", help="exit with status 1 when a shortcut is found")
+
+
+def run(args: argparse.Namespace) -> int:
+    from nscfate.audit import audit, format_report
+
+    report = audit(args.data, task=args.task, channel=args.channel, max_images=args.max_images, seed=args.seed)
+    sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n" if args.json else format_report(report))
+    for warning in report.warnings:
+        logging.getLogger("nscfate.audit").warning("%s", warning)
+    return 1 if (args.strict and report.flagged) else 0

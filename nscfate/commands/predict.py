@@ -1,0 +1,56 @@
+"""``nscfate predict IMAGE... --model MODEL``: predict the differentiation condition of cell images."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+HELP = "predict the differentiation condition of single-cell brightfield images"
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, BMP, TIFF)")
+    parser.add_argument("--model", "-m", default=None,
+                        help="model directory or registered name[@version] (default: the registry's default)")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object per line: the prediction, or {file, error} for a refused file")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per model call (default 64)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from nscfate.errors import ImageError, ModelError
+    from nscfate.predictor import Predictor
+
+    if args.batch_size < 1:
+        log.error("--batch-size must be at least 1")
+        return 2
+    try:
+        predictor = Predictor.load(args.model, batch_size=args.batch_size)
+    except ModelError as exc:  # a broken model directory is the caller's to fix: no traceback
+        log.error("%s", exc)
+        return 2
+    refused = 0
+    results = predictor.predict_many(args.images)
+    for path, result in zip(args.images, results):
+        if isinstance(result, ImageError):
+            refused += 1
+            record = {"file": path, "error": {"code": result.code, "message": str(result)}}
+            if not args.json:
+                log.error("%s", result)
+        else:
+            record = {"file": path, **result.to_dict()}
+        if args.json:
+            sys.stdout.write(json.dumps(record) + "\n")
+        elif "error" not in record:
+            probs = "  ".join(f"{k}={p:.3f}" for k, p in record["probabilities"].items())
+            sys.stdout.write(f"{path}\t{record['predicted_class']}\t{record['confidence']:.3f}\t{probs}\n")
+            for warning in record["warnings"]:
+                sys.stdout.write(f"  warning: {warning}\n")
+    sys.stdout.flush()
+    if refused:
+        log.warning("%d of %d files refused", refused, len(args.images))
+    return 1 if refused else 0

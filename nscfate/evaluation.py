@@ -1,0 +1,322 @@
+"""Evaluation of a model directory on a labelled dataset: metrics, plots and a readable report.
+
+``nscfate evaluate MODEL_DIR --data DIR --out OUT_DIR`` writes into OUT_DIR:
+
+- ``metrics.json``: accuracy, balanced accuracy, macro-F1, macro AUC, ECE, per-class precision/recall/
+  F1/AUC, confusion matrix, bootstrap 95% intervals, accuracy per acquisition batch (group), and the
+  model's own random-split vs grouped-split test numbers from its ``metrics.json``;
+- ``confusion_matrix.png`` (paper Fig. 4), ``roc.png`` (one-vs-rest, paper Fig. 3),
+  ``reliability.png`` (calibration), ``per_group_accuracy.png``;
+- ``report.md`` and ``report.html`` (the same content, images linked).
+
+Images go through :class:`nscfate.Predictor`, the one inference path, in batches; only the
+probabilities are kept, so memory does not grow with the images.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from nscfate import metrics as M
+
+log = logging.getLogger(__name__)
+
+PLOTS = ("confusion_matrix.png", "roc.png", "reliability.png", "per_group_accuracy.png")
+
+
+def predict_samples(predictor, samples: Sequence, batch_size: int = 64, progress: bool = False):
+    """Predict dataset samples (``nscfate.data.Sample``) in batches.
+
+    Returns ``(labels, probs, groups, refused)``: integer labels in the predictor's class order, float32
+    probabilities, group keys, and ``[(path, ImageError)]`` for images that could not be used.
+    """
+    from nscfate.errors import ImageError
+
+    index = {c: i for i, c in enumerate(predictor.classes)}
+    labels, probs, groups, refused = [], [], [], []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(samples), desc="evaluate", unit="img", mininterval=5)
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start:start + batch_size]
+        results = predictor.predict_many([s.path for s in chunk], batch_size=batch_size)
+        for sample, result in zip(chunk, results):
+            if isinstance(result, ImageError):
+                refused.append((sample.path, result))
+                continue
+            labels.append(index[sample.label])
+            probs.append(result.probabilities)
+            groups.append(sample.group)
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    k = len(predictor.classes)
+    return (np.asarray(labels, np.int64), np.asarray(probs, np.float32).reshape(-1, k), groups, refused)
+
+
+def per_group_accuracy(labels: np.ndarray, probs: np.ndarray, groups: Sequence[str]) -> dict[str, dict]:
+    """Accuracy of each group (acquisition batch): spread across groups shows batch effects."""
+    out = {}
+    groups = np.asarray(groups, dtype=object)
+    for g in sorted(set(groups.tolist())):
+        sel = groups == g
+        out[str(g)] = {"n": int(sel.sum()), "accuracy": M.accuracy(labels[sel], probs[sel])}
+    return out
+
+
+def evaluate_predictions(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], out_dir: str | os.PathLike,
+                         *, groups: Sequence[str] | None = None, display_names: dict[str, str] | None = None,
+                         model_card: dict | None = None, model_metrics: dict | None = None,
+                         title: str = "Evaluation", n_boot: int = 1000, seed: int = 0,
+                         extra: dict | None = None) -> dict[str, Any]:
+    """Metrics, plots and report for given predictions; returns the metrics dict (also in metrics.json)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = M.summarize(labels, probs, classes, n_boot=n_boot, seed=seed)
+    if groups is not None:
+        metrics["per_group"] = per_group_accuracy(labels, probs, groups)
+    if model_metrics:
+        metrics["model_reported"] = {split: {k: m.get(k) for k in ("n", "accuracy", "accuracy_ci95", "macro_auc")}
+                                     for split, m in model_metrics.items() if isinstance(m, dict) and "accuracy" in m}
+    if extra:
+        metrics.update(extra)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    names = [display_names.get(c, c) if display_names else c for c in classes]
+    plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), names, out / "confusion_matrix.png")
+    plot_roc(labels, probs, names, out / "roc.png")
+    plot_reliability(labels, probs, out / "reliability.png", ece=metrics["ece"])
+    plot_per_group(metrics.get("per_group", {}), out / "per_group_accuracy.png")
+    write_report(metrics, out, title=title, display_names=display_names or {}, model_card=model_card)
+    return metrics
+
+
+def evaluate(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str | os.PathLike, *,
+             channel: int = 1, batch_size: int = 64, n_boot: int = 1000, limit: int | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Evaluate a model directory (or registered name) on every image of a labelled dataset."""
+    from nscfate.data import read_dataset
+    from nscfate.predictor import Predictor
+
+    predictor = Predictor.load(model, batch_size=batch_size)
+    samples = read_dataset(data, task=predictor.task, channel=channel)
+    if limit is not None:
+        rng = np.random.default_rng(0)
+        samples = [samples[i] for i in sorted(rng.permutation(len(samples))[:limit])]
+    labels, probs, groups, refused = predict_samples(predictor, samples, batch_size, progress=progress)
+    for path, exc in refused[:20]:
+        log.warning("skipped %s: %s", path, exc)
+    if refused:
+        log.warning("%d of %d images could not be used", len(refused), len(samples))
+    if not len(labels):
+        from nscfate.errors import DatasetError
+
+        raise DatasetError(f"no usable images in {data}")
+    card = predictor.card()
+    return evaluate_predictions(
+        labels, probs, predictor.classes, out_dir, groups=groups, display_names=predictor.display_names,
+        model_card=card, model_metrics=predictor.info.metrics, n_boot=n_boot,
+        title=f"Evaluation of {predictor.name} {predictor.version} on {os.fspath(data)}",
+        extra={"model": {"name": predictor.name, "version": predictor.version}, "data": os.fspath(data),
+               "refused": len(refused)},
+    )
+
+
+# --------------------------------------------------------------------------------------- plots
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion_matrix(cm: np.ndarray, names: Sequence[str], path: Path) -> None:
+    """Row-normalised confusion matrix with counts (paper Fig. 4 style)."""
+    plt = _pyplot()
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(names), 1.2 + 1.2 * len(names)))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{norm[i, j]:.2f}\n({cm[i, j]})", ha="center", va="center", fontsize=8,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("predicted condition")
+    ax.set_ylabel("true condition (medium)")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_roc(labels: np.ndarray, probs: np.ndarray, names: Sequence[str], path: Path) -> None:
+    """One-vs-rest ROC curve per class with its AUC (paper Fig. 3 style)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for k, name in enumerate(names):
+        positive = labels == k
+        if 0 < positive.sum() < labels.size:
+            fpr, tpr, _ = M.roc_curve(positive, probs[:, k])
+            ax.plot(fpr, tpr, label=f"{name} (AUC {M.auc(fpr, tpr):.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("one-vs-rest ROC")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_reliability(labels: np.ndarray, probs: np.ndarray, path: Path, ece: float | None = None,
+                     n_bins: int = 15) -> None:
+    """Reliability diagram: accuracy vs mean confidence per confidence bin."""
+    plt = _pyplot()
+    bins = M.reliability_bins(labels, probs, n_bins)
+    centres = (bins["edges"][:-1] + bins["edges"][1:]) / 2
+    filled = bins["count"] > 0
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.bar(centres[filled], bins["accuracy"][filled], width=1 / n_bins, edgecolor="k", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
+    ax.plot(bins["confidence"][filled], bins["accuracy"][filled], "o", color="C3", ms=4, label="bin mean confidence")
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("reliability" + (f" (ECE {ece:.3f})" if ece is not None else ""))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_per_group(per_group: dict[str, dict], path: Path) -> None:
+    """Accuracy per acquisition batch."""
+    plt = _pyplot()
+    names = list(per_group)
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(names) + 2), 3.5))
+    if names:
+        ax.bar(range(len(names)), [per_group[g]["accuracy"] or 0 for g in names], color="C0")
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no group information", ha="center", va="center")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title("accuracy per acquisition batch (group)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -------------------------------------------------------------------------------------- report
+
+def _f(v, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _ci(m: dict, key: str) -> str:
+    ci = m.get(f"{key}_ci95")
+    return f"{_f(m.get(key))} [{_f(ci[0])}, {_f(ci[1])}]" if ci and None not in ci else _f(m.get(key))
+
+
+def report_markdown(metrics: dict, *, title: str, display_names: dict[str, str], model_card: dict | None) -> str:
+    """The report as Markdown (images referenced by file name)."""
+    lines = [f"# {title}", ""]
+    if model_card:
+        lines += [f"Model `{model_card['name']}` {model_card['version']} ({model_card['arch']}, task "
+                  f"`{model_card['task']}`), trained on: {model_card.get('trained_on', 'unknown')}."]
+        if model_card.get("synthetic_training_data"):
+            lines += ["", "**The model was trained on synthetic data.**"]
+        lines.append("")
+    lines += [
+        "| metric | value [bootstrap 95% CI] |", "|---|---|",
+        f"| images | {metrics['n']} |",
+        f"| accuracy | {_ci(metrics, 'accuracy')} |",
+        f"| balanced accuracy | {_ci(metrics, 'balanced_accuracy')} |",
+        f"| macro-F1 | {_ci(metrics, 'macro_f1')} |",
+        f"| macro AUC (one-vs-rest) | {_ci(metrics, 'macro_auc')} |",
+        f"| expected calibration error | {_f(metrics.get('ece'))} |",
+        "",
+        "## Per class", "",
+        "| class | support | precision | recall | F1 | AUC |", "|---|---|---|---|---|---|",
+    ]
+    for c, m in metrics["per_class"].items():
+        lines.append(f"| {display_names.get(c, c)} | {m['support']} | {_f(m['precision'])} | {_f(m['recall'])} | "
+                     f"{_f(m['f1'])} | {_f(m['auc'])} |")
+    reported = metrics.get("model_reported")
+    if reported:
+        lines += ["", "## Random split vs grouped split (from the model's own held-out evaluation)", "",
+                  "A random split puts images of the same acquisition batch on both sides; a grouped split "
+                  "holds out whole batches. A large gap means the model leans on batch effects.", "",
+                  "| split | n | accuracy | macro AUC |", "|---|---|---|---|"]
+        for split, m in reported.items():
+            acc = _f(m.get("accuracy"))
+            if m.get("accuracy_ci95"):
+                acc += f" [{_f(m['accuracy_ci95'][0])}, {_f(m['accuracy_ci95'][1])}]"
+            lines.append(f"| {split} | {m.get('n', '-')} | {acc} | {_f(m.get('macro_auc'))} |")
+    if metrics.get("per_group"):
+        accs = [g["accuracy"] for g in metrics["per_group"].values() if g["accuracy"] is not None]
+        lines += ["", "## Per acquisition batch", "",
+                  f"{len(metrics['per_group'])} groups; accuracy from {_f(min(accs))} to {_f(max(accs))}.", "",
+                  "![accuracy per group](per_group_accuracy.png)"]
+    lines += ["", "## Plots", "", "![confusion matrix](confusion_matrix.png)", "", "![ROC curves](roc.png)", "",
+              "![reliability diagram](reliability.png)", ""]
+    return "\n".join(lines)
+
+
+def write_report(metrics: dict, out: Path, *, title: str, display_names: dict[str, str],
+                 model_card: dict | None) -> None:
+    """Write report.md and a self-contained-looking report.html (same content, images beside it)."""
+    md = report_markdown(metrics, title=title, display_names=display_names, model_card=model_card)
+    (out / "report.md").write_text(md, encoding="utf-8")
+    (out / "report.html").write_text(_markdown_to_html(md, title), encoding="utf-8")
+
+
+def _markdown_to_html(md: str, title: str) -> str:
+    """Just enough Markdown (headings, tables, images, paragraphs, bold) for our own reports."""
+    import re
+
+    body, table = [], []
+
+    def flush_table():
+        if table:
+            rows = [r for r in table if not re.fullmatch(r"\|[-| ]+\|", r)]
+            cells = [[html.escape(c.strip()) for c in r.strip("|").split("|")] for r in rows]
+            body.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in cells[0]) + "</tr>"
+                        + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in cells[1:])
+                        + "</table>")
+            table.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush_table()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+        elif m := re.fullmatch(r"!\[(.*)\]\((.*)\)", line):
+            body.append(f'<p><img src="{html.escape(m[2])}" alt="{html.escape(m[1])}"></p>')
+        elif line.strip():
+            text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(line))
+            text = re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+            body.append(f"<p>{text}</p>")
+    flush_table()
+    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:.3em .6em}img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

@@ -1,0 +1,430 @@
+"""Training: from a validated :class:`nscfate.config.RunConfig` to an exported model directory.
+
+Steps of :func:`train`:
+
+1. read the dataset (``nscfate.data.read_dataset``; brightfield only) and split it: optionally whole
+   acquisition batches are held out first (``data.grouped_holdout``; reported as ``grouped_test``), the
+   rest is split into train / val / test at random or by group (``data.split``); ``data.subsample``
+   thins the training set. The split manifest (with file hashes) is written to the run folder and its
+   hash goes into the model's metadata.
+2. stream the images with ``nscfate.pipeline`` (decode + ``prepare_image`` in parallel, shuffle buffer,
+   batches, prefetch): memory does not grow with the dataset. Training images get random flips (and
+   90-degree turns for square inputs): cells in suspension have no orientation.
+3. build the model (:func:`nscfate.architectures.build_model`) under ``MirroredStrategy`` and with
+   mixed precision when GPUs are present (``train.distribute``/``train.mixed_precision`` = auto), AdamW
+   or SGD with warm-up + cosine decay, balanced class weights.
+4. fit with checkpoints in the run folder: ``backup/`` (``keras.callbacks.BackupAndRestore``, so
+   running the same command again resumes after the last finished epoch), ``best.weights.h5`` (best
+   validation accuracy), ``history.csv``, ``train.log``; early stopping on validation accuracy.
+5. restore the best weights, evaluate on the held-out sets (same pipeline, no augmentation), and
+   export the model directory (:func:`nscfate.modeldir.save_model_dir`) with those metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from nscfate.config import RunConfig
+from nscfate.errors import ConfigError, DatasetError
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+BEST_WEIGHTS = "best.weights.h5"
+HISTORY_FILE = "history.csv"
+SPLIT_FILE = "split.json"
+MONITOR = "val_accuracy"
+#: Held-out images kept as the golden input of the exported model.
+GOLDEN_COUNT = 8
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The samples of each split (``grouped_test`` empty when no batches are held out)."""
+
+    train: list
+    val: list
+    test: list
+    grouped_test: list
+    manifest_sha256: str
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_dir: Path
+    run_dir: Path
+    metrics: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------- data
+
+def load_splits(cfg: RunConfig) -> Splits:
+    """Read and split the dataset as the config says; write the split manifest into the run folder."""
+    from nscfate import data as D
+
+    samples = D.read_dataset(cfg.data.path, task=cfg.task, channel=cfg.data.channel)
+    if not samples:
+        raise DatasetError(f"no images for task {cfg.task} in {cfg.data.path}")
+    seed = cfg.data.seed
+    grouped_test: list = []
+    rest = list(samples)
+    if cfg.data.grouped_holdout:
+        held = D.split_grouped(rest, cfg.data.grouped_holdout, seed=seed + 100)
+        rest, grouped_test = held.train, held.test
+    test_split = D.make_split(rest, cfg.data.split, cfg.data.test_fraction, seed=seed)
+    val_share = cfg.data.val_fraction / (1.0 - cfg.data.test_fraction)
+    val_split = D.make_split(test_split.train, cfg.data.split, val_share, seed=seed + 1)
+    train = val_split.train
+    if cfg.data.subsample < 1.0:
+        train = D.subsample(train, cfg.data.subsample, seed=seed)
+    parts = {"train": train, "val": val_split.test, "test": test_split.test, "grouped_test": grouped_test}
+    run = cfg.run_path
+    run.mkdir(parents=True, exist_ok=True)
+    manifest_hash = write_manifest(run / SPLIT_FILE, parts, cfg)
+    for name, part in parts.items():
+        log.info("%s: %d images, %d groups", name, len(part), len({s.group for s in part}))
+    return Splits(train, val_split.test, test_split.test, grouped_test, manifest_hash)
+
+
+def write_manifest(path: Path, parts: dict[str, list], cfg: RunConfig) -> str:
+    """The split manifest of a run: ``nscfate.data``'s JSON format and hash (subset, label, group, file
+    SHA-256 per image), with four subsets: train, val, test, grouped_test. Returns the manifest hash."""
+    from nscfate import data as D
+
+    base = path.parent.resolve()
+    entries = []
+    for subset, items in parts.items():
+        for s in items:
+            file = Path(s.path).resolve()
+            entries.append({"subset": subset, "path": str(file.relative_to(base)) if file.is_relative_to(base)
+                            else str(file), "label": s.label, "group": s.group, "channel": s.channel,
+                            "sha256": D.file_sha256(file)})
+    digest = D.manifest_hash(entries)
+    doc = {"version": D.MANIFEST_VERSION, "kind": cfg.data.split, "seed": cfg.data.seed,
+           "test_fraction": cfg.data.test_fraction, "val_fraction": cfg.data.val_fraction,
+           "grouped_holdout": cfg.data.grouped_holdout, "subsample": cfg.data.subsample,
+           "counts": {k: len(v) for k, v in parts.items()}, "manifest_sha256": digest, "samples": entries}
+    path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    return digest
+
+
+def _dataset(samples: Sequence, cfg: RunConfig, classes: Sequence[str], *, training: bool):
+    """A batched ``tf.data`` stream of (prepared image, label) for ``samples`` (``nscfate.pipeline``)."""
+    import tensorflow as tf
+
+    from nscfate.pipeline import make_dataset
+
+    augment = _augment_fn(cfg.model.input_size) if training and cfg.data.augment else None
+    ds = make_dataset(samples, classes, input_size=cfg.model.input_size, batch_size=cfg.train.batch_size,
+                      shuffle=training, shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.train.seed,
+                      repeat=training, augment=augment)
+    if cfg.train.label_smoothing:
+        n = len(classes)
+        ds = ds.map(lambda x, y: (x, tf.one_hot(y, n)), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds
+
+
+def _augment_fn(input_size: tuple[int, int]):
+    import tensorflow as tf
+
+    square = input_size[0] == input_size[1]
+
+    def augment(x, y):
+        x = tf.image.random_flip_left_right(x)
+        x = tf.image.random_flip_up_down(x)
+        if square:
+            x = tf.image.rot90(x, tf.random.uniform([], 0, 4, dtype=tf.int32))
+        return x, y
+
+    return augment
+
+
+def class_weights(samples: Sequence, classes: Sequence[str]) -> dict[int, float]:
+    """Balanced weights ``n / (k * n_c)`` (sklearn's 'balanced'); absent classes get weight 0."""
+    counts = np.array([sum(1 for s in samples if s.label == c) for c in classes], dtype=np.float64)
+    total, k = counts.sum(), len(classes)
+    return {i: float(total / (k * c)) if c else 0.0 for i, c in enumerate(counts)}
+
+
+# ------------------------------------------------------------------------------------ model
+
+def _strategy_and_precision(cfg: RunConfig):
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    strategy = (tf.distribute.MirroredStrategy() if gpus and cfg.train.distribute == "auto"
+                else tf.distribute.get_strategy())
+    mixed = cfg.train.mixed_precision == "on" or (cfg.train.mixed_precision == "auto" and bool(gpus))
+    log.info("devices: %d GPU(s); strategy %s; mixed precision %s", len(gpus), type(strategy).__name__,
+             "on" if mixed else "off")
+    return strategy, mixed
+
+
+def _optimizer(cfg: RunConfig, steps_per_epoch: int):
+    import keras
+
+    t = cfg.train
+    total = max(1, t.epochs * steps_per_epoch)
+    warmup = min(total - 1, t.warmup_epochs * steps_per_epoch)
+    if t.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=t.learning_rate * (0.1 if warmup else 1.0), decay_steps=total - warmup,
+            alpha=0.01, warmup_target=t.learning_rate if warmup else None, warmup_steps=warmup)
+    else:
+        lr = t.learning_rate
+    if t.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, momentum=0.9, nesterov=True, weight_decay=t.weight_decay or None)
+    return keras.optimizers.AdamW(learning_rate=lr, weight_decay=t.weight_decay)
+
+
+class _ProgressLog:
+    """Per-epoch log lines (+ a tqdm bar per epoch on a terminal)."""
+
+    def __new__(cls, steps_per_epoch: int, epochs: int):
+        import keras
+
+        class ProgressLog(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.t0 = time.perf_counter()
+                self.bar = None
+                if sys.stderr.isatty():
+                    from tqdm import tqdm
+
+                    self.bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
+                                    leave=False)
+
+            def on_train_batch_end(self, batch, logs=None):
+                if self.bar is not None:
+                    self.bar.update(1)
+                    if logs:
+                        self.bar.set_postfix(loss=f"{logs.get('loss', 0):.3f}", acc=f"{logs.get('accuracy', 0):.3f}")
+
+            def on_epoch_end(self, epoch, logs=None):
+                if self.bar is not None:
+                    self.bar.close()
+                logs = logs or {}
+                secs = time.perf_counter() - self.t0
+                log.info("epoch %d/%d: %s (%.0f s)", epoch + 1, epochs,
+                         ", ".join(f"{k} {v:.4f}" for k, v in logs.items() if isinstance(v, (int, float))), secs)
+
+        return ProgressLog()
+
+
+def _best_so_far(history: Path) -> float | None:
+    """Best monitored value in an existing history.csv (so a resumed run does not overwrite a better
+    checkpoint)."""
+    if not history.is_file():
+        return None
+    with history.open() as f:
+        values = [float(r[MONITOR]) for r in csv.DictReader(f) if r.get(MONITOR)]
+    return max(values) if values else None
+
+
+def _check_run_dir(cfg: RunConfig, restart: bool) -> Path:
+    """Create the run folder, or resume it when it holds the same config."""
+    run = cfg.run_path
+    saved = run / CONFIG_FILE
+    if run.exists() and restart:
+        shutil.rmtree(run)
+    if saved.is_file():
+        from nscfate.config import load_config
+
+        previous = load_config(saved)
+        if previous != cfg:
+            raise ConfigError(f"run folder {run} holds a different config; run again with --restart to start "
+                              "over, or choose another --run-dir")
+        log.info("resuming the run in %s", run)
+    run.mkdir(parents=True, exist_ok=True)
+    saved.write_text(cfg.to_yaml(), encoding="utf-8")
+    return run
+
+
+# ------------------------------------------------------------------------------------ train
+
+def train(cfg: RunConfig, *, restart: bool = False, overwrite: bool = False, command: str | None = None,
+          extra_callbacks: Sequence = ()) -> TrainResult:
+    """Train and export a model directory as described in the module docstring.
+
+    Args:
+        cfg: the validated run config.
+        restart: discard an existing run folder instead of resuming it.
+        overwrite: replace an existing model directory at ``cfg.out``.
+        command: the command line that started the run (recorded in the model card).
+        extra_callbacks: more Keras callbacks for ``fit``.
+    """
+    import keras
+
+    from nscfate.architectures import build_model
+    from nscfate.classes import get_task
+
+    out = Path(cfg.out)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} already exists; choose another --out or pass --overwrite")
+    run = _check_run_dir(cfg, restart)
+    file_log = logging.FileHandler(run / "train.log")
+    file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("nscfate").addHandler(file_log)
+    old_policy = keras.config.dtype_policy()
+    try:
+        keras.utils.set_random_seed(cfg.train.seed)
+        classes = get_task(cfg.task).classes
+        splits = load_splits(cfg)
+        if not splits.train or not splits.val:
+            raise DatasetError("the split left no training or no validation images; add images or change fractions")
+        missing = [c for c in classes if not any(s.label == c for s in splits.train)]
+        if missing:
+            raise DatasetError(f"no training images of class(es) {', '.join(missing)} in {cfg.data.path}")
+        steps = cfg.train.steps_per_epoch or math.ceil(len(splits.train) / cfg.train.batch_size)
+        strategy, mixed = _strategy_and_precision(cfg)
+        if mixed:
+            keras.config.set_dtype_policy("mixed_float16")
+        with strategy.scope():
+            model = build_model(cfg.model.arch, len(classes), cfg.model.input_size, cfg.model.pretrained,
+                                dropout=cfg.model.dropout)
+            loss = (keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing)
+                    if cfg.train.label_smoothing else keras.losses.SparseCategoricalCrossentropy())
+            model.compile(optimizer=_optimizer(cfg, steps), loss=loss, metrics=["accuracy"])
+        log.info("model %s: %s parameters, input %s", cfg.model.arch, f"{model.count_params():,}", cfg.model.input_size)
+
+        train_ds = _dataset(splits.train, cfg, classes, training=True)
+        val_ds = _dataset(splits.val, cfg, classes, training=False)
+        callbacks = [
+            keras.callbacks.BackupAndRestore(str(run / "backup")),
+            keras.callbacks.ModelCheckpoint(str(run / BEST_WEIGHTS), monitor=MONITOR, mode="max",
+                                            save_best_only=True, save_weights_only=True,
+                                            initial_value_threshold=_best_so_far(run / HISTORY_FILE)),
+            keras.callbacks.CSVLogger(str(run / HISTORY_FILE), append=True),
+            _ProgressLog(steps, cfg.train.epochs),
+            *extra_callbacks,
+        ]
+        if cfg.train.early_stopping_patience:
+            callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", min_delta=1e-3,
+                                                           patience=cfg.train.early_stopping_patience))
+        weights = class_weights(splits.train, classes) if cfg.train.class_weights == "balanced" else None
+        t0 = time.perf_counter()
+        model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs, steps_per_epoch=steps,
+                  class_weight=weights, callbacks=callbacks, verbose=0)
+        train_seconds = time.perf_counter() - t0
+        if (run / BEST_WEIGHTS).is_file():
+            model.load_weights(run / BEST_WEIGHTS)
+
+        metrics = evaluate_splits(model, splits, cfg, classes)
+        metrics["training"] = _training_summary(run, train_seconds, steps, cfg)
+        info = export(model, cfg, splits, metrics, overwrite=overwrite, command=command)
+        log.info("exported %s@%s to %s: test accuracy %s", info.name, info.version, out,
+                 _fmt(metrics.get("test", {}).get("accuracy")))
+        return TrainResult(model_dir=out, run_dir=run, metrics=metrics)
+    finally:
+        keras.config.set_dtype_policy(old_policy)
+        logging.getLogger("nscfate").removeHandler(file_log)
+        file_log.close()
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _training_summary(run: Path, seconds: float, steps: int, cfg: RunConfig) -> dict[str, Any]:
+    rows = []
+    if (run / HISTORY_FILE).is_file():
+        with (run / HISTORY_FILE).open() as f:
+            rows = list(csv.DictReader(f))
+    best = max(rows, key=lambda r: float(r.get(MONITOR) or "nan"), default=None) if rows else None
+    return {
+        "epochs_run": len(rows),
+        "best_epoch": int(best["epoch"]) + 1 if best else None,
+        "best_val_accuracy": float(best[MONITOR]) if best else None,
+        "seconds_this_session": round(seconds, 1),
+        "train_images_per_second": round(steps * cfg.train.batch_size * max(1, len(rows)) / max(seconds, 1e-9), 1)
+        if rows else None,
+    }
+
+
+def predict_dataset(model, samples: Sequence, cfg: RunConfig, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, probabilities) of ``samples`` through the pipeline without shuffling or augmentation.
+    Labels come with the images, so an unreadable image the pipeline skips cannot misalign them."""
+    import tensorflow as tf
+
+    from nscfate.pipeline import make_dataset
+
+    if not samples:
+        return np.zeros(0, np.int64), np.zeros((0, len(classes)), np.float32)
+    ds = make_dataset(samples, classes, input_size=cfg.model.input_size, batch_size=cfg.train.batch_size,
+                      shuffle=False, repeat=False)
+    infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    labels, probs = [], []
+    for x, y in ds:
+        probs.append(np.asarray(infer(x), dtype=np.float32))
+        labels.append(np.asarray(y, dtype=np.int64))
+    return np.concatenate(labels), np.concatenate(probs)
+
+
+def evaluate_splits(model, splits: Splits, cfg: RunConfig, classes: Sequence[str]) -> dict[str, Any]:
+    """Held-out metrics (``nscfate.metrics.summarize``) for val, test and grouped_test."""
+    from nscfate.metrics import summarize
+
+    out: dict[str, Any] = {}
+    for name in ("val", "test", "grouped_test"):
+        samples = getattr(splits, name)
+        if samples:
+            labels, probs = predict_dataset(model, samples, cfg, classes)
+            out[name] = summarize(labels, probs, classes, n_boot=cfg.train.eval_bootstrap, seed=cfg.data.seed)
+            log.info("%s accuracy %.4f (n=%d)", name, out[name]["accuracy"], len(samples))
+    return out
+
+
+def _is_synthetic(cfg: RunConfig) -> bool:
+    """``export.synthetic`` if set, else whether the data folder holds the ``synth.json`` that
+    ``nscfate synth`` writes beside its images."""
+    if cfg.export.synthetic is not None:
+        return cfg.export.synthetic
+    path = Path(cfg.data.path)
+    return any((p / "synth.json").is_file() for p in (path, path.parent))
+
+
+def export(model, cfg: RunConfig, splits: Splits, metrics: dict, *, overwrite: bool, command: str | None):
+    """Write the model directory for a trained model."""
+    from nscfate.io import decode_image
+    from nscfate.modeldir import save_model_dir
+    from nscfate.preprocessing import prepare_image
+
+    held_out = (splits.test or splits.val)[:GOLDEN_COUNT]
+    golden = np.stack([prepare_image(decode_image(s.path).pixels, cfg.model.input_size) for s in held_out])
+    synthetic = _is_synthetic(cfg)
+    description = cfg.export.description or (
+        f"{'SYNTHETIC ' if synthetic else ''}images from {cfg.data.path} "
+        f"({len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test"
+        + (f" / {len(splits.grouped_test)} in held-out acquisition batches" if splits.grouped_test else "") + ")")
+    training_data = {
+        "description": description,
+        "synthetic": synthetic,
+        "path": str(cfg.data.path),
+        "manifest_sha256": splits.manifest_sha256,
+        "split": cfg.data.split,
+        "num_train": len(splits.train), "num_val": len(splits.val), "num_test": len(splits.test),
+        "num_grouped_test": len(splits.grouped_test),
+    }
+    return save_model_dir(
+        cfg.out, model, name=cfg.model_name, version=cfg.export.version, task=cfg.task, arch=cfg.model.arch,
+        golden_input=golden, config=cfg.to_dict(), metrics=metrics, training_data=training_data,
+        reproduce_command=command, notes=cfg.export.notes, weights_dtype=cfg.export.weights_dtype,
+        overwrite=overwrite,
+    )
+
+
+def history(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch history of a run folder."""
+    path = Path(run_dir) / HISTORY_FILE
+    with path.open() as f:
+        return [{k: json.loads(v) if v else None for k, v in r.items()} for r in csv.DictReader(f)]

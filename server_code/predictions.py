@@ -1,0 +1,434 @@
+"""Classify cell images through the uplink worker and keep the lab's prediction history.
+
+One path for a prediction: validate here, forward to the worker with
+``anvil.server.call("predict_cell_fate_batch", ...)``, then write one history row per image the
+worker classified (never for a rejected image or a failed call). Big uploads are sent in chunks and
+stop before Anvil's 30 s server-call limit; files not reached are returned as "send again".
+
+The history is shared by the lab: every signed-in user can search it; only the owner of a prediction
+or a lab admin can delete it.
+"""
+
+import csv
+import datetime as dt
+import io
+import logging
+import time
+
+import anvil
+import anvil.server
+import anvil.tables.query as q
+from anvil.tables import app_tables, order_by
+
+from . import access, errors, stats, uploads
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 16  # images per worker call
+TIME_BUDGET_S = 25.0  # stop sending chunks before Anvil kills the call at 30 s
+MAX_PAGE_SIZE = 200
+WORKER_USER_ERRORS = ("UnknownModelError",)  # worker exception types that are the caller's fault
+
+
+# --------------------------------------------------------------------------------------------------
+# Classification
+
+
+@anvil.server.callable
+def classify_cell_images(files, experiment=None, notes=None, model=None):
+    """Classify uploaded cell images; returns one result per file, in order (rejections included).
+
+    Each result has ``ok``; successful ones carry the stored prediction (``id``, ``predicted_class``,
+    ``confidence``, ``probabilities``, ...), rejected ones an ``error`` with ``code`` and ``message``.
+    """
+    return classify_for_user(access.require_user(), files, experiment, notes, model)
+
+
+def classify_for_user(user, files, experiment=None, notes=None, model=None, clock=time.monotonic):
+    """classify_cell_images for a given user (also used by the REST API)."""
+    started = clock()
+    experiment = uploads.clean_text(experiment, "experiment", uploads.MAX_EXPERIMENT_CHARS)
+    notes = uploads.clean_text(notes, "notes", uploads.MAX_NOTES_CHARS)
+    model = uploads.clean_text(model, "model", 200)
+    accepted, rejected = uploads.check_files(files)
+    results = {r["index"]: r for r in rejected}
+    slowest_chunk = 0.0
+    chunks = [accepted[i:i + CHUNK_SIZE] for i in range(0, len(accepted), CHUNK_SIZE)]
+    for n, chunk in enumerate(chunks):
+        elapsed = clock() - started
+        if n > 0 and elapsed + slowest_chunk > TIME_BUDGET_S:
+            for f in (f for rest in chunks[n:] for f in rest):
+                results[f.index] = uploads.rejection(
+                    f.index, f.filename, "not_processed",
+                    "Not classified: this request reached the %d s time limit; send this file again"
+                    % int(TIME_BUDGET_S))
+            break
+        t0 = clock()
+        try:
+            outputs = _predict_chunk(chunk, model)
+        except errors.AppError:
+            raise
+        except Exception as e:  # the worker is down, timed out or failed: nothing is stored
+            log.warning("prediction worker failed: %s", type(e).__name__)
+            for f in (f for rest in chunks[n:] for f in rest):
+                results[f.index] = uploads.rejection(
+                    f.index, f.filename, "worker_unavailable",
+                    "The prediction service is not available right now (%s); nothing was stored, "
+                    "try again later" % type(e).__name__)
+            break
+        slowest_chunk = max(slowest_chunk, clock() - t0)
+        for f, out in zip(chunk, outputs):
+            results[f.index] = _record(user, f, out, experiment, notes)
+    return [results[i] for i in sorted(results)]
+
+
+def _predict_chunk(chunk, model):
+    try:
+        outputs = anvil.server.call("predict_cell_fate_batch", [f.media() for f in chunk], model=model)
+    except anvil.server.AnvilWrappedError as e:
+        type_name = (getattr(e, "error_obj", None) or {}).get("type") or ""
+        if type_name.rsplit(".", 1)[-1] in WORKER_USER_ERRORS:
+            raise errors.InvalidRequest(str(e) or "Unknown model %r" % model, code="unknown_model")
+        raise
+    if not isinstance(outputs, list) or len(outputs) != len(chunk):
+        raise ValueError("the worker returned %r results for %d images" % (
+            len(outputs) if isinstance(outputs, list) else type(outputs).__name__, len(chunk)))
+    return outputs
+
+
+def _record(user, f, out, experiment, notes):
+    """Store one worker result as a history row (only a valid prediction is stored)."""
+    if isinstance(out, dict) and isinstance(out.get("error"), dict):
+        err = out["error"]
+        return uploads.rejection(f.index, f.filename, str(err.get("code") or "bad_image"),
+                                 str(err.get("message") or "The image could not be used"))
+    if not _is_prediction(out):
+        log.warning("worker returned an unusable result for one image")
+        return uploads.rejection(f.index, f.filename, "bad_worker_response",
+                                 "The prediction service returned an unusable result; nothing was stored")
+    model = out.get("model") or {}
+    class_names = {c["key"]: c.get("display_name") or c["key"] for c in out.get("classes") or []
+                   if isinstance(c, dict) and "key" in c}
+    row = app_tables.predictions.add_row(
+        created=dt.datetime.now(dt.timezone.utc),
+        user=user,
+        filename=f.filename,
+        image=f.media(),
+        image_sha256=f.sha256,
+        model_name=str(model.get("name") or ""),
+        model_version=str(model.get("version") or ""),
+        predicted_class=out["predicted_class"],
+        confidence=float(out["confidence"]),
+        probabilities={k: float(v) for k, v in out["probabilities"].items()},
+        class_names=class_names,
+        warnings=[str(w) for w in out.get("warnings") or []],
+        experiment=experiment,
+        notes=notes,
+    )
+    result = prediction_to_dict(row, user)
+    result.update(index=f.index, ok=True)
+    return result
+
+
+def _is_prediction(out):
+    if not isinstance(out, dict) or not isinstance(out.get("predicted_class"), str):
+        return False
+    probs = out.get("probabilities")
+    conf = out.get("confidence")
+    return (isinstance(probs, dict) and probs and isinstance(conf, (int, float)) and not isinstance(conf, bool)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in probs.values()))
+
+
+# --------------------------------------------------------------------------------------------------
+# History
+
+
+def prediction_to_dict(row, viewer):
+    """A history row as plain data for the client (rows themselves are never sent to clients)."""
+    owner = row["user"]
+    class_names = row["class_names"] or {}
+    probabilities = row["probabilities"] or {}
+    return {
+        "id": row.get_id(),
+        "created": row["created"],
+        "user": owner["email"] if owner is not None else None,
+        "filename": row["filename"],
+        "image_sha256": row["image_sha256"],
+        "model": {"name": row["model_name"], "version": row["model_version"]},
+        "predicted_class": row["predicted_class"],
+        "predicted_display_name": class_names.get(row["predicted_class"], row["predicted_class"]),
+        "confidence": row["confidence"],
+        "probabilities": probabilities,
+        "classes": [{"key": k, "display_name": class_names.get(k, k)} for k in probabilities],
+        "warnings": row["warnings"] or [],
+        "experiment": row["experiment"],
+        "notes": row["notes"],
+        "can_delete": access.can_delete(viewer, row),
+    }
+
+
+def _parse_date(value, field):
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value.strip()[:10])
+        except ValueError:
+            pass
+    raise errors.InvalidRequest("%s must be a date like 2024-05-31" % field, code="bad_" + field)
+
+
+def history_query(filters):
+    """The search arguments for the history filters: condition, date_from, date_to (inclusive, UTC
+    days), experiment, user (email) and model (name)."""
+    filters = filters or {}
+    if not isinstance(filters, dict):
+        raise errors.InvalidRequest("filters must be a mapping", code="bad_filters")
+    known = {"condition", "date_from", "date_to", "experiment", "user", "model"}
+    unknown = sorted(set(k for k, v in filters.items() if v not in (None, "")) - known)
+    if unknown:
+        raise errors.InvalidRequest("unknown filter %s; known filters: %s" % (", ".join(unknown), ", ".join(
+            sorted(known))), code="bad_filters")
+    kw = {}
+    for key, column in (("condition", "predicted_class"), ("experiment", "experiment"), ("model", "model_name")):
+        value = filters.get(key)
+        if value not in (None, ""):
+            if not isinstance(value, str):
+                raise errors.InvalidRequest("%s must be text" % key, code="bad_filters")
+            kw[column] = value.strip()
+    email = filters.get("user")
+    if email not in (None, ""):
+        if not isinstance(email, str):
+            raise errors.InvalidRequest("user must be an email address", code="bad_filters")
+        owner = app_tables.users.get(email=email.strip().lower())
+        if owner is None:
+            return None  # nobody with that email: nothing matches
+        kw["user"] = owner
+    start = _parse_date(filters.get("date_from"), "date_from")
+    end = _parse_date(filters.get("date_to"), "date_to")
+    if start is not None and end is not None and end < start:
+        raise errors.InvalidRequest("date_to is before date_from", code="bad_date_range")
+    bounds = []
+    if start is not None:
+        bounds.append(q.greater_than_or_equal_to(_utc_midnight(start)))
+    if end is not None:
+        bounds.append(q.less_than(_utc_midnight(end + dt.timedelta(days=1))))
+    if bounds:
+        kw["created"] = q.all_of(*bounds)
+    return kw
+
+
+def _utc_midnight(day):
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
+
+
+def search_rows(filters):
+    kw = history_query(filters)
+    if kw is None:
+        return []
+    return app_tables.predictions.search(order_by("created", ascending=False), **kw)
+
+
+def _page_args(page, page_size):
+    if isinstance(page, bool) or not isinstance(page, int) or page < 0:
+        raise errors.InvalidRequest("page must be a whole number from 0", code="bad_page")
+    if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise errors.InvalidRequest("page_size must be between 1 and %d" % MAX_PAGE_SIZE, code="bad_page")
+    return page, page_size
+
+
+def search_history(user, filters=None, page=0, page_size=25):
+    """One page of the history, newest first: ``{rows, total, page, page_size, pages}``."""
+    page, page_size = _page_args(page, page_size)
+    rows = search_rows(filters)
+    total = len(rows)
+    start = page * page_size
+    items = [prediction_to_dict(r, user) for r in rows[start:start + page_size]] if start < total else []
+    return {"rows": items, "total": total, "page": page, "page_size": page_size,
+            "pages": (total + page_size - 1) // page_size}
+
+
+@anvil.server.callable
+def search_predictions(filters=None, page=0, page_size=25):
+    """The lab's prediction history, filtered and paged on the server, newest first."""
+    return search_history(access.require_user(), filters, page, page_size)
+
+
+def get_row(prediction_id):
+    row = app_tables.predictions.get_by_id(prediction_id) if isinstance(prediction_id, str) else None
+    if row is None:
+        raise errors.NotFound("No prediction with id %r" % (prediction_id,))
+    return row
+
+
+@anvil.server.callable
+def get_prediction(prediction_id):
+    """One prediction with its image (a Media object)."""
+    user = access.require_user()
+    row = get_row(prediction_id)
+    result = prediction_to_dict(row, user)
+    result["image"] = row["image"]
+    return result
+
+
+def delete_for_user(user, prediction_id):
+    row = get_row(prediction_id)
+    if not access.can_delete(user, row):
+        raise errors.Forbidden("Only the person who made this prediction or a lab admin can delete it")
+    row.delete()
+
+
+@anvil.server.callable
+def delete_prediction(prediction_id):
+    """Delete a prediction and its stored image (its owner or a lab admin)."""
+    delete_for_user(access.require_user(), prediction_id)
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# CSV export
+
+CSV_COLUMNS = ("id", "created_utc", "user", "filename", "experiment", "notes", "model_name", "model_version",
+               "predicted_class", "predicted_condition", "confidence", "image_sha256", "warnings")
+
+
+def _csv_cell(value):
+    """Text for a CSV cell; cells a spreadsheet would run as a formula are quoted with a leading '."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(round(value, 6))
+    text = str(value)
+    if text and text[0] in "=+-@\t\r":
+        return "'" + text
+    return text
+
+
+def history_csv(filters=None):
+    """The filtered history as CSV text: one row per prediction, one ``p_<class>`` column per class."""
+    rows = list(search_rows(filters))
+    classes = []
+    for r in rows:
+        for key in r["probabilities"] or {}:
+            if key not in classes:
+                classes.append(key)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(list(CSV_COLUMNS) + ["p_" + k for k in classes])
+    for r in rows:
+        owner = r["user"]
+        names = r["class_names"] or {}
+        probs = r["probabilities"] or {}
+        created = r["created"]
+        writer.writerow([_csv_cell(v) for v in (
+            r.get_id(), created.astimezone(dt.timezone.utc).isoformat() if created else None,
+            owner["email"] if owner is not None else None, r["filename"], r["experiment"], r["notes"],
+            r["model_name"], r["model_version"], r["predicted_class"],
+            names.get(r["predicted_class"], r["predicted_class"]), r["confidence"], r["image_sha256"],
+            "; ".join(r["warnings"] or []),
+        )] + [_csv_cell(probs.get(k)) for k in classes])
+    return out.getvalue()
+
+
+@anvil.server.callable
+def export_predictions_csv(filters=None):
+    """The filtered history as a downloadable CSV file."""
+    access.require_user()
+    return anvil.BlobMedia("text/csv", history_csv(filters).encode("utf-8"), name="nscfate-predictions.csv")
+
+
+# --------------------------------------------------------------------------------------------------
+# Experiment summary
+
+
+def summarise_experiment(experiment, model=None):
+    """Share of cells predicted in each condition for one experiment, with 95% Wilson intervals.
+
+    Predictions by different models (or model versions) are summarised separately, since their
+    class sets and error rates differ. ``mean_probability`` is the average predicted probability of
+    each condition (a second, calibration-dependent estimate of the share).
+    """
+    experiment = uploads.clean_text(experiment, "experiment", uploads.MAX_EXPERIMENT_CHARS)
+    if experiment is None:
+        raise errors.InvalidRequest("Choose an experiment to summarise", code="bad_experiment")
+    kw = {"experiment": experiment}
+    if model:
+        kw["model_name"] = model
+    groups = {}
+    for r in app_tables.predictions.search(**kw):
+        key = (r["model_name"], r["model_version"])
+        g = groups.setdefault(key, {"counts": {}, "prob_sums": {}, "order": [], "names": {}, "n": 0})
+        g["n"] += 1
+        g["counts"][r["predicted_class"]] = g["counts"].get(r["predicted_class"], 0) + 1
+        g["names"].update(r["class_names"] or {})
+        for k, p in (r["probabilities"] or {}).items():
+            if k not in g["order"]:
+                g["order"].append(k)
+            g["prob_sums"][k] = g["prob_sums"].get(k, 0.0) + p
+    models = []
+    for (name, version), g in sorted(groups.items(), key=lambda kv: -kv[1]["n"]):
+        order = g["order"] + [k for k in g["counts"] if k not in g["order"]]
+        conditions = stats.condition_shares(g["counts"], order, g["names"])
+        for c in conditions:
+            c["mean_probability"] = g["prob_sums"].get(c["key"], 0.0) / g["n"]
+        models.append({"model": {"name": name, "version": version}, "n_cells": g["n"], "conditions": conditions})
+    return {"experiment": experiment, "n_cells": sum(g["n"] for g in groups.values()), "models": models,
+            "interval": "95% Wilson score interval for the share of cells predicted in each condition"}
+
+
+@anvil.server.callable
+def experiment_summary(experiment, model=None):
+    """Per-experiment share of cells predicted in each condition, with 95% intervals."""
+    access.require_user()
+    return summarise_experiment(experiment, model)
+
+
+# --------------------------------------------------------------------------------------------------
+# Models and explanations
+
+
+def worker_models():
+    try:
+        models = anvil.server.call("list_models")
+    except Exception as e:
+        raise errors.WorkerUnavailable("The prediction service is not available right now (%s)" % type(e).__name__)
+    return models if isinstance(models, list) else []
+
+
+@anvil.server.callable
+def get_model_cards():
+    """The model cards of the models the connected workers serve (the worker's ``list_models``; named
+    differently because on Anvil an uplink function shadows a server function of the same name)."""
+    access.require_user()
+    return worker_models()
+
+
+@anvil.server.callable
+def explain_prediction(prediction_id):
+    """A Grad-CAM overlay for a stored prediction, computed again by the worker on the stored image."""
+    access.require_user()
+    row = get_row(prediction_id)
+    try:
+        out = anvil.server.call("predict_cell_fate", row["image"], model=row["model_name"] or None, explain=True)
+    except anvil.server.AnvilWrappedError as e:
+        type_name = (getattr(e, "error_obj", None) or {}).get("type") or ""
+        if type_name.rsplit(".", 1)[-1] in WORKER_USER_ERRORS:
+            raise errors.InvalidRequest("The model that made this prediction (%s) is not served any more"
+                                        % row["model_name"], code="unknown_model")
+        raise errors.WorkerUnavailable("The prediction service is not available right now")
+    except Exception as e:
+        raise errors.WorkerUnavailable("The prediction service is not available right now (%s)" % type(e).__name__)
+    gradcam = out.get("gradcam") if isinstance(out, dict) else None
+    if not isinstance(gradcam, anvil.Media):
+        raise errors.WorkerUnavailable("The prediction service did not return a Grad-CAM image")
+    model = out.get("model") or {}
+    note = None
+    if model.get("version") and model.get("version") != row["model_version"]:
+        note = "Explained with model version %s; the prediction was made with version %s" % (
+            model.get("version"), row["model_version"])
+    log.info("explained prediction %s", row.get_id())
+    return {"gradcam": gradcam, "model": model, "note": note}

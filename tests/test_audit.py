@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+
+from nscfate.audit import MARGIN, audit, audit_arrays, format_report
+
+
+@pytest.fixture(scope="module")
+def synth_sets(tmp_path_factory):
+    from nscfate.synth import SynthConfig, write_dataset
+
+    root = tmp_path_factory.mktemp("audit")
+    write_dataset(SynthConfig(per_class=120, seed=3), root / "clean")
+    write_dataset(SynthConfig(per_class=120, seed=3, confound="background"), root / "confound")
+    return root
+
+
+def test_flags_the_background_confound(synth_sets):
+    report = audit(synth_sets / "confound", max_images=480)
+    background = next(r for r in report.results if r.name == "background")
+    assert background.flagged and report.flagged
+    assert background.per_class_recall["oligo"] > 0.9
+    text = format_report(report)
+    assert "SHORTCUT" in text and "oligo" in text
+
+
+def test_quiet_on_a_clean_set(synth_sets):
+    report = audit(synth_sets / "clean", max_images=480)
+    assert not report.flagged and report.warnings == ()
+    assert "no shortcut found" in format_report(report)
+    reference = next(r for r in report.results if r.name == "size_intensity")
+    assert not reference.shortcut_check and not reference.flagged
+
+
+def test_crop_size_artefact_is_flagged():
+    rng = np.random.default_rng(0)
+
+    def crop(h):
+        img = np.full((h, 60), 0.4, np.float32) + rng.normal(0, 0.01, (h, 60)).astype(np.float32)
+        img[h // 2 - 5:h // 2 + 5, 25:35] = 0.2
+        return img
+
+    images = [crop(40 if i % 2 else 56) for i in range(200)]
+    labels = ["astro" if i % 2 else "oligo" for i in range(200)]
+    report = audit_arrays(images[:140], labels[:140], images[140:], labels[140:], ["astro", "oligo"])
+    crop_size = next(r for r in report.results if r.name == "crop_size")
+    assert crop_size.flagged and crop_size.accuracy >= crop_size.chance + MARGIN

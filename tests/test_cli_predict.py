@@ -1,0 +1,71 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from nscfate.cli import main
+from nscfate.testing import cell_image, make_tiny_model_dir, to_png_bytes
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_tiny_model_dir(tmp_path_factory.mktemp("m") / "tiny", task="astro_vs_oligo")
+
+
+def test_predict_json_lines_and_refused_files(model_dir, tmp_path, capsys):
+    good = tmp_path / "cell.png"
+    good.write_bytes(to_png_bytes(cell_image(np.random.default_rng(0))))
+    bad = tmp_path / "notes.png"
+    bad.write_text("this is text")
+    missing = tmp_path / "missing.tif"
+    code = main(["predict", str(good), str(bad), str(missing), "--model", str(model_dir), "--json"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 1
+    assert [line["file"] for line in lines] == [str(good), str(bad), str(missing)]
+    ok = lines[0]
+    assert set(ok["probabilities"]) == {"astro", "oligo"}
+    assert ok["model"] == {"name": "tiny-astro_vs_oligo", "version": "0.0.1"}
+    assert ok["predicted_class"] in ("astro", "oligo") and isinstance(ok["warnings"], list)
+    assert lines[1]["error"]["code"] == "not_an_image"
+    assert lines[2]["error"]["code"] and "missing.tif" in lines[2]["error"]["message"]
+
+
+def test_predict_all_good_exits_zero_and_prints_text(model_dir, tmp_path, capsys):
+    good = tmp_path / "cell.png"
+    good.write_bytes(to_png_bytes(cell_image(np.random.default_rng(1))))
+    assert main(["predict", str(good), "--model", str(model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert str(good) in out and "astro=" in out
+
+
+def test_unknown_model_is_a_clean_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NSCFATE_MODELS_DIR", str(tmp_path))
+    good = tmp_path / "cell.png"
+    good.write_bytes(to_png_bytes(cell_image(np.random.default_rng(1))))
+    assert main(["predict", str(good), "--model", "nope"]) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_models_lists_the_registry(model_dir, tmp_path, capsys):
+    shutil.copytree(model_dir, tmp_path / "tiny")
+    assert main(["models", "--root", str(tmp_path), "--register", str(tmp_path / "tiny"), "--default"]) == 0
+    capsys.readouterr()
+    assert main(["models", "--root", str(tmp_path), "--json"]) == 0
+    cards = json.loads(capsys.readouterr().out)
+    assert [(c["name"], c["default"]) for c in cards] == [("tiny-astro_vs_oligo", True)]
+    assert main(["models", "--root", str(tmp_path)]) == 0
+    assert "tiny-astro_vs_oligo@0.0.1" in capsys.readouterr().out
+
+
+def test_explain_writes_an_overlay_png(model_dir, tmp_path, capsys):
+    image = tmp_path / "cell.png"
+    image.write_bytes(to_png_bytes(cell_image(np.random.default_rng(2))))
+    out = tmp_path / "heat.png"
+    assert main(["explain", str(model_dir), str(image), "--out", str(out), "--class", "oligo"]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG")
+    line = json.loads(capsys.readouterr().out)
+    assert line["explained_class"] == "oligo" and line["heatmap"] == str(out)
+    assert main(["explain", str(model_dir), str(image), "--out", str(out), "--class", "neuron"]) == 2
+    assert main(["explain", str(model_dir), str(tmp_path / "none.png"), "--out", str(out)]) == 2

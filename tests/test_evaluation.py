@@ -1,0 +1,52 @@
+import json
+
+import numpy as np
+
+from nscfate.evaluation import PLOTS, evaluate_predictions, per_group_accuracy
+
+
+def test_evaluate_predictions_writes_metrics_plots_and_report(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 25)
+    logits = rng.normal(0, 1, (100, 4))
+    logits[np.arange(100), labels] += 2.0
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    groups = [f"D{1 + i % 3}A" for i in range(100)]
+    model_metrics = {"test": {"n": 100, "accuracy": 0.93, "accuracy_ci95": [0.9, 0.95], "macro_auc": 0.99},
+                     "grouped_test": {"n": 80, "accuracy": 0.88, "macro_auc": 0.97}}
+    m = evaluate_predictions(labels, probs, ["astro", "oligo", "rashh", "nt3"], tmp_path, groups=groups,
+                             display_names={"astro": "Astrocyte medium"}, model_metrics=model_metrics, n_boot=50)
+    for name in (*PLOTS, "metrics.json", "report.md", "report.html"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["accuracy"] == m["accuracy"] and np.asarray(on_disk["confusion_matrix"]).sum() == 100
+    assert set(on_disk["per_group"]) == {"D1A", "D2A", "D3A"}
+    report = (tmp_path / "report.md").read_text()
+    assert "grouped_test" in report and "0.880" in report and "Astrocyte medium" in report
+    assert (tmp_path / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
+    assert "<table>" in (tmp_path / "report.html").read_text()
+
+
+def test_per_group_accuracy():
+    labels = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.3, 0.7]])
+    out = per_group_accuracy(labels, probs, ["a", "a", "b", "b"])
+    assert out == {"a": {"n": 2, "accuracy": 0.5}, "b": {"n": 2, "accuracy": 1.0}}
+
+
+def test_evaluate_command_on_a_dataset_through_the_predictor(tmp_path, capsys):
+    from nscfate.cli import main
+    from nscfate.synth import SynthConfig, write_dataset
+    from nscfate.testing import make_tiny_model_dir
+
+    write_dataset(SynthConfig(per_class=12, seed=2, replicates=3), tmp_path / "data")
+    model = make_tiny_model_dir(tmp_path / "tiny", task="astro_vs_oligo")
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(model), "--data", str(tmp_path / "data"), "--out", str(out),
+                 "--bootstrap", "20"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 24 and m["classes"] == ["astro", "oligo"]  # only the task's classes are read
+    assert m["model"] == {"name": "tiny-astro_vs_oligo", "version": "0.0.1"}
+    assert set(m["per_group"]) == {"D3A", "D3B", "D3C"}
+    assert "accuracy" in capsys.readouterr().out
+    assert (out / "roc.png").is_file() and (out / "report.html").is_file()

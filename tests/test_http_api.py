@@ -1,0 +1,196 @@
+"""The REST API and sign-in routes over HTTP (Starlette test client, real runtime and SQL tables)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from starlette.applications import Starlette
+
+from apphost.http_api import COOKIE_NAME, api_routes
+from apphost.testing import FakeWorker, make_runtime, png_bytes
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # starlette suggests httpx2; httpx is what is pinned here
+    from starlette.testclient import TestClient
+
+ANN = ("ann@lab.org", "correct horse battery")
+BOB = ("bob@lab.org", "another horse battery")
+
+
+@pytest.fixture
+def worker():
+    return FakeWorker()
+
+
+@pytest.fixture
+def status():
+    return {"workers": 1}
+
+
+@pytest.fixture
+def rt(tmp_path, worker, status):
+    runtime = make_runtime(tmp_path, worker, host_functions={"nscfate_host_status": lambda: dict(status)})
+    runtime.accounts.create_user(*ANN)
+    runtime.accounts.create_user(*BOB)
+    runtime.accounts.create_user("ada@lab.org", "admin horse battery", role="lab_admin")
+    yield runtime
+    runtime.close()
+    runtime.db.dispose()
+
+
+@pytest.fixture
+def client(rt):
+    with TestClient(Starlette(routes=api_routes(rt)), base_url="http://testserver") as c:
+        yield c
+
+
+def upload(client, n=2, auth=ANN, **data):
+    files = [("file", (f"cell{i}.png", png_bytes(i), "image/png")) for i in range(n)]
+    return client.post("/_/api/predictions", auth=auth, files=files, data=data)
+
+
+def test_health_needs_no_auth_and_reports_workers(client, status, worker):
+    r = client.get("/_/api/health")
+    assert r.status_code == 200 and r.json() == {"status": "ok", "workers": 1, "models": ["tiny-medium4"]}
+    status["workers"] = 0
+    r = client.get("/_/api/health")
+    assert r.status_code == 503 and r.json()["workers"] == 0 and r.json()["status"] == "degraded"
+
+
+def test_everything_else_needs_credentials(client):
+    for path in ("/_/api/predictions", "/_/api/predictions.csv", "/_/api/models", "/_/api/summary?experiment=x"):
+        r = client.get(path)
+        assert r.status_code == 401 and "Basic" in r.headers["www-authenticate"], path
+    assert client.get("/_/api/predictions", auth=("ann@lab.org", "wrong password")).status_code == 401
+    from_page = client.get("/_/api/predictions", headers={"x-requested-with": "fetch"})
+    assert from_page.status_code == 401 and "www-authenticate" not in from_page.headers  # no browser dialog
+
+
+def test_post_multipart_then_list_detail_image_and_csv(client):
+    r = upload(client, 3, experiment="E1", notes="first batch")
+    assert r.status_code == 200 and r.json()["n_ok"] == 3
+    first = r.json()["results"][0]
+    assert first["filename"] == "cell0.png" and first["experiment"] == "E1" and first["url"].startswith("/_/api/")
+    listing = client.get("/_/api/predictions", auth=BOB, params={"experiment": "E1", "page_size": 2})
+    assert listing.status_code == 200
+    body = listing.json()
+    assert (body["total"], body["pages"], len(body["rows"])) == (3, 2, 2)
+    detail = client.get(first["url"], auth=BOB)
+    assert detail.status_code == 200 and detail.json()["id"] == first["id"] and detail.json()["can_delete"] is False
+    image = client.get(first["image_url"], auth=BOB)
+    assert image.content == png_bytes(0) and image.headers["content-type"] == "image/png"
+    csv = client.get("/_/api/predictions.csv", auth=BOB, params={"experiment": "E1"})
+    assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
+    assert "attachment" in csv.headers["content-disposition"] and csv.text.count("\n") == 4
+
+
+def test_post_raw_body(client):
+    r = client.post("/_/api/predictions", auth=ANN, params={"filename": "raw.tif", "experiment": "E2"},
+                    content=png_bytes(7), headers={"content-type": "image/png"})
+    assert r.status_code == 200
+    assert r.json()["results"][0]["filename"] == "raw.tif" and r.json()["results"][0]["experiment"] == "E2"
+
+
+def test_post_errors_are_json(client, worker):
+    r = client.post("/_/api/predictions", auth=ANN, files=[("file", ("x.txt", b"hello", "text/plain"))])
+    assert r.status_code == 422 and r.json()["results"][0]["error"]["code"] == "unsupported_format"
+    r = client.post("/_/api/predictions", auth=ANN, data={"experiment": "E"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "no_files"
+    r = upload(client, 1, model="no-such-model")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "unknown_model"
+    worker.fail = True
+    r = upload(client, 1)
+    assert r.status_code == 503 and r.json()["results"][0]["error"]["code"] == "worker_unavailable"
+    r = client.get("/_/api/predictions", auth=ANN, params={"page": "two"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_page"
+    r = client.get("/_/api/predictions/[1,99]", auth=ANN)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert client.get("/_/api/nothing-here", auth=ANN).status_code == 404
+
+
+def test_body_size_limit(rt, client):
+    small = TestClient(Starlette(routes=api_routes(rt, max_body_bytes=1000)))
+    r = small.post("/_/api/predictions", auth=ANN, content=b"\x89PNG\r\n\x1a\n" + b"0" * 2000,
+                   headers={"content-type": "image/png"})
+    assert r.status_code == 413
+
+
+def test_delete_permissions_over_http(client):
+    pid = upload(client, 1).json()["results"][0]["url"]
+    assert client.delete(pid, auth=BOB).status_code == 403
+    assert client.delete(pid, auth=ANN).status_code == 200
+    assert client.get(pid, auth=ANN).status_code == 404
+
+
+def test_summary_and_models(client):
+    upload(client, 4, experiment="E5")
+    r = client.get("/_/api/summary", auth=ANN, params={"experiment": "E5"})
+    assert r.status_code == 200 and r.json()["n_cells"] == 4
+    assert sum(c["count"] for c in r.json()["models"][0]["conditions"]) == 4
+    assert client.get("/_/api/models", auth=ANN).json()["models"][0]["name"] == "tiny-medium4"
+
+
+def _sign_in(client, creds=ANN):
+    r = client.post("/_/auth/login", json={"email": creds[0], "password": creds[1]})
+    assert r.status_code == 200
+    return r.json()["csrf_token"]
+
+
+def test_browser_session_cookie_and_csrf(client):
+    r = client.post("/_/auth/login", json={"email": ANN[0], "password": ANN[1]})
+    cookie = r.headers["set-cookie"]
+    assert COOKIE_NAME in cookie and "HttpOnly" in cookie and "samesite=lax" in cookie.lower()
+    token = r.json()["csrf_token"]
+    assert client.get("/_/auth/me").json() == {"user": {"email": ANN[0], "role": "researcher"}, "csrf_token": token}
+    assert client.get("/_/api/predictions").status_code == 200  # the cookie authenticates reads
+    files = [("file", ("c.png", png_bytes(3), "image/png"))]
+    assert client.post("/_/api/predictions", files=files).status_code == 403  # no CSRF token
+    assert client.post("/_/api/predictions", files=files, headers={"x-csrf-token": "forged"}).status_code == 403
+    r = client.post("/_/api/predictions", files=files, headers={"x-csrf-token": token})
+    assert r.status_code == 200 and r.json()["results"][0]["user"] == ANN[0]
+    assert client.post("/_/auth/logout").status_code == 403  # logging out needs the token too
+    assert client.post("/_/auth/logout", headers={"x-csrf-token": token}).status_code == 200
+    assert client.get("/_/auth/me").json() == {"user": None, "csrf_token": None}
+    assert client.get("/_/api/predictions").status_code == 401
+
+
+def test_cross_site_state_changes_are_refused(client):
+    r = client.post("/_/api/predictions", auth=ANN, headers={"origin": "https://evil.example"},
+                    files=[("file", ("c.png", png_bytes(3), "image/png"))])
+    assert r.status_code == 403 and r.json()["error"]["code"] == "cross_site"
+    r = client.post("/_/auth/login", json={"email": ANN[0], "password": ANN[1]},
+                    headers={"origin": "https://evil.example"})
+    assert r.status_code == 403
+
+
+def test_sign_in_errors_and_rate_limit(client, rt):
+    r = client.post("/_/auth/login", json={"email": ANN[0], "password": "nope"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "bad_credentials"
+    for _ in range(rt.accounts.limiter.max_failures):
+        client.post("/_/auth/login", json={"email": "bob@lab.org", "password": "nope"})
+    r = client.post("/_/auth/login", json={"email": BOB[0], "password": BOB[1]})  # right password, too late
+    assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_attempts"
+
+
+def test_signup_is_controlled(client):
+    r = client.post("/_/auth/signup", json={"email": "new@lab.org", "password": "a good long password"})
+    assert r.status_code == 202
+    again = client.post("/_/auth/signup", json={"email": ANN[0], "password": "a good long password"})
+    assert again.status_code == 202 and again.json() == r.json()  # no account discovery
+    r = client.post("/_/auth/login", json={"email": "new@lab.org", "password": "a good long password"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "not_enabled"
+    r = client.post("/_/auth/signup", json={"email": "x@lab.org", "password": "short"})
+    assert r.status_code == 400
+
+
+def test_change_password_ends_old_sessions(client, rt):
+    token = _sign_in(client)
+    other = TestClient(Starlette(routes=api_routes(rt)))
+    _sign_in(other)
+    r = client.post("/_/auth/password", headers={"x-csrf-token": token},
+                    json={"old_password": ANN[1], "new_password": "a brand new passphrase"})
+    assert r.status_code == 200
+    assert client.get("/_/auth/me").json()["user"]["email"] == ANN[0]  # this browser got a fresh session
+    assert other.get("/_/auth/me").json()["user"] is None  # the other one was signed out
+    assert client.get("/_/api/predictions", auth=("ann@lab.org", "a brand new passphrase")).status_code == 200

@@ -1,0 +1,118 @@
+import json
+
+import numpy as np
+import pytest
+
+from nscfate.architectures import build_model
+from nscfate.errors import ConfigError, ModelError, UnknownModelError
+from nscfate.modeldir import (CONTENT_FILES, check_golden, load_keras_model, read_model_dir, save_model_dir,
+                              verify_model_dir)
+from nscfate.registry import Registry, resolve
+
+SIZE = (32, 32)
+
+
+def _golden(n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.random((n, *SIZE, 1)) * 0.5 + 0.2).astype("float32")
+
+
+def _save(path, arch="cnn", task="astro_vs_oligo", **kw):
+    model = build_model(arch, 2 if task == "astro_vs_oligo" else 4, SIZE)
+    args = dict(name="tiny", version="0.1.0", task=task, arch=arch, golden_input=_golden(),
+                config={"arch": arch}, metrics={"test": {"accuracy": 0.5, "n": 10}},
+                training_data={"description": "synthetic test images", "synthetic": True},
+                reproduce_command="nscfate train ...")
+    args.update(kw)
+    return model, save_model_dir(path, model, **args)
+
+
+def test_save_writes_every_file_and_reloads_identically(tmp_path):
+    model, info = _save(tmp_path / "m")
+    for name in (*CONTENT_FILES, "checksums.sha256"):
+        assert (tmp_path / "m" / name).is_file(), name
+    assert info.classes == ("astro", "oligo")
+    assert info.display_names["oligo"] == "Oligodendrocyte medium"
+    assert info.input_size == SIZE and info.synthetic
+    meta = json.loads((tmp_path / "m" / "metadata.json").read_text())
+    assert meta["versions"]["keras"] and meta["versions"]["tensorflow"] and meta["created"]
+    assert meta["weights_dtype"] == "float32"
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "SYNTHETIC" in card and "nscfate train ..." in card
+    reloaded = load_keras_model(tmp_path / "m")
+    x = _golden(5, seed=1)
+    np.testing.assert_array_equal(np.asarray(reloaded(x)), np.asarray(model(x)))
+    verify_model_dir(tmp_path / "m")
+
+
+def test_half_precision_weights_load_as_float32_and_golden_reproduces(tmp_path):
+    model, info = _save(tmp_path / "h", arch="resnet18", weights_dtype="float16")
+    assert info.metadata["weights_dtype"] == "float16"
+    f32 = tmp_path / "f"
+    _save(f32, arch="resnet18", weights_dtype="float32")
+    half_size = (tmp_path / "h" / "model.keras").stat().st_size
+    assert half_size < 0.6 * (f32 / "model.keras").stat().st_size
+    reloaded = load_keras_model(tmp_path / "h")
+    assert {v.dtype for v in reloaded.weights} == {"float32"}
+    x = _golden()
+    np.testing.assert_allclose(np.asarray(reloaded(x)), np.asarray(model(x)), atol=1e-2)
+    verify_model_dir(tmp_path / "h")
+
+
+def test_tampering_is_detected(tmp_path):
+    _save(tmp_path / "m")
+    labels = tmp_path / "m" / "labels.json"
+    labels.write_text(labels.read_text().replace("Astrocyte", "Astro"))
+    with pytest.raises(ModelError, match="checksum mismatch"):
+        read_model_dir(tmp_path / "m")
+
+
+def test_golden_mismatch_is_detected(tmp_path):
+    _save(tmp_path / "m")
+    out = np.load(tmp_path / "m" / "golden_output.npy")
+    with pytest.raises(ModelError, match="does not reproduce"):
+        check_golden(out[:, ::-1], out, 1e-3)
+    assert check_golden(out + 1e-5, out, 1e-3) == pytest.approx(1e-5, rel=0.01)
+
+
+def test_nothing_half_written_on_error(tmp_path):
+    with pytest.raises(ConfigError):
+        _save(tmp_path / "m", golden_input=np.zeros((2, 8, 8, 1), "float32"))
+    assert list(tmp_path.iterdir()) == []
+    _save(tmp_path / "m")
+    with pytest.raises(ConfigError, match="already exists"):
+        _save(tmp_path / "m")
+
+
+def test_registry_lookup_default_and_unknown(tmp_path):
+    _save(tmp_path / "a", name="alpha", version="1.0.0")
+    _save(tmp_path / "b", name="alpha", version="1.10.0")
+    _save(tmp_path / "c", name="beta", version="2.0.0")
+    reg = Registry(tmp_path)
+    reg.add(tmp_path / "a")
+    reg.add(tmp_path / "b")
+    reg.add(tmp_path / "c", default=True)
+    reg = Registry(tmp_path)  # from the file
+    assert reg.get().name == "beta"
+    assert reg.get("alpha").version == "1.10.0"
+    assert reg.get("alpha@1.0.0").path == (tmp_path / "a").resolve()
+    assert reg.info("alpha@1.0.0").version == "1.0.0"
+    assert [c["name"] for c in reg.list()][0] == "beta"
+    with pytest.raises(UnknownModelError, match="alpha@1.0.0"):
+        reg.get("gamma")
+    assert resolve("beta", reg) == (tmp_path / "c").resolve()
+    assert resolve(tmp_path / "a", reg) == tmp_path / "a"
+    with pytest.raises(UnknownModelError):
+        resolve(tmp_path / "nowhere", reg)
+
+
+def test_registry_hash_pins_directory_content(tmp_path):
+    _save(tmp_path / "a", name="alpha")
+    reg = Registry(tmp_path)
+    reg.add(tmp_path / "a")
+    # a re-exported directory with the same name/version no longer matches the pinned hash
+    import shutil
+    shutil.rmtree(tmp_path / "a")
+    _save(tmp_path / "a", name="alpha", metrics={"test": {"accuracy": 0.9}})
+    with pytest.raises(ModelError, match="does not match"):
+        reg.info("alpha")

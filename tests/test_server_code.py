@@ -1,0 +1,328 @@
+"""server_code/ through the local runtime and its real SQL tables, with a fake worker."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import os
+import sys
+
+import anvil
+import pytest
+
+from apphost.testing import FakeWorker, make_runtime, png_bytes, reset_postgres
+
+_ENGINES = ["sqlite"] + (["postgres"] if os.environ.get("NSCFATE_TEST_POSTGRES_URL") else [])
+
+
+@pytest.fixture(params=_ENGINES)
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'app.db'}"
+    return reset_postgres(os.environ["NSCFATE_TEST_POSTGRES_URL"])
+
+
+@pytest.fixture
+def worker():
+    return FakeWorker()
+
+
+@pytest.fixture
+def rt(tmp_path, worker, db_url):
+    runtime = make_runtime(tmp_path, worker, db_url=db_url)
+    yield runtime
+    runtime.close()
+    runtime.db.dispose()
+
+
+@pytest.fixture
+def people(rt):
+    """Sessions of a researcher, a second researcher and a lab admin."""
+    out = {}
+    for name, role in (("ann", "researcher"), ("bob", "researcher"), ("ada", "lab_admin")):
+        user = rt.accounts.create_user(f"{name}@lab.org", "correct horse battery", role=role)
+        out[name] = rt.accounts.create_session(user)
+    return out
+
+
+def images(n, start=0):
+    return [anvil.BlobMedia("image/png", png_bytes(start + i), name=f"cell{start + i}.png") for i in range(n)]
+
+
+def n_rows(rt):
+    return rt.run(lambda: len(rt.db.app_tables.predictions.search()))
+
+
+def module(rt, name):
+    return sys.modules[f"{rt.package_name}.{name}"]
+
+
+# ---- classification
+
+
+def test_classify_requires_sign_in(rt):
+    with pytest.raises(Exception) as e:
+        rt.call("classify_cell_images", images(1))
+    assert type(e.value).__name__ == "NotSignedIn"
+    assert n_rows(rt) == 0
+
+
+def test_classify_stores_one_row_per_success_and_reports_rejections(rt, people, worker):
+    files = images(2) + [anvil.BlobMedia("text/plain", b"not an image", name="notes.txt"),
+                         anvil.BlobMedia("image/png", b"\x89PNG\r\n\x1a\nBAD", name="broken.png"),
+                         anvil.BlobMedia("image/png", b"", name="empty.png")]
+    results = rt.call("classify_cell_images", files, experiment=" E1 ", notes="batch A", session=people["ann"])
+    assert [r["index"] for r in results] == [0, 1, 2, 3, 4]
+    assert [r["ok"] for r in results] == [True, True, False, False, False]
+    assert [r["error"]["code"] for r in results[2:]] == ["unsupported_format", "corrupt", "empty"]
+    assert worker.batch_sizes == [3]  # the text file and the empty one never reach the worker
+    ok = results[0]
+    assert ok["filename"] == "cell0.png" and ok["experiment"] == "E1" and ok["notes"] == "batch A"
+    assert ok["predicted_class"] in ok["probabilities"] and ok["model"] == {"name": "tiny-medium4", "version": "1.0.0"}
+    assert ok["user"] == "ann@lab.org" and ok["can_delete"] is True
+    assert n_rows(rt) == 2
+
+    def stored():
+        row = rt.db.app_tables.predictions.get_by_id(ok["id"])
+        return row["image"].get_bytes(), row["image_sha256"], row["class_names"], row["user"]["email"]
+
+    data, sha, names, email = rt.run(stored)
+    assert data == png_bytes(0) and len(sha) == 64 and names["astro"] == "Astrocyte medium"
+    assert email == "ann@lab.org"
+
+
+def test_worker_down_stores_nothing(rt, people, worker):
+    worker.fail = True
+    results = rt.call("classify_cell_images", images(3), session=people["ann"])
+    assert {r["error"]["code"] for r in results} == {"worker_unavailable"}
+    assert n_rows(rt) == 0
+
+
+def test_worker_failing_mid_way_keeps_only_finished_chunks(rt, people, worker):
+    worker.fail_after = 1
+    results = rt.call("classify_cell_images", images(20), session=people["ann"])
+    assert [r["ok"] for r in results] == [True] * 16 + [False] * 4
+    assert n_rows(rt) == 16
+
+
+def test_big_uploads_go_in_chunks(rt, people, worker):
+    rt.call("classify_cell_images", images(40), session=people["ann"])
+    assert worker.batch_sizes == [16, 16, 8]
+
+
+def test_time_budget_stops_before_the_30s_limit(rt, people, worker, monkeypatch):
+    now = [0.0]
+    slow_batch = worker.predict_batch
+
+    def ten_seconds_per_batch(*args, **kwargs):
+        now[0] += 10.0
+        return slow_batch(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "predict_batch", ten_seconds_per_batch)
+    predictions = module(rt, "predictions")
+    user = rt.run(lambda: rt.accounts.session_user(people["ann"]))
+    results = rt.run(predictions.classify_for_user, user, images(48), clock=lambda: now[0])
+    assert worker.batch_sizes == [16, 16]
+    assert [r["error"]["code"] for r in results[32:]] == ["not_processed"] * 16
+    assert n_rows(rt) == 32
+
+
+def test_unknown_model_is_the_callers_error(rt, people):
+    with pytest.raises(Exception) as e:
+        rt.call("classify_cell_images", images(1), model="nope", session=people["ann"])
+    assert type(e.value).__name__ == "InvalidRequest" and e.value.code == "unknown_model"
+    assert n_rows(rt) == 0
+
+
+def test_request_limits(rt, people, monkeypatch):
+    uploads = module(rt, "uploads")
+    with pytest.raises(Exception) as e:
+        rt.call("classify_cell_images", images(uploads.MAX_FILES_PER_CALL + 1), session=people["ann"])
+    assert e.value.code == "too_many_files"
+    with pytest.raises(Exception) as e:
+        rt.call("classify_cell_images", [], session=people["ann"])
+    assert e.value.code == "no_files"
+    with pytest.raises(Exception) as e:
+        rt.call("classify_cell_images", images(1), experiment="x" * 201, session=people["ann"])
+    assert e.value.code == "bad_experiment"
+    monkeypatch.setattr(uploads, "MAX_BYTES_PER_FILE", 50)
+    results = rt.call("classify_cell_images", images(1), session=people["ann"])
+    assert results[0]["error"]["code"] == "too_many_bytes"
+    assert n_rows(rt) == 0
+
+
+def test_filenames_are_cleaned(rt, people):
+    files = [anvil.BlobMedia("image/png", png_bytes(1), name="../../etc/\x00passwd.png")]
+    assert rt.call("classify_cell_images", files, session=people["ann"])[0]["filename"] == "passwd.png"
+
+
+# ---- history
+
+
+def _seed_history(rt, people):
+    """Six predictions over three days by ann and bob in two experiments."""
+    rt.call("classify_cell_images", images(3, 0), experiment="E1", session=people["ann"])
+    rt.call("classify_cell_images", images(3, 3), experiment="E2", session=people["bob"])
+
+    def spread():
+        rows = sorted(rt.db.app_tables.predictions.search(), key=lambda r: r["filename"])
+        for i, row in enumerate(rows):
+            row["created"] = dt.datetime(2024, 5, 1 + i // 2, 12, i, tzinfo=dt.timezone.utc)
+        return [r.get_id() for r in rows]
+
+    return rt.run(spread)
+
+
+def test_search_pages_newest_first(rt, people):
+    ids = _seed_history(rt, people)
+    page0 = rt.call("search_predictions", None, 0, 4, session=people["ann"])
+    page1 = rt.call("search_predictions", None, 1, 4, session=people["ann"])
+    assert (page0["total"], page0["pages"], len(page0["rows"]), len(page1["rows"])) == (6, 2, 4, 2)
+    assert [r["id"] for r in page0["rows"] + page1["rows"]] == list(reversed(ids))
+    assert rt.call("search_predictions", None, 5, 4, session=people["ann"])["rows"] == []
+    with pytest.raises(Exception) as e:
+        rt.call("search_predictions", None, 0, 1000, session=people["ann"])
+    assert e.value.code == "bad_page"
+
+
+def test_search_filters(rt, people):
+    _seed_history(rt, people)
+
+    def files(filters):
+        page = rt.call("search_predictions", filters, 0, 50, session=people["ann"])
+        return sorted(r["filename"] for r in page["rows"])
+
+    assert files({"experiment": "E2"}) == ["cell3.png", "cell4.png", "cell5.png"]
+    assert files({"user": "ANN@lab.org"}) == ["cell0.png", "cell1.png", "cell2.png"]
+    assert files({"user": "nobody@lab.org"}) == []
+    assert files({"date_from": "2024-05-02", "date_to": "2024-05-02"}) == ["cell2.png", "cell3.png"]
+    assert files({"date_from": dt.date(2024, 5, 3)}) == ["cell4.png", "cell5.png"]
+    everything = rt.call("search_predictions", None, 0, 50, session=people["ann"])["rows"]
+    some_class = everything[0]["predicted_class"]
+    expected = sorted(r["filename"] for r in everything if r["predicted_class"] == some_class)
+    assert files({"condition": some_class}) == expected
+    for bad, code in (({"colour": "red"}, "bad_filters"), ({"date_from": "yesterday"}, "bad_date_from"),
+                      ({"date_from": "2024-05-03", "date_to": "2024-05-01"}, "bad_date_range")):
+        with pytest.raises(Exception) as e:
+            rt.call("search_predictions", bad, 0, 10, session=people["ann"])
+        assert e.value.code == code
+
+
+def test_detail_includes_the_image(rt, people):
+    result = rt.call("classify_cell_images", images(1), session=people["ann"])[0]
+    detail = rt.call("get_prediction", result["id"], session=people["bob"])
+    assert detail["image"].get_bytes() == png_bytes(0) and detail["can_delete"] is False
+    with pytest.raises(Exception) as e:
+        rt.call("get_prediction", "[1,1]", session=people["bob"])
+    assert type(e.value).__name__ == "NotFound"
+
+
+def test_delete_permissions(rt, people):
+    r1, r2 = rt.call("classify_cell_images", images(2), session=people["ann"])
+    image_path = rt.run(lambda: rt.db.media.path(rt.db.app_tables.predictions.get_by_id(r1["id"])["image_sha256"]))
+    with pytest.raises(Exception) as e:
+        rt.call("delete_prediction", r1["id"], session=people["bob"])  # another researcher
+    assert type(e.value).__name__ == "Forbidden"
+    assert rt.call("delete_prediction", r1["id"], session=people["ann"]) is True  # the owner
+    assert not image_path.exists()
+    assert rt.call("delete_prediction", r2["id"], session=people["ada"]) is True  # a lab admin
+    assert n_rows(rt) == 0
+    with pytest.raises(Exception) as e:
+        rt.call("delete_prediction", r2["id"], session=people["ada"])
+    assert type(e.value).__name__ == "NotFound"
+
+
+def test_csv_export(rt, people):
+    rt.call("classify_cell_images", images(2), experiment="E1", notes="=HYPERLINK(\"x\")", session=people["ann"])
+    media = rt.call("export_predictions_csv", {"experiment": "E1"}, session=people["bob"])
+    assert media.content_type == "text/csv" and media.name.endswith(".csv")
+    rows = list(csv.DictReader(io.StringIO(media.get_bytes().decode("utf-8"))))
+    assert len(rows) == 2
+    assert set(rows[0]) >= {"id", "created_utc", "user", "filename", "predicted_class", "confidence",
+                            "p_astro", "p_oligo", "p_rashh", "p_nt3"}
+    assert rows[0]["user"] == "ann@lab.org" and rows[0]["experiment"] == "E1"
+    assert rows[0]["notes"].startswith("'=")  # never a live spreadsheet formula
+    probs = [float(rows[0]["p_" + k]) for k in ("astro", "oligo", "rashh", "nt3")]
+    assert abs(sum(probs) - 1.0) < 1e-6 and float(rows[0]["confidence"]) == max(probs)
+    assert rt.call("export_predictions_csv", {"experiment": "none"}, session=people["bob"]).get_bytes().count(b"\n") == 1
+
+
+# ---- summary, models, explanations
+
+
+def test_wilson_interval_values(rt):
+    stats = module(rt, "stats")
+    low, high = stats.wilson_interval(5, 10)
+    assert round(low, 4) == 0.2366 and round(high, 4) == 0.7634
+    assert stats.wilson_interval(0, 20)[0] == 0.0 and stats.wilson_interval(20, 20)[1] == 1.0
+    assert stats.wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        stats.wilson_interval(3, 2)
+
+
+def test_experiment_summary(rt, people):
+    results = rt.call("classify_cell_images", images(10), experiment="E9", session=people["ann"])
+    rt.call("classify_cell_images", images(3, 50), experiment="other", session=people["ann"])
+    summary = rt.call("experiment_summary", "E9", session=people["bob"])
+    assert summary["n_cells"] == 10 and len(summary["models"]) == 1
+    conditions = summary["models"][0]["conditions"]
+    assert [c["key"] for c in conditions] == ["astro", "oligo", "rashh", "nt3"]  # the model's class order
+    counts = {c["key"]: c["count"] for c in conditions}
+    for key in counts:
+        assert counts[key] == sum(1 for r in results if r["predicted_class"] == key)
+    stats = module(rt, "stats")
+    for c in conditions:
+        assert (c["low"], c["high"]) == stats.wilson_interval(c["count"], 10)
+        assert c["low"] <= c["share"] <= c["high"]
+    assert abs(sum(c["share"] for c in conditions) - 1.0) < 1e-9
+    with pytest.raises(Exception) as e:
+        rt.call("experiment_summary", "  ", session=people["bob"])
+    assert e.value.code == "bad_experiment"
+
+
+def test_models_passthrough_and_worker_down(rt, people, worker):
+    assert rt.call("get_model_cards", session=people["ann"])[0]["name"] == "tiny-medium4"
+    worker.fail = True
+    with pytest.raises(Exception) as e:
+        rt.call("get_model_cards", session=people["ann"])
+    assert type(e.value).__name__ == "WorkerUnavailable"
+
+
+def test_explain_prediction(rt, people, worker):
+    result = rt.call("classify_cell_images", images(1), session=people["ann"])[0]
+    out = rt.call("explain_prediction", result["id"], session=people["ann"])
+    assert out["gradcam"].get_bytes().startswith(b"\x89PNG") and out["note"] is None
+    name, args, kwargs = worker.calls[-1]
+    assert name == "predict_cell_fate" and kwargs == {"model": "tiny-medium4", "explain": True}
+    assert args[0].get_bytes() == png_bytes(0)  # the stored image is what gets explained
+
+
+# ---- roles
+
+
+def test_session_info_and_user_admin(rt, people):
+    assert rt.call("get_session_info") is None
+    assert rt.call("get_session_info", session=people["ann"]) == {
+        "email": "ann@lab.org", "role": "researcher", "is_lab_admin": False}
+    with pytest.raises(Exception) as e:
+        rt.call("list_users", session=people["ann"])
+    assert type(e.value).__name__ == "Forbidden"
+    pending = rt.accounts.signup("new@lab.org", "another good password")
+    users = rt.call("list_users", session=people["ada"])
+    assert users[0]["email"] == "new@lab.org" and users[0]["enabled"] is False
+    rt.call("set_user_enabled", pending.get_id(), True, session=people["ada"])
+    rt.call("set_user_role", pending.get_id(), "lab_admin", session=people["ada"])
+    assert rt.run(lambda: rt.db.app_tables.users.get(email="new@lab.org")["role"]) == "lab_admin"
+    with pytest.raises(Exception) as e:
+        rt.call("set_user_role", pending.get_id(), "boss", session=people["ada"])
+    assert e.value.code == "bad_role"
+
+
+def test_the_last_lab_admin_stays(rt, people):
+    ada_id = rt.call("list_users", session=people["ada"])
+    ada_id = next(u["id"] for u in ada_id if u["email"] == "ada@lab.org")
+    for call, arg in (("set_user_role", "researcher"), ("set_user_enabled", False)):
+        with pytest.raises(Exception) as e:
+            rt.call(call, ada_id, arg, session=people["ada"])
+        assert e.value.code == "last_admin"

@@ -1,0 +1,322 @@
+"""apphost.tables: Anvil's Data Tables API on real SQL (SQLite here; PostgreSQL with a URL)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import anvil
+import anvil.tables
+import anvil.tables.query as q
+import pytest
+import sqlalchemy as sa
+from anvil.tables import NoSuchColumnError, RowDeleted, TableError
+
+from apphost.tables import Database, SchemaError, parse_db_schema
+from apphost.testing import reset_postgres
+
+SCHEMA = {
+    "people": {
+        "columns": [
+            {"name": "name", "type": "string"},
+            {"name": "age", "type": "number"},
+            {"name": "active", "type": "bool"},
+            {"name": "born", "type": "date"},
+            {"name": "seen", "type": "datetime"},
+            {"name": "extra", "type": "simpleObject"},
+            {"name": "photo", "type": "media"},
+            {"name": "friend", "type": "link_single", "target": "people"},
+            {"name": "groups", "type": "link_multiple", "target": "groups"},
+        ]
+    },
+    "groups": {"columns": [{"name": "title", "type": "string"}]},
+}
+
+
+def _postgres_url() -> str | None:
+    return os.environ.get("NSCFATE_TEST_POSTGRES_URL")
+
+
+_ENGINES = ["sqlite"] + ([pytest.param("postgres", marks=pytest.mark.postgres)] if _postgres_url() else [])
+
+
+@pytest.fixture(params=_ENGINES)
+def engine_url(request, tmp_path):
+    """The database under test: a SQLite file, plus PostgreSQL when NSCFATE_TEST_POSTGRES_URL is set."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'tables.db'}"
+    return reset_postgres(_postgres_url())
+
+
+@pytest.fixture
+def db(engine_url, tmp_path):
+    database = Database(engine_url, parse_db_schema(SCHEMA), tmp_path / "media")
+    database.create_tables()
+    yield database
+    database.dispose()
+
+
+def test_round_trip_of_every_column_type(db):
+    t = db.app_tables
+    g1, g2 = t.groups.add_row(title="a"), t.groups.add_row(title="b")
+    friend = t.people.add_row(name="Fay")
+    seen = dt.datetime(2024, 5, 1, 12, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    row = t.people.add_row(
+        name="Ann", age=41, active=True, born=dt.date(1983, 2, 3), seen=seen,
+        extra={"k": [1, 2.5, "x"]}, photo=anvil.BlobMedia("image/png", b"\x89PNGdata", name="a.png"),
+        friend=friend, groups=[g1, g2],
+    )
+    again = t.people.get_by_id(row.get_id())
+    assert again == row and again is not row
+    assert again["name"] == "Ann" and again["age"] == 41 and isinstance(again["age"], int)
+    assert again["active"] is True and again["born"] == dt.date(1983, 2, 3)
+    assert again["seen"] == seen and again["seen"].tzinfo is not None
+    assert again["extra"] == {"k": [1, 2.5, "x"]}
+    assert again["photo"].get_bytes() == b"\x89PNGdata"
+    assert again["photo"].content_type == "image/png" and again["photo"].name == "a.png"
+    assert again["friend"] == friend and again["friend"]["name"] == "Fay"
+    assert again["groups"] == [g1, g2]
+    assert isinstance(again, anvil.tables.Row)
+    assert dict(again)["name"] == "Ann"
+
+
+def test_unset_columns_and_naive_datetimes(db):
+    row = db.app_tables.people.add_row(name="Bo", seen=dt.datetime(2024, 1, 1, 8, 0))
+    assert row["age"] is None and row["photo"] is None and row["groups"] == []
+    assert row["seen"] == dt.datetime(2024, 1, 1, 8, 0, tzinfo=dt.timezone.utc)
+
+
+def test_simple_object_reads_are_copies(db):
+    row = db.app_tables.people.add_row(name="C", extra={"a": [1]})
+    row["extra"]["a"].append(2)
+    assert row["extra"] == {"a": [1]}
+
+
+@pytest.mark.parametrize(
+    "column,value",
+    [("age", "12"), ("age", True), ("active", 1), ("born", dt.datetime(2020, 1, 1)), ("seen", "2020"),
+     ("extra", {"x": object()}), ("photo", b"bytes"), ("name", 3), ("groups", "x")],
+)
+def test_wrong_types_are_refused_and_nothing_is_written(db, column, value):
+    with pytest.raises(TableError):
+        db.app_tables.people.add_row(**{"name": "bad", column: value})
+    assert len(db.app_tables.people.search()) == 0
+
+
+def test_link_to_wrong_table_is_refused(db):
+    g = db.app_tables.groups.add_row(title="g")
+    with pytest.raises(TableError, match="people"):
+        db.app_tables.people.add_row(friend=g)
+
+
+def test_unknown_column_and_table(db):
+    with pytest.raises(NoSuchColumnError):
+        db.app_tables.people.add_row(nmae="typo")
+    row = db.app_tables.people.add_row(name="x")
+    with pytest.raises(NoSuchColumnError):
+        row["nmae"]
+    with pytest.raises(NoSuchColumnError):
+        db.app_tables.people.search(nmae="x")
+    with pytest.raises(AttributeError, match="No such app table"):
+        db.app_tables.peoples  # noqa: B018
+
+
+def _people(db, n=6):
+    base = dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc)
+    for i in range(n):
+        db.app_tables.people.add_row(name=f"P{i}" if i % 2 else f"p{i}", age=i * 10, active=i % 2 == 0,
+                                     seen=base + dt.timedelta(days=i))
+    return base
+
+
+def test_search_operators(db):
+    base = _people(db)
+    t = db.app_tables.people
+
+    def names(*a, **k):
+        return sorted(r["name"] for r in t.search(*a, **k))
+
+    assert names(age=20) == ["p2"]
+    assert names(active=False) == ["P1", "P3", "P5"]
+    assert names(name=q.like("p%")) == ["p0", "p2", "p4"]  # case-sensitive
+    assert names(name=q.ilike("p%")) == ["P1", "P3", "P5", "p0", "p2", "p4"]
+    assert names(age=q.greater_than(30)) == ["p4", "P5"] or names(age=q.greater_than(30)) == ["P5", "p4"]
+    assert names(age=q.less_than_or_equal_to(10)) == ["P1", "p0"]
+    assert names(seen=q.between(base + dt.timedelta(days=1), base + dt.timedelta(days=3))) == ["P1", "p2"]
+    assert names(age=q.any_of(0, 50)) == ["P5", "p0"]
+    assert names(age=q.none_of(0, 10, 20, 30)) == ["P5", "p4"]
+    assert names(q.any_of(age=0, name="P3")) == ["P3", "p0"]
+    assert names(q.all_of(active=True, age=q.greater_than(0))) == ["p2", "p4"]
+    assert names(q.none_of(active=True)) == ["P1", "P3", "P5"]
+    assert names(extra=None, age=40) == ["p4"]
+
+
+def test_order_len_slices_and_indexing(db):
+    _people(db)
+    t = db.app_tables.people
+    newest_first = t.search(anvil.tables.order_by("seen", ascending=False))
+    assert len(newest_first) == 6
+    assert [r["age"] for r in newest_first[1:4]] == [40, 30, 20]
+    assert len(newest_first[4:100]) == 2
+    assert newest_first[0]["age"] == 50
+    assert [r["age"] for r in newest_first[2:][1:3]] == [20, 10]
+    with pytest.raises(IndexError):
+        newest_first[6]
+    with pytest.raises(ValueError):
+        newest_first[-1]
+
+
+def test_iteration_pages_through_many_rows(db, monkeypatch):
+    monkeypatch.setattr("apphost.tables._PAGE", 3)
+    for i in range(10):
+        db.app_tables.groups.add_row(title=f"{i:02d}")
+    titles = [r["title"] for r in db.app_tables.groups.search(anvil.tables.order_by("title"))]
+    assert titles == [f"{i:02d}" for i in range(10)]
+
+
+def test_get_requires_a_unique_match(db):
+    _people(db)
+    assert db.app_tables.people.get(age=30)["name"] == "P3"
+    assert db.app_tables.people.get(age=31) is None
+    with pytest.raises(TableError, match="More than one row"):
+        db.app_tables.people.get(active=True)
+
+
+def test_search_by_link(db):
+    a = db.app_tables.people.add_row(name="a")
+    db.app_tables.people.add_row(name="b", friend=a)
+    db.app_tables.people.add_row(name="c")
+    assert [r["name"] for r in db.app_tables.people.search(friend=a)] == ["b"]
+
+
+def test_update_delete_and_row_deleted(db):
+    row = db.app_tables.people.add_row(name="u", age=1)
+    row.update(age=2, active=True)
+    row["name"] = "v"
+    fresh = db.app_tables.people.get_by_id(row.get_id())
+    assert (fresh["name"], fresh["age"], fresh["active"]) == ("v", 2, True)
+    row.delete()
+    assert db.app_tables.people.get_by_id(row.get_id()) is None
+    with pytest.raises(RowDeleted):
+        fresh.update(age=3)
+    with pytest.raises(RowDeleted):
+        fresh.delete()
+
+
+def test_get_by_id_rejects_foreign_and_malformed_ids(db):
+    g = db.app_tables.groups.add_row(title="g")
+    assert db.app_tables.people.get_by_id(g.get_id()) is None
+    assert db.app_tables.groups.get_by_id("[1,2") is None
+    assert db.app_tables.groups.get_by_id("1 OR 1=1") is None
+
+
+def test_values_are_parameterised(db):
+    evil = "x'); DROP TABLE app_people; --"
+    db.app_tables.people.add_row(name=evil)
+    assert db.app_tables.people.get(name=evil)["name"] == evil
+    assert len(db.app_tables.people.search(name=q.like("%DROP%"))) == 1
+
+
+def test_media_lives_outside_the_rows_by_content_hash(db):
+    data = b"\x00" * 1000 + b"cell"
+    a = db.app_tables.people.add_row(name="a", photo=anvil.BlobMedia("image/png", data))
+    b = db.app_tables.people.add_row(name="b", photo=anvil.BlobMedia("image/png", data))
+    sha = a["photo"].sha256
+    path = db.media.path(sha)
+    assert path.name == sha and path.read_bytes() == data
+    with db.engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT photo, photo__media FROM app_people WHERE name='a'")).one()
+    assert stored[0] == sha and "cell" not in stored[1]
+    a.delete()
+    assert path.exists()  # still referenced by b
+    b.update(photo=None)
+    assert not path.exists()  # nothing references it any more
+
+
+def test_media_path_refuses_non_hash_names(db):
+    with pytest.raises(ValueError):
+        db.media.path("../../etc/passwd")
+
+
+def test_transaction_commit_and_abort(db):
+    t = db.app_tables.groups
+    db.open_transaction()
+    t.add_row(title="kept")
+    db.close_transaction(abort=False)
+    db.open_transaction()
+    t.add_row(title="dropped")
+    with pytest.raises(TableError, match="nest"):
+        db.open_transaction()
+    db.close_transaction(abort=True)
+    assert [r["title"] for r in t.search()] == ["kept"]
+
+
+def test_aborted_transaction_keeps_no_media(db):
+    db.open_transaction()
+    row = db.app_tables.people.add_row(name="m", photo=anvil.BlobMedia("image/png", b"abc"))
+    sha = db.media.path(row["photo"].sha256)
+    db.close_transaction(abort=True)
+    assert len(db.app_tables.people.search()) == 0
+    assert sha.exists()  # orphan file, not referenced; harmless, never served
+    db.app_tables.people.add_row(name="n", photo=anvil.BlobMedia("image/png", b"abc")).delete()
+    assert not sha.exists()
+
+
+def test_orphan_media_files_are_collected(db):
+    db.open_transaction()
+    db.app_tables.people.add_row(name="gone", photo=anvil.BlobMedia("image/png", b"orphan"))
+    db.close_transaction(abort=True)
+    kept = db.app_tables.people.add_row(name="kept", photo=anvil.BlobMedia("image/png", b"kept"))
+    assert db.collect_orphan_media(min_age_s=3600) == 0  # too recent to be sure
+    assert db.collect_orphan_media(min_age_s=0) == 1
+    assert kept["photo"].get_bytes() == b"kept"
+    assert len(list(db.media.root.glob("??/*"))) == 1
+
+
+def test_csv_export(db):
+    db.app_tables.groups.add_row(title='has "quotes", commas')
+    text = db.app_tables.groups.search().to_csv().get_bytes().decode()
+    assert text.splitlines()[0] == "title,ID"
+    assert '"has ""quotes"", commas"' in text
+
+
+def test_schema_validation():
+    with pytest.raises(SchemaError, match="unknown type"):
+        parse_db_schema({"t": {"columns": [{"name": "a", "type": "text"}]}})
+    with pytest.raises(SchemaError, match="unknown table"):
+        parse_db_schema({"t": {"columns": [{"name": "a", "type": "link_single", "target": "nope"}]}})
+    with pytest.raises(SchemaError, match="invalid column"):
+        parse_db_schema({"t": {"columns": [{"name": "a b", "type": "string"}]}})
+    with pytest.raises(SchemaError):
+        parse_db_schema([{"name": "old list format"}])
+
+
+def test_schema_additions_apply_and_type_changes_refuse(engine_url, tmp_path):
+    first = Database(engine_url, parse_db_schema({"t": {"columns": [{"name": "a", "type": "string"}]}}),
+                     tmp_path / "m")
+    first.create_tables()
+    first.app_tables.t.add_row(a="x")
+    first.dispose()
+    grown = Database(engine_url, parse_db_schema(
+        {"t": {"columns": [{"name": "a", "type": "string"}, {"name": "b", "type": "number"}]}}), tmp_path / "m")
+    grown.create_tables()
+    row = grown.app_tables.t.get(a="x")
+    assert row["b"] is None
+    row["b"] = 5
+    grown.dispose()
+    changed = Database(engine_url, parse_db_schema({"t": {"columns": [{"name": "a", "type": "number"}]}}),
+                       tmp_path / "m")
+    with pytest.raises(SchemaError, match="types are never changed"):
+        changed.create_tables()
+    changed.dispose()
+
+
+def test_the_app_schema_loads(tmp_path):
+    from apphost.tables import load_schema
+
+    schema = load_schema("anvil.yaml")
+    assert {"users", "predictions"} <= set(schema)
+    assert schema["predictions"].column("user").target == "users"
+    db = Database(f"sqlite:///{tmp_path / 'app.db'}", schema, tmp_path / "media")
+    db.create_tables()
+    db.dispose()

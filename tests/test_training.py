@@ -1,0 +1,101 @@
+import json
+
+import numpy as np
+import pytest
+
+from nscfate.config import load_config
+from nscfate.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    from nscfate.synth import SynthConfig, write_dataset
+
+    root = tmp_path_factory.mktemp("synth") / "bench"
+    write_dataset(SynthConfig(per_class=30, seed=5, replicates=4), root)
+    return root
+
+
+def _cfg(tmp_path, synth_dir, **train):
+    return load_config(overrides={
+        "task": "medium4", "out": str(tmp_path / "model"),
+        "data": {"path": str(synth_dir), "grouped_holdout": 0.25, "shuffle_buffer": 64},
+        "model": {"arch": "cnn", "input_size": "32x32"},
+        "train": {"epochs": 2, "batch_size": 16, "steps_per_epoch": 3, "learning_rate": 3e-3,
+                  "eval_bootstrap": 20, **train},
+        "export": {"name": "tiny-run", "version": "0.1.0"},
+    })
+
+
+def test_train_exports_a_verified_model_directory(tmp_path, synth_dir):
+    from nscfate.modeldir import read_model_dir, verify_model_dir
+    from nscfate.predictor import Predictor
+    from nscfate.training import train
+
+    cfg = _cfg(tmp_path, synth_dir)
+    result = train(cfg, command="nscfate train ...")
+    info = verify_model_dir(result.model_dir)
+    assert (info.name, info.version, info.task, info.arch) == ("tiny-run", "0.1.0", "medium4", "cnn")
+    assert info.synthetic  # read from the synth.json beside the data
+    meta = info.metadata["training_data"]
+    assert meta["num_grouped_test"] > 0 and len(meta["manifest_sha256"]) == 64
+    for split in ("val", "test", "grouped_test"):
+        assert 0.0 <= info.metrics[split]["accuracy"] <= 1.0
+    assert info.metrics["training"]["epochs_run"] == 2
+    assert load_config(result.run_dir / "config.yaml") == cfg  # the run's config is saved
+    manifest = json.loads((result.run_dir / "split.json").read_text())
+    subsets = {e["subset"] for e in manifest["samples"]}
+    assert subsets == {"train", "val", "test", "grouped_test"}
+    groups = {s: {e["group"] for e in manifest["samples"] if e["subset"] == s} for s in subsets}
+    assert not groups["grouped_test"] & (groups["train"] | groups["val"] | groups["test"])
+    assert read_model_dir(result.model_dir).config["model"]["arch"] == "cnn"
+    # the exported model serves through the Predictor
+    p = Predictor.from_directory(result.model_dir)
+    some = next(iter(sorted(synth_dir.glob("astro/*.tif"))))
+    assert p.predict(some).to_dict()["model"]["name"] == "tiny-run"
+    with pytest.raises(ConfigError, match="already exists"):
+        train(cfg)
+
+
+def test_interrupted_run_resumes_where_it_stopped(tmp_path, synth_dir):
+    import keras
+
+    from nscfate.training import history, train
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                raise KeyboardInterrupt
+
+    cfg = _cfg(tmp_path, synth_dir, epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, extra_callbacks=[Interrupt()])
+    assert [row["epoch"] for row in history(cfg.run_path)] == [0]
+    assert not cfg.run_path.joinpath("..", "model").resolve().exists()  # nothing exported
+    train(cfg)  # same command again: continues with the second epoch
+    assert [row["epoch"] for row in history(cfg.run_path)] == [0, 1]
+    changed = load_config(overrides={**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "epochs": 5}})
+    with pytest.raises(ConfigError, match="different config"):
+        train(changed, overwrite=True)
+
+
+@pytest.mark.slow  # float16 on CPU is slow; the path matters on GPUs
+def test_mixed_precision_run_exports_float32(tmp_path, synth_dir):
+    from nscfate.modeldir import load_keras_model
+    from nscfate.training import train
+
+    cfg = _cfg(tmp_path, synth_dir, epochs=1, mixed_precision="on")
+    result = train(cfg)
+    model = load_keras_model(result.model_dir)
+    assert {w.dtype for w in model.weights} == {"float32"}
+    assert all(layer.dtype_policy.name == "float32" for layer in model.layers)
+
+
+def test_class_weights_are_balanced():
+    from nscfate.data import Sample
+    from nscfate.training import class_weights
+
+    samples = [Sample(f"{i}.tif", "astro" if i < 30 else "oligo", "g", 1) for i in range(40)]
+    w = class_weights(samples, ["astro", "oligo"])
+    assert w[0] * 30 == pytest.approx(w[1] * 10)
+    assert w[0] * 30 + w[1] * 10 == pytest.approx(40)

@@ -1,0 +1,156 @@
+"""apphost.users: accounts, sessions, rate limiting, the first lab admin, and anvil.users on the host."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+
+import anvil.users
+import pytest
+import sqlalchemy as sa
+
+from apphost.testing import FakeWorker, make_runtime
+from apphost.users import LoginRateLimiter
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def clock():
+    return {"t": 0.0}
+
+
+@pytest.fixture
+def rt(tmp_path, clock):
+    limiter = LoginRateLimiter(max_failures=3, window_s=60, clock=lambda: clock["t"])
+    runtime = make_runtime(tmp_path, FakeWorker(), limiter=limiter)
+    yield runtime
+    runtime.close()
+    runtime.db.dispose()
+
+
+@pytest.fixture
+def accounts(rt):
+    return rt.accounts
+
+
+def test_accounts_store_argon2_hashes_and_normalised_emails(rt, accounts):
+    user = accounts.create_user("  Ann@Lab.ORG ", PASSWORD)
+    stored = rt.run(lambda: (user["email"], user["password_hash"], user["role"], user["enabled"]))
+    assert stored[0] == "ann@lab.org" and stored[1].startswith("$argon2") and PASSWORD not in stored[1]
+    assert stored[2:] == ("researcher", True)
+    with pytest.raises(anvil.users.UserExists):
+        accounts.create_user("ann@lab.org", PASSWORD)
+    with pytest.raises(anvil.users.PasswordNotAcceptable):
+        accounts.create_user("bob@lab.org", "short")
+    with pytest.raises(anvil.users.PasswordNotAcceptable):
+        accounts.create_user("bob@lab.org", "aaaaaaaaaaaaaaaa")
+    with pytest.raises(ValueError):
+        accounts.create_user("bob@lab.org", PASSWORD, role="owner")
+    with pytest.raises(anvil.users.AuthenticationFailed):
+        accounts.create_user("not-an-email", PASSWORD)
+
+
+def test_authenticate(rt, accounts):
+    accounts.create_user("ann@lab.org", PASSWORD)
+    user = accounts.authenticate("ANN@lab.org", PASSWORD)
+    assert rt.run(lambda: user["last_login"]) is not None
+    with pytest.raises(anvil.users.AuthenticationFailed, match="Incorrect email address or password") as wrong:
+        accounts.authenticate("ann@lab.org", "wrong password")
+    with pytest.raises(anvil.users.AuthenticationFailed) as unknown:
+        accounts.authenticate("nobody@lab.org", PASSWORD)
+    assert str(wrong.value) == str(unknown.value)  # no hint whether the account exists
+    assert rt.run(lambda: accounts.find("ann@lab.org")["n_password_failures"]) == 1
+    pending = accounts.signup("new@lab.org", PASSWORD)
+    with pytest.raises(anvil.users.AccountIsNotEnabled):
+        accounts.authenticate("new@lab.org", PASSWORD)
+    rt.run(lambda: pending.update(enabled=True))
+    assert accounts.authenticate("new@lab.org", PASSWORD) == pending
+
+
+def test_rate_limit_per_account_and_address(accounts, clock):
+    accounts.create_user("ann@lab.org", PASSWORD)
+    for _ in range(3):
+        with pytest.raises(anvil.users.AuthenticationFailed):
+            accounts.authenticate("ann@lab.org", "guess", "10.0.0.1")
+    with pytest.raises(anvil.users.TooManyPasswordFailures):
+        accounts.authenticate("ann@lab.org", PASSWORD, "10.0.0.2")  # even the right password
+    with pytest.raises(anvil.users.TooManyPasswordFailures):
+        accounts.authenticate("other@lab.org", "guess", "10.0.0.1")  # and from the same address
+    clock["t"] += 61
+    assert accounts.authenticate("ann@lab.org", PASSWORD, "10.0.0.1") is not None
+
+
+def test_sessions_are_random_hashed_and_expire(rt, accounts):
+    user = accounts.create_user("ann@lab.org", PASSWORD)
+    session = accounts.create_session(user)
+    with rt.db.engine.connect() as conn:
+        stored = [r.token_hash for r in conn.execute(sa.text("SELECT token_hash FROM anvil_host_sessions"))]
+    assert session.token not in stored and len(session.token) >= 40
+    assert accounts.session_user(accounts.session_from_token(session.token)) == user
+    assert accounts.session_from_token("forged-token") is None
+    accounts.idle_timeout = dt.timedelta(seconds=0)
+    assert accounts.session_from_token(session.token) is None  # idle too long
+    accounts.idle_timeout = dt.timedelta(hours=1)
+    assert accounts.session_from_token(session.token) is None  # and it was deleted
+    accounts.session_lifetime = dt.timedelta(seconds=-1)
+    assert accounts.session_from_token(accounts.create_session(user).token) is None  # past its lifetime
+
+
+def test_disabled_accounts_lose_their_sessions(rt, accounts):
+    user = accounts.create_user("ann@lab.org", PASSWORD)
+    session = accounts.create_session(user)
+    rt.run(lambda: user.update(enabled=False))
+    assert accounts.session_user(accounts.session_from_token(session.token)) is None
+
+
+def test_first_admin_from_environment(accounts, caplog):
+    out = io.StringIO()
+    admin = accounts.ensure_first_admin({"NSCFATE_ADMIN_EMAIL": "boss@lab.org", "NSCFATE_ADMIN_PASSWORD": PASSWORD}, out)
+    assert admin is not None and out.getvalue() == ""
+    assert accounts.authenticate("boss@lab.org", PASSWORD) == admin
+    assert accounts.ensure_first_admin({}, out) is None  # only once
+
+
+def test_first_admin_with_a_printed_one_time_password(accounts, caplog):
+    out = io.StringIO()
+    with caplog.at_level(logging.DEBUG):
+        accounts.ensure_first_admin({}, out)
+    printed = out.getvalue()
+    password = printed.split("One-time password (shown only now): ")[1].split()[0]
+    assert accounts.authenticate("admin@localhost.localdomain", password) is not None
+    assert password not in caplog.text  # never in the log
+
+
+# ---- anvil.users inside server calls
+
+
+def test_anvil_users_api_on_the_host(rt, accounts):
+    accounts.create_user("ann@lab.org", PASSWORD)
+    session = accounts.create_session(None)
+
+    def sign_in():
+        assert anvil.users.get_user() is None
+        user = anvil.users.login_with_email("ann@lab.org", PASSWORD)
+        assert anvil.users.get_user() == user
+        return user["email"]
+
+    assert rt.run(sign_in, session=session) == "ann@lab.org"
+    assert rt.run(lambda: anvil.users.get_user()["email"], session=session) == "ann@lab.org"  # remembered
+    rt.run(anvil.users.logout, session=session)
+    assert rt.run(anvil.users.get_user, session=session) is None
+    with pytest.raises(anvil.users.AuthenticationFailed):
+        rt.run(anvil.users.login_with_email, "ann@lab.org", "wrong password")
+
+
+def test_force_login_takes_only_user_rows(rt, accounts):
+    user = accounts.create_user("ann@lab.org", PASSWORD)
+
+    def force(row):
+        anvil.users.force_login(row)
+        return anvil.users.get_user()
+
+    assert rt.run(force, user) == user
+    with pytest.raises(TypeError):
+        rt.run(lambda: force(rt.db.app_tables.predictions.add_row(filename="x")))
