@@ -24,6 +24,7 @@ import anvil
 import anvil.users
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -120,7 +121,10 @@ class HttpApi:
             except (ValueError, UnicodeDecodeError):
                 return {}
             return data if isinstance(data, dict) else {}
-        form = await request.form(max_files=0, max_fields=20)
+        try:
+            form = await request.form(max_files=0, max_fields=20)
+        except (MultiPartException, HTTPException):
+            return {}  # like unreadable JSON: the route then says what it needs
         return {k: v for k, v in form.items() if isinstance(v, str)}
 
     # ---- /_/api/...
@@ -141,8 +145,10 @@ class HttpApi:
             form_params, body = await self._request_data(request)
         except _BodyTooLarge:
             return error(413, "request_too_large", f"The request body is larger than {self.max_body_bytes // 1048576} MB")
-        except MultiPartException as e:
-            return error(400, "bad_form", f"The form data could not be read: {e.message}")
+        except (MultiPartException, HTTPException) as e:
+            # Starlette reports unreadable form data as HTTPException(400); the API answers in JSON.
+            detail = e.message if isinstance(e, MultiPartException) else e.detail
+            return error(400, "bad_form", f"The form data could not be read: {detail}")
         query: dict[str, Any] = {}
         for key, value in request.query_params.multi_items():
             query[key] = [*query[key], value] if isinstance(query.get(key), list) else (

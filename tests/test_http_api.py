@@ -194,3 +194,13 @@ def test_change_password_ends_old_sessions(client, rt):
     assert client.get("/_/auth/me").json()["user"]["email"] == ANN[0]  # this browser got a fresh session
     assert other.get("/_/auth/me").json()["user"] is None  # the other one was signed out
     assert client.get("/_/api/predictions", auth=("ann@lab.org", "a brand new passphrase")).status_code == 200
+
+
+def test_unreadable_form_data_is_a_json_error(client):
+    for content_type in ("multipart/form-data; boundary=XYZ", "multipart/form-data"):
+        r = client.post("/_/api/predictions", auth=ANN, content=b"no multipart here",
+                        headers={"content-type": content_type})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_form", r.text
+    r = client.post("/_/auth/login", content=b"no multipart here",
+                    headers={"content-type": "multipart/form-data; boundary=XYZ"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "bad_credentials"
