@@ -311,7 +311,7 @@ def _specs(include_big: bool) -> list[tuple[str, str, Callable[[], bytes], str, 
          {"stored_name": "passwd.png"}),
         ("windows-traversal-name", "Windows path traversal file name", png8, ".png", "..\\..\\Windows\\cell.png",
          "image/png", None, {"stored_name": "cell.png"}),
-        ("control-chars-name", "file name with control characters", png8, ".png", "ce\x07ll\r\n\t.png", "image/png",
+        ("control-chars-name", "file name with control characters", png8, ".png", "ce\x07l\x1bl\t.png", "image/png",
          None, {"stored_name": "cell.png"}),
         ("long-name", "a 300-character file name", png8, ".png", "c" * 296 + ".png", "image/png", None,
          {"stored_name": "c" * 196 + ".png"}),
@@ -321,6 +321,11 @@ def _specs(include_big: bool) -> list[tuple[str, str, Callable[[], bytes], str, 
         specs.append(("over-byte-limit", "20 MiB + 1 byte (one over the limit)", _over_byte_limit, ".png", "huge.png",
                       "image/png", "too_many_bytes", {}))
     return specs
+
+
+def case_ids(*, include_big: bool = True) -> list[str]:
+    """The ids of the upload cases, in manifest order (cheap: nothing is encoded)."""
+    return [spec[0] for spec in _specs(include_big)]
 
 
 def _pil_image(arr: np.ndarray):
