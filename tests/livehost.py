@@ -25,6 +25,7 @@ from apphost.runtime import AppRuntime
 from apphost.testing import make_runtime
 from tests.uplinkhelpers.harness import UplinkProcess, wait_until
 
+ROOT_DIR = Path(__file__).resolve().parents[1]
 WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 BATCH = "predict_cell_fate_batch"
 
@@ -33,7 +34,7 @@ class LiveHost:
     """One host (hub + runtime + HTTP routes) on ``127.0.0.1:port``, data under ``data_dir``."""
 
     def __init__(self, data_dir: Path, *, key: str, users: dict[str, tuple[str, str]] | None = None,
-                 call_timeout: float = 30.0) -> None:
+                 call_timeout: float = 30.0, port: int = 0) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.key = key
@@ -41,7 +42,7 @@ class LiveHost:
         self.call_timeout = call_timeout
         self.runtime: AppRuntime | None = None
         self.hub: Any = None
-        self.port = _free_port()
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.uplink_url = f"ws://127.0.0.1:{self.port}/_/uplink"
         self._server: uvicorn.Server | None = None
@@ -106,6 +107,17 @@ class LiveHost:
         self.workers.append(proc)
         return proc
 
+    def start_fault_worker(self, name: str, hold_after: int) -> tuple[UplinkProcess, Path]:
+        """``tests.fault_uplink``: answers ``hold_after`` batch calls, then stalls on the next one and
+        writes the returned marker file when that call has arrived."""
+        marker = self.data_dir / f"{name}.holding"
+        marker.unlink(missing_ok=True)
+        proc = UplinkProcess([sys.executable, "-m", "tests.fault_uplink", "--url", self.uplink_url,
+                              "--hold-after", str(hold_after), "--marker", str(marker)],
+                             self.data_dir / f"{name}.log", key=self.key)
+        self.workers.append(proc)
+        return proc, marker
+
     def wait_workers(self, count: int, timeout: float = 180.0) -> None:
         """Wait until ``count`` uplinks serve the batch prediction function."""
         future = asyncio.run_coroutine_threadsafe(self.hub.wait_for_registration(BATCH, count, timeout), self.hub._loop)
@@ -143,10 +155,33 @@ class LiveHost:
             return conn.execute(sa.select(sa.func.count()).select_from(db.sql_table("predictions"))).scalar_one()
 
 
-def _free_port() -> int:
+def serve_forever(data_dir: Path, port: int) -> None:
+    """Run a LiveHost until the process is killed (for tests that kill the host itself). The key comes
+    from ``ANVIL_UPLINK_KEY``, the accounts from ``NSCFATE_TEST_USERS`` (JSON: email -> [password, role])."""
+    import json
+    import os
+    import time
+
+    users = {k: tuple(v) for k, v in json.loads(os.environ.get("NSCFATE_TEST_USERS", "{}")).items()}
+    LiveHost(data_dir, key=os.environ["ANVIL_UPLINK_KEY"], users=users, port=port).start()
+    print("host ready", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-__all__ = ["LiveHost", "wait_until"]
+__all__ = ["ROOT_DIR", "LiveHost", "free_port", "serve_forever", "wait_until"]
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Serve a LiveHost until killed.")
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    serve_forever(args.data, args.port)
