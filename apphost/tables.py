@@ -377,8 +377,13 @@ class Database:
         return getattr(self._local, "txn", None)
 
     @contextmanager
-    def connect(self) -> Iterator[sa.Connection]:
-        """The current thread's transaction connection, or a short autocommitted one."""
+    def connect(self, write: bool = False) -> Iterator[sa.Connection]:
+        """The current thread's transaction connection, or a short autocommitted one.
+
+        Pass ``write=True`` when the short transaction writes: on SQLite it then takes the write lock
+        up front (``BEGIN IMMEDIATE``). A deferred transaction that reads and then writes fails at once
+        with "database is locked" (no busy wait) if another connection wrote in between.
+        """
         txn = self._txn()
         if txn is not None:
             with _conflicts_as_anvil_errors():
@@ -387,11 +392,23 @@ class Database:
         released: list[str] = []
         self._local.released = released
         try:
-            with _conflicts_as_anvil_errors(), self.engine.begin() as conn:
+            with _conflicts_as_anvil_errors(), self.begin(write=write) as conn:
                 yield conn
         finally:
             self._local.released = None
         self._collect_media(released)
+
+    @contextmanager
+    def begin(self, write: bool = False) -> Iterator[sa.Connection]:
+        """``engine.begin()``; with ``write=True`` on SQLite the transaction is ``BEGIN IMMEDIATE``."""
+        if not (write and self.is_sqlite):
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self.engine.connect() as conn:
+            conn.execution_options(anvil_immediate=True)
+            with conn.begin():
+                yield conn
 
     def open_transaction(self, isolation: str | None = None) -> None:
         """Begin an explicit transaction in this thread (``anvil.tables.Transaction``)."""
@@ -656,7 +673,7 @@ class Table(anvil.tables.Table):
         """Add a row; keyword arguments are column values. Returns the new row."""
         try:
             sql_values = self._db.to_sql(self.spec, values)
-            with self._db.connect() as conn:
+            with self._db.connect(write=True) as conn:
                 pk = conn.execute(sa.insert(self._sql).values(**sql_values)).inserted_primary_key[0]
         finally:
             self._db._unpin_once()
@@ -772,7 +789,7 @@ class Row(anvil.tables.Row):
         try:
             sql_values = t._db.to_sql(t.spec, values)
             media_cols = [c.name for c in t.spec.columns if c.type == "media" and c.name in values]
-            with t._db.connect() as conn:
+            with t._db.connect(write=True) as conn:
                 if media_cols:
                     rec = conn.execute(sa.select(*(t._sql.c[n] for n in media_cols))
                                        .where(t._sql.c._id == self._pk)).first()
@@ -790,7 +807,7 @@ class Row(anvil.tables.Row):
         """Delete this row (and its media files once nothing references them)."""
         t = self._table
         media_cols = [c.name for c in t.spec.columns if c.type == "media"]
-        with t._db.connect() as conn:
+        with t._db.connect(write=True) as conn:
             shas: list[str] = []
             if media_cols:
                 rec = conn.execute(sa.select(*(t._sql.c[n] for n in media_cols))

@@ -255,10 +255,13 @@ class Accounts:
             return None
         token_hash = _hash_token(token)
         now = _now_naive()
-        with self.db.engine.begin() as conn:
+        with self.db.engine.connect() as conn:
             rec = conn.execute(sa.select(self.sessions).where(self.sessions.c.token_hash == token_hash)).first()
-            if rec is None:
-                return None
+        if rec is None:
+            return None
+        # Writes in their own transactions (write lock taken up front on SQLite): a read-then-write
+        # transaction fails at once on SQLite when another request wrote in between.
+        with self.db.begin(write=True) as conn:
             if rec.expires <= now or rec.last_seen + self.idle_timeout <= now:
                 conn.execute(sa.delete(self.sessions).where(self.sessions.c.token_hash == token_hash))
                 return None

@@ -10,9 +10,12 @@ session. Errors are JSON: ``{"error": {"code": ..., "message": ...}}`` with a ma
     GET    /_/api/predictions/:id          one prediction (JSON)
     DELETE /_/api/predictions/:id          delete it (its owner or a lab admin)
     GET    /_/api/predictions/:id/image    the stored image
+    GET    /_/api/predictions/:id/preview  the image as browsers can show it (TIFF -> PNG)
+    GET    /_/api/predictions/:id/gradcam  a Grad-CAM overlay (PNG) computed by the worker
     GET    /_/api/predictions.csv          the filtered history as CSV
     GET    /_/api/summary?experiment=NAME  share of cells per predicted condition, 95% intervals
     GET    /_/api/models                   model cards of the served models
+    GET    /_/api/models/:name/plots/:n    plot n of a model card (when the worker sends plots)
     GET    /_/api/health                   no auth: {"status", "workers", "models"}
 """
 
@@ -25,7 +28,7 @@ import anvil
 import anvil.server
 import anvil.users
 
-from . import errors, predictions
+from . import errors, predictions, previews
 
 # A function the local host provides to report its connected workers ({"workers": n}). Hosted Anvil
 # has none; there the health check infers "at least one" from a successful list_models call.
@@ -100,6 +103,8 @@ def _with_links(item):
     quoted = urllib.parse.quote(item["id"], safe="")
     item["url"] = "/_/api/predictions/" + quoted
     item["image_url"] = "/_/api/predictions/%s/image" % quoted
+    item["preview_url"] = "/_/api/predictions/%s/preview" % quoted
+    item["gradcam_url"] = "/_/api/predictions/%s/gradcam" % quoted
     return item
 
 
@@ -170,6 +175,31 @@ def prediction_image(prediction_id, **params):
                                                   "X-Content-Type-Options": "nosniff"})
 
 
+@anvil.server.http_endpoint("/predictions/:prediction_id/preview", methods=["GET"], authenticate_users=True)
+@_api
+def prediction_preview(prediction_id, **params):
+    _user()
+    image = predictions.get_row(prediction_id)["image"]
+    if image is None:
+        raise errors.NotFound("This prediction has no stored image")
+    data, content_type = previews.preview(image)
+    # A prediction's image never changes, so the browser may keep the preview for a while.
+    return anvil.server.HttpResponse(200, anvil.BlobMedia(content_type, data), {
+        "Content-Type": content_type, "Cache-Control": "private, max-age=3600"})
+
+
+@anvil.server.http_endpoint("/predictions/:prediction_id/gradcam", methods=["GET"], authenticate_users=True)
+@_api
+def prediction_gradcam(prediction_id, **params):
+    _user()
+    out = predictions.explain(prediction_id)
+    model = out.get("model") or {}
+    headers = {"Content-Type": "image/png", "X-Model": "%s %s" % (model.get("name") or "", model.get("version") or "")}
+    if out.get("note"):
+        headers["X-Explanation-Note"] = out["note"]
+    return anvil.server.HttpResponse(200, out["gradcam"], headers)
+
+
 @anvil.server.http_endpoint("/summary", methods=["GET"], authenticate_users=True)
 @_api
 def summary(**params):
@@ -181,7 +211,42 @@ def summary(**params):
 @_api
 def models(**params):
     _user()
-    return json_response({"models": predictions.worker_models()})
+    cards = []
+    for card in predictions.worker_models():
+        if not isinstance(card, dict):
+            continue
+        card = dict(card)
+        # Plot images (Media) cannot travel in JSON: each becomes a URL of its own.
+        card["plots"] = [
+            {"title": _plot_title(plot, n), "url": "/_/api/models/%s/plots/%d" % (
+                urllib.parse.quote(str(card.get("name")), safe=""), n)}
+            for n, plot in enumerate(card.get("plots") or [])]
+        cards.append(card)
+    return json_response({"models": cards})
+
+
+def _plot_title(plot, n):
+    title = plot.get("title") if isinstance(plot, dict) else getattr(plot, "name", None)
+    return str(title or "Plot %d" % (n + 1))
+
+
+@anvil.server.http_endpoint("/models/:name/plots/:index", methods=["GET"], authenticate_users=True)
+@_api
+def model_plot(name, index, **params):
+    _user()
+    for card in predictions.worker_models():
+        if isinstance(card, dict) and str(card.get("name")) == name:
+            plots = card.get("plots") or []
+            n = int(index) if str(index).isdigit() else -1
+            if not 0 <= n < len(plots):
+                break
+            image = plots[n].get("image") if isinstance(plots[n], dict) else plots[n]
+            if not isinstance(image, anvil.Media):
+                break
+            return anvil.server.HttpResponse(200, image, {
+                "Content-Type": image.content_type or "application/octet-stream",
+                "Cache-Control": "private, max-age=600"})
+    raise errors.NotFound("Model %r has no plot %s" % (name, index))
 
 
 @anvil.server.http_endpoint("/health", methods=["GET"])

@@ -460,6 +460,12 @@ def get_model_cards():
 def explain_prediction(prediction_id):
     """A Grad-CAM overlay for a stored prediction, computed again by the worker on the stored image."""
     access.require_user()
+    return explain(prediction_id)
+
+
+def explain(prediction_id):
+    """explain_prediction without the sign-in check (also used by the REST API):
+    ``{"gradcam": PNG Media, "model": {name, version}, "note": str or None}``."""
     row = get_row(prediction_id)
     try:
         out = anvil.server.call("predict_cell_fate", row["image"], model=row["model_name"] or None, explain=True)
