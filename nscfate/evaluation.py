@@ -102,13 +102,19 @@ def evaluate_predictions(labels: np.ndarray, probs: np.ndarray, classes: Sequenc
 
 def evaluate(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str | os.PathLike, *,
              channel: int = 1, batch_size: int = 64, n_boot: int = 1000, limit: int | None = None,
-             progress: bool = True) -> dict[str, Any]:
-    """Evaluate a model directory (or registered name) on every image of a labelled dataset."""
+             subset: str = "test", progress: bool = True) -> dict[str, Any]:
+    """Evaluate a model directory (or registered name) on every image of a labelled dataset, or on one
+    ``subset`` of a training run's split manifest (``split.json``: train, val, test, grouped_test)."""
     from nscfate.data import read_dataset
     from nscfate.predictor import Predictor
 
     predictor = Predictor.load(model, batch_size=batch_size)
-    samples = read_dataset(data, task=predictor.task, channel=channel)
+    if os.fspath(data).endswith(".json"):
+        from nscfate.training import read_manifest
+
+        samples = [s for s in read_manifest(data, subset) if s.label in predictor.classes]
+    else:
+        samples = read_dataset(data, task=predictor.task, channel=channel)
     if limit is not None:
         rng = np.random.default_rng(0)
         samples = [samples[i] for i in sorted(rng.permutation(len(samples))[:limit])]
@@ -125,9 +131,10 @@ def evaluate(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: 
     return evaluate_predictions(
         labels, probs, predictor.classes, out_dir, groups=groups, display_names=predictor.display_names,
         model_card=card, model_metrics=predictor.info.metrics, n_boot=n_boot,
-        title=f"Evaluation of {predictor.name} {predictor.version} on {os.fspath(data)}",
+        title=f"Evaluation of {predictor.name} {predictor.version} on {os.fspath(data)}"
+              + (f" ({subset})" if os.fspath(data).endswith(".json") else ""),
         extra={"model": {"name": predictor.name, "version": predictor.version}, "data": os.fspath(data),
-               "refused": len(refused)},
+               "subset": subset if os.fspath(data).endswith(".json") else None, "refused": len(refused)},
     )
 
 

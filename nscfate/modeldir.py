@@ -498,7 +498,7 @@ def render_card(meta: dict, labels: dict, metrics: dict, config: dict, reproduce
     ]
     lines += [f"| {c['index']} | `{c['key']}` | {c['display_name']} |" for c in labels["classes"]]
     lines += ["", "## Training data", "", f"- {data['description']}"]
-    for key in ("manifest_sha256", "num_train", "num_val", "num_test", "split"):
+    for key in ("manifest_sha256", "num_train", "num_val", "num_test", "num_grouped_test", "split"):
         if key in data:
             lines.append(f"- {key}: `{data[key]}`")
     lines += ["", "## Held-out evaluation", ""]
@@ -514,6 +514,13 @@ def render_card(meta: dict, labels: dict, metrics: dict, config: dict, reproduce
                          f"{_fmt(m.get('macro_f1'))} | {_fmt(m.get('macro_auc'))} |")
     else:
         lines.append("No held-out evaluation was recorded.")
+    per_class = metrics.get("test", {}).get("per_class") if isinstance(metrics.get("test"), dict) else None
+    if per_class:
+        names = {c["key"]: c["display_name"] for c in labels["classes"]}
+        lines += ["", "Per class on `test`:", "", "| class | n | precision | recall | AUC (one-vs-rest) |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {names.get(k, k)} | {m.get('support')} | {_fmt(m.get('precision'))} | {_fmt(m.get('recall'))} | "
+                  f"{_fmt(m.get('auc'))} |" for k, m in per_class.items()]
     lines += ["", "`test` is a random split by image; `grouped_test` holds out whole acquisition batches "
               "(day + replicate), which is the honest number when batches differ.", ""]
     if reproduce_command:

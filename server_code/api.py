@@ -35,6 +35,8 @@ from . import errors, predictions, previews
 HOST_STATUS_FUNCTION = "nscfate_host_status"
 
 _FILTER_FIELDS = ("condition", "date_from", "date_to", "experiment", "user", "model")
+# Per-file error codes that say "nothing was stored, send it again later" (the service, not the file).
+RETRY_LATER_CODES = ("worker_unavailable", "storage_unavailable", "storage_full", "not_processed")
 
 
 def _json_default(value):
@@ -130,11 +132,16 @@ def predictions_collection(**params):
         user, files, _single(params, "experiment"), _single(params, "notes"), _single(params, "model"))
     results = [_with_links(r) if r.get("ok") else r for r in results]
     n_ok = sum(1 for r in results if r.get("ok"))
-    status = 200
+    codes = set(r["error"]["code"] for r in results if not r.get("ok"))
+    response = json_response({"results": results, "n_ok": n_ok, "n_rejected": len(results) - n_ok}, 200)
     if n_ok == 0:
-        worker_down = any(r["error"]["code"] == "worker_unavailable" for r in results)
-        status = 503 if worker_down else 422
-    return json_response({"results": results, "n_ok": n_ok, "n_rejected": len(results) - n_ok}, status)
+        # Not the caller's fault and worth sending again later: 503 (507 for a full disk), else 422.
+        if codes & set(RETRY_LATER_CODES):
+            response.status = 507 if "storage_full" in codes else 503
+            response.headers["Retry-After"] = "10"
+        else:
+            response.status = 422
+    return response
 
 
 @anvil.server.http_endpoint("/predictions.csv", methods=["GET"], authenticate_users=True)

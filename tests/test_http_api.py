@@ -94,7 +94,7 @@ def test_post_raw_body(client):
 
 def test_post_errors_are_json(client, worker):
     r = client.post("/_/api/predictions", auth=ANN, files=[("file", ("x.txt", b"hello", "text/plain"))])
-    assert r.status_code == 422 and r.json()["results"][0]["error"]["code"] == "unsupported_format"
+    assert r.status_code == 422 and r.json()["results"][0]["error"]["code"] == "not_an_image"
     r = client.post("/_/api/predictions", auth=ANN, data={"experiment": "E"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "no_files"
     r = upload(client, 1, model="no-such-model")
@@ -298,3 +298,13 @@ def test_previews_without_tifffile_use_pillow(client, monkeypatch):
     item = _upload_one(client, "cell16.tif", data, "image/tiff")
     shown = np.asarray(Image.open(io.BytesIO(client.get(item["preview_url"], auth=ANN).content)))
     assert shown.shape == (8, 8) and shown.min() == 0 and shown.max() == 255
+
+
+def test_unreadable_form_data_is_a_json_error(client):
+    for content_type in ("multipart/form-data; boundary=XYZ", "multipart/form-data"):
+        r = client.post("/_/api/predictions", auth=ANN, content=b"no multipart here",
+                        headers={"content-type": content_type})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_form", r.text
+    r = client.post("/_/auth/login", content=b"no multipart here",
+                    headers={"content-type": "multipart/form-data; boundary=XYZ"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "bad_credentials"

@@ -64,7 +64,7 @@ def test_classify_stores_one_row_per_success_and_reports_rejections(rt, people, 
     results = rt.call("classify_cell_images", files, experiment=" E1 ", notes="batch A", session=people["ann"])
     assert [r["index"] for r in results] == [0, 1, 2, 3, 4]
     assert [r["ok"] for r in results] == [True, True, False, False, False]
-    assert [r["error"]["code"] for r in results[2:]] == ["unsupported_format", "corrupt", "empty"]
+    assert [r["error"]["code"] for r in results[2:]] == ["not_an_image", "corrupt", "empty"]
     assert worker.batch_sizes == [3]  # the text file and the empty one never reach the worker
     ok = results[0]
     assert ok["filename"] == "cell0.png" and ok["experiment"] == "E1" and ok["notes"] == "batch A"

@@ -53,6 +53,14 @@ def test_train_exports_a_verified_model_directory(tmp_path, synth_dir):
     p = Predictor.from_directory(result.model_dir)
     some = next(iter(sorted(synth_dir.glob("astro/*.tif"))))
     assert p.predict(some).to_dict()["model"]["name"] == "tiny-run"
+    # evaluating the held-out batches through the Predictor gives the numbers training recorded
+    from nscfate.evaluation import evaluate
+
+    m = evaluate(result.model_dir, result.run_dir / "split.json", tmp_path / "eval", subset="grouped_test",
+                 n_boot=0, progress=False)
+    assert m["n"] == meta["num_grouped_test"]
+    assert m["accuracy"] == pytest.approx(info.metrics["grouped_test"]["accuracy"])
+    assert m["model_reported"]["test"]["accuracy"] == info.metrics["test"]["accuracy"]
     with pytest.raises(ConfigError, match="already exists"):
         train(cfg)
 

@@ -10,7 +10,10 @@ HELP = "evaluate a model on a labelled dataset: metrics.json, plots and a report
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL_DIR", help="model directory or registered name[@version]")
-    parser.add_argument("--data", required=True, metavar="DIR", help="labelled dataset (IFC export, folders, CSV)")
+    parser.add_argument("--data", required=True, metavar="DIR",
+                        help="labelled dataset (IFC export, folders, CSV), or a training run's split.json")
+    parser.add_argument("--subset", default="test", choices=("train", "val", "test", "grouped_test"),
+                        help="with a split.json: which part to evaluate (default test)")
     parser.add_argument("--out", required=True, metavar="OUT_DIR", help="where metrics.json, plots and report go")
     parser.add_argument("--channel", type=int, default=1, help="image channel of an IFC export (default 1)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -26,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         m = evaluate(args.model, args.data, args.out, channel=args.channel, batch_size=args.batch_size,
-                     n_boot=args.bootstrap, limit=args.limit, progress=sys.stderr.isatty())
+                     n_boot=args.bootstrap, limit=args.limit, subset=args.subset,
+                     progress=sys.stderr.isatty())
     except ModelError as exc:
         logging.getLogger(__name__).error("%s", exc)
         return 2
