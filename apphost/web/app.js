@@ -97,7 +97,7 @@ function query(params) {
 
 // ----------------------------------------------------------------------------------- routing + views
 
-const VIEWS = ["sign-in", "classify", "history", "detail", "summary", "models", "account"];
+const VIEWS = ["sign-in", "classify", "history", "detail", "summary", "models", "users", "account"];
 
 function parseHash() {
   const raw = location.hash.replace(/^#\/?/, "");
@@ -123,7 +123,7 @@ async function route() {
   }
   const {view, arg, params} = parseHash();
   const handlers = {classify: showClassify, history: () => showHistory(params), prediction: () => showDetail(arg),
-                    summary: () => showSummary(params), models: showModels, account: showAccount};
+                    summary: () => showSummary(params), models: showModels, users: showUsers, account: showAccount};
   const handler = handlers[view] || showClassify;
   await handler();
   $("main").focus({preventScroll: true});
@@ -147,6 +147,7 @@ async function afterSessionChange() {
   $("nav").hidden = !signedIn;
   $("account").hidden = !signedIn;
   $("who").textContent = signedIn ? state.user.email : "";
+  $("nav-users").hidden = !(signedIn && state.user.role === "lab_admin");
   if (signedIn) {
     await loadModels();
     loadRecentExperiments();
@@ -739,6 +740,46 @@ async function showModels() {
             + "predictions and metrics say nothing about real experiments.") : null,
       facts,
       plots.length ? h("div", {class: "plots"}, plots) : h("p", {class: "muted"}, "No plots were sent with this model card."));
+  }));
+}
+
+// --------------------------------------------------------------------------------------------- users
+
+async function showUsers() {
+  showView("users");
+  const error = $("users-error");
+  showMessage(error, "");
+  let users;
+  try {
+    users = (await api("GET", "/_/api/users")).users;
+  } catch (e) {
+    showMessage(error, e.message);
+    return;
+  }
+  const change = async (u, changes) => {
+    try {
+      await api("PATCH", "/_/api/users/" + encodeURIComponent(u.id), changes);
+      announce(`Updated ${u.email}`);
+      await showUsers();
+    } catch (e) {
+      showMessage(error, e.message);
+    }
+  };
+  $("users-table").tBodies[0].replaceChildren(...users.map((u) => {
+    const role = h("select", {"aria-label": `Role of ${u.email}`},
+                   h("option", {value: "researcher", selected: u.role !== "lab_admin"}, "researcher"),
+                   h("option", {value: "lab_admin", selected: u.role === "lab_admin"}, "lab admin"));
+    role.addEventListener("change", () => change(u, {role: role.value}));
+    const toggle = h("button", {type: "button", class: (u.enabled ? "secondary" : "") + " small"},
+                     u.enabled ? "Disable" : "Enable");
+    toggle.setAttribute("aria-label", `${u.enabled ? "Disable" : "Enable"} ${u.email}`);
+    toggle.addEventListener("click", () => change(u, {enabled: !u.enabled}));
+    return h("tr", {"data-email": u.email},
+             h("td", {}, u.email),
+             h("td", {}, u.enabled ? "enabled " : h("strong", {}, "awaiting approval "), toggle),
+             h("td", {}, role),
+             h("td", {}, formatDate(u.signed_up)),
+             h("td", {}, formatDate(u.last_login)));
   }));
 }
 
