@@ -179,3 +179,30 @@ def test_a_host_without_a_usable_model_says_how_to_get_one(tmp_path, hosts):
     assert "NSC Fate is running" not in host.stdout()
     # The one-time password of the admin made at this first start is not lost with the failed start.
     assert "One-time password (shown only now)" in host.stdout()
+
+
+@pytest.mark.postgres
+def test_database_url_puts_the_data_in_postgresql(tmp_path, postgres_url, hosts):
+    import sqlalchemy as sa
+
+    from apphost.testing import reset_postgres
+
+    url = reset_postgres(postgres_url).replace("postgresql+psycopg://", "postgresql://")  # as people write it
+    admin = {"NSCFATE_ADMIN_EMAIL": "ada@lab.org", "NSCFATE_ADMIN_PASSWORD": "correct horse battery",
+             "DATABASE_URL": url}
+    host = Host(tmp_path, "--port", "0", "--workers", "0", env=admin)
+    hosts.append(host)
+    base = host.wait_ready(60)
+    assert "(postgresql at postgresql+psycopg://postgres@127.0.0.1:" in host.stdout()
+    r = httpx.post(base + "/_/auth/login", json={"email": "ada@lab.org", "password": "correct horse battery"},
+                   timeout=30)
+    assert r.status_code == 200
+    assert not (tmp_path / "data" / "app.db").exists()  # no SQLite file: the rows are in PostgreSQL
+    engine = sa.create_engine(postgres_url)
+    try:
+        with engine.connect() as conn:
+            emails = conn.execute(sa.text("SELECT email FROM app_users")).scalars().all()
+    finally:
+        engine.dispose()
+    assert emails == ["ada@lab.org"]
+    assert host.interrupt() == 0
