@@ -224,6 +224,8 @@ def test_a_researchers_session(page, host, images):
     expect(card).to_have_count(1)
     expect(card).to_contain_text("Trained on synthetic data")
     expect(card).to_contain_text("Held-out test accuracy")
+    expect(card.locator(".accuracy-chart .bar-row")).to_have_count(2)  # held-out test vs chance (1/4)
+    expect(card.locator(".accuracy-chart")).to_contain_text("25.0%")
     shot(page, "06-models")
 
     page.set_viewport_size({"width": 800, "height": 1100})  # a tablet

@@ -733,14 +733,32 @@ async function showModels() {
     fact("Created", formatDate(m.created));
     const plots = (m.plots || []).map((p) => h("figure", {},
       h("img", {src: p.url, alt: p.title, loading: "lazy"}), h("figcaption", {}, p.title)));
+    const accuracy = accuracyChart(m);
+    if (accuracy) plots.unshift(accuracy);
     return h("article", {class: "card model-card"},
       h("h2", {}, `${m.name} ${m.version}`, m.default ? h("span", {class: "badge"}, "default") : null),
       m.synthetic_training_data
         ? h("p", {class: "synthetic-note"}, "Trained on synthetic data: it has never seen real cells, so its "
             + "predictions and metrics say nothing about real experiments.") : null,
       facts,
-      plots.length ? h("div", {class: "plots"}, plots) : h("p", {class: "muted"}, "No plots were sent with this model card."));
+      plots.length ? h("div", {class: "plots"}, plots) : h("p", {class: "muted"}, "No plots came with this model card."));
   }));
+}
+
+/** Held-out accuracies next to chance (1 / number of classes), as bars. */
+function accuracyChart(m) {
+  const n = (m.classes || []).length;
+  const rows = [["Held-out test images", m.test_accuracy], ["Unseen acquisition batches", m.grouped_test_accuracy],
+                ["Chance", n ? 1 / n : null]].filter(([, v]) => typeof v === "number");
+  if (rows.length < 2) return null;
+  return h("figure", {class: "accuracy-chart"},
+    h("div", {class: "bars", role: "list", "aria-label": "Accuracy"}, rows.map(([label, v]) => {
+      const fill = h("span", {class: "fill" + (label === "Chance" ? " chance" : " top")});
+      fill.style.width = (100 * v).toFixed(1) + "%";
+      return h("div", {class: "bar-row", role: "listitem"}, h("span", {class: "bar-label"}, label),
+               h("span", {class: "bar", "aria-hidden": "true"}, fill), h("span", {class: "bar-value"}, percent(v)));
+    })),
+    h("figcaption", {}, "Accuracy, from the model's own held-out evaluation"));
 }
 
 // --------------------------------------------------------------------------------------------- users
