@@ -235,6 +235,7 @@ class LocalHost:
         import sqlalchemy.exc
 
         from apphost.runtime import create_runtime
+        from apphost.tables import SchemaError
 
         try:
             return create_runtime(
@@ -244,8 +245,11 @@ class LocalHost:
         except sqlalchemy.exc.OperationalError as exc:
             raise HostError(f"cannot open the database ({describe_database(self.db_url)}): "
                             f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}") from None
-        except sqlalchemy.exc.NoSuchModuleError as exc:
-            raise HostError(f"DATABASE_URL names a database driver that is not installed: {exc}") from None
+        except (sqlalchemy.exc.NoSuchModuleError, ImportError) as exc:
+            raise HostError(f"DATABASE_URL names a database driver that is not installed ({exc}); "
+                            "PostgreSQL (postgresql://...) and SQLite are supported") from None
+        except SchemaError as exc:  # e.g. a column's type changed in anvil.yaml
+            raise HostError(f"the database does not match anvil.yaml: {exc}") from None
 
     def _ensure_admin(self, env: dict[str, str]) -> str:
         """The first lab admin (see the module docstring); its email for the sign-in message."""

@@ -32,6 +32,7 @@ class Host:
                     if k not in ("ANVIL_UPLINK_KEY", "NSCFATE_ADMIN_EMAIL", "NSCFATE_ADMIN_PASSWORD", "DATABASE_URL")}
         full_env.update({"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
                          "NSCFATE_DATA_DIR": str(tmp_path / "data"), **(env or {})})
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.stdout_path, self.stderr_path = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             # Its own process group, like a program started in a terminal (Ctrl-C reaches the group).

@@ -206,3 +206,15 @@ def test_database_url_puts_the_data_in_postgresql(tmp_path, postgres_url, hosts)
         engine.dispose()
     assert emails == ["ada@lab.org"]
     assert host.interrupt() == 0
+
+
+def test_start_up_problems_are_messages_not_tracebacks(tmp_path, hosts):
+    cases = [({"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}, "cannot open the database"),
+             ({"DATABASE_URL": "mysql://x@127.0.0.1/db"}, "not installed"),
+             ({"NSCFATE_ADMIN_EMAIL": "ada@lab.org", "NSCFATE_ADMIN_PASSWORD": "short"}, "at least 10 characters"),
+             ({"PORT": "web"}, "PORT must be a port number")]
+    for n, (env, message) in enumerate(cases):
+        host = Host(tmp_path / str(n), "--workers", "0", env=env)
+        hosts.append(host)
+        assert host.proc.wait(60) == 2, env
+        assert message in host.stderr() and "Traceback" not in host.stderr(), host.stderr()
