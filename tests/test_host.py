@@ -138,6 +138,8 @@ def test_one_command_runs_everything_and_keeps_workers_alive(tmp_path, tiny_mode
     assert host.stderr().count("restarting it") == restarts == 1
     assert "Traceback" not in host.stderr()
 
+    assert "GET /_/api/health" in host.stderr() and "GET /" not in host.stdout()  # stdout: messages only
+
     # Everything survives a restart: the same key, the same accounts, the history.
     again = Host(tmp_path, "--workers", "0", "--port", str(port), name="host2")
     hosts.append(again)
