@@ -325,6 +325,8 @@ def test_host_runs_its_own_worker_with_the_key_in_its_environment_only(tiny_mode
 
     try:
         wait_until(lambda: "predict_cell_fate" in registrations(), 180, "the built-in worker")
+        # It registers on connecting and logs "worker ready" after a round trip: wait for that too.
+        wait_until(lambda: "worker ready" in host.output(), 60, "the worker's ready line")
         (worker_pid,) = _children(host.proc.pid)
         cmdline = Path(f"/proc/{worker_pid}/cmdline").read_bytes().split(b"\0")
         assert b"uplink" in cmdline and all(key.encode() not in arg for arg in cmdline)
