@@ -161,6 +161,11 @@ def shipped_models_section() -> list[str]:
                      f"{info.arch} | {info.input_size[0]}x{info.input_size[1]} | {acc} | "
                      f"{grouped.get('accuracy', float('nan')):.3f} | {test.get('macro_auc', float('nan')):.3f} | "
                      f"{dir_size(info.path) / 1e6:.1f} MB |")
+    reports = sorted((Path(__file__).resolve().parent.parent / "docs" / "evaluation").glob("*/report.md"))
+    if reports:
+        lines += ["", "Evaluation reports (`nscfate evaluate`: metrics with bootstrap intervals, confusion matrix, "
+                  "one-vs-rest ROC, reliability diagram):", ""]
+        lines += [f"- [{r.parent.name}](evaluation/{r.parent.name}/report.md)" for r in reports]
     return lines + [""]
 
 
