@@ -120,10 +120,8 @@ def test_killed_lone_worker_gives_a_retryable_error_and_a_restarted_one_is_used_
 
 
 @pytest.mark.slow
-def test_killing_the_real_worker_mid_batch_keeps_history_exact(live, tmp_path):
-    from nscfate.testing import make_tiny_model_dir
-
-    model = make_tiny_model_dir(tmp_path / "tiny", task="medium4")
+def test_killing_the_real_worker_mid_batch_keeps_history_exact(live, tiny_model):
+    model = tiny_model
     worker = live.start_worker(model, "real-1")
     live.wait_workers(1)
     with live.client(ANN) as client:
