@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from starlette.routing import Mount, Route, WebSocketRoute
 
-from apphost.app import HostSettings, create_app
+from apphost.app import HostSettings, create_app, web_ui_routes
 from apphost.http_api import COOKIE_NAME, api_routes
 from apphost.testing import FakeWorker, make_runtime, png_bytes
 from apphost.users import Accounts, LoginRateLimiter
@@ -50,7 +50,9 @@ def rt(tmp_path):
 
 @pytest.fixture
 def app(rt):
-    return create_app(HostSettings(uplink_key="access-test-key-" + "k" * 16), app_routes=lambda hub: api_routes(rt))
+    # Assembled as python -m apphost does it: the REST and sign-in routes, then the web UI.
+    return create_app(HostSettings(uplink_key="access-test-key-" + "k" * 16),
+                      app_routes=lambda hub: [*api_routes(rt), *web_ui_routes()])
 
 
 def client(app, auth=None):
