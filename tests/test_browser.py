@@ -138,7 +138,7 @@ def test_a_researchers_session(page, host, images):
     rejected = page.locator('#results .result[data-outcome="rejected"]')
     expect(rejected).to_have_count(1)
     expect(rejected).to_contain_text("notes.txt")
-    expect(rejected).to_contain_text("Not a supported image file")
+    expect(rejected).to_contain_text("Not an image")
 
     ok = page.locator('#results .result[data-outcome="ok"]')
     expect(ok).to_have_count(4)
