@@ -1,6 +1,6 @@
 """Measure reliability and security and write the figures into docs/RELIABILITY.md.
 
-    python scripts/reliability_report.py                 # full run (~10 min on 2 cores)
+    python scripts/reliability_report.py                 # full run (~7 min on 2 cores)
     python scripts/reliability_report.py --quick         # small budgets, to try the script
     python scripts/reliability_report.py --check         # exit 1 if the doc's figures are missing
 
@@ -262,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.fuzz_examples, args.clients, args.uploads = 200, 10, 5
     started = dt.datetime.now(dt.timezone.utc)
+    load_average = os.getloadavg()[0]  # the machine may be shared: figures are read against this
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     access_modules = sorted({"tests/" + t.split("::")[0] + ".py" for ts in ACCESS_POINTS.values() for t in ts})
     with tempfile.TemporaryDirectory(prefix="nscfate-report-") as tmp:
@@ -293,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                                                f"--uploads {args.uploads}" if (args.fuzz_examples, args.clients,
                                                                                  args.uploads) != (2000, 50, 20) else "")
     meta = {"date": started.strftime("%Y-%m-%d"), "commit": commit + ("+changes" if dirty else ""),
-            "machine": f"{os.cpu_count()} CPU cores, Python {platform.python_version()}",
+            "machine": (f"{os.cpu_count()} CPU cores (load average {load_average:.1f} at the start, "
+                        f"{os.getloadavg()[0]:.1f} at the end), Python {platform.python_version()}"),
             "args": args_text, "minutes": (dt.datetime.now(dt.timezone.utc) - started).total_seconds() / 60}
     write_doc(render(results, fuzz, load, corpus, meta))
     failed = [k for k, r in {**results, **fuzz["results"]}.items() if r["outcome"] == "failed"]
