@@ -43,8 +43,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 3030
 DEFAULT_DATA_DIR = ".nscfate-data"
 KEY_FILE = "uplink.key"
-#: The worker callable whose registration means "a worker is ready".
+#: The worker callable that counts workers, and all those a ready worker has registered (one message each).
 READY_FUNCTION = "predict_cell_fate_batch"
+READY_FUNCTIONS = ("predict_cell_fate", READY_FUNCTION, "list_models")
 #: Seconds a worker gets to finish its calls after SIGTERM before it is killed.
 WORKER_STOP_GRACE = 30.0
 #: Exit status of ``python -m uplink`` when it cannot load its models (a configuration error).
@@ -235,6 +236,7 @@ class LocalHost:
         import sqlalchemy.exc
 
         from apphost.runtime import create_runtime
+        from apphost.tables import SchemaError
 
         try:
             return create_runtime(
@@ -244,8 +246,11 @@ class LocalHost:
         except sqlalchemy.exc.OperationalError as exc:
             raise HostError(f"cannot open the database ({describe_database(self.db_url)}): "
                             f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}") from None
-        except sqlalchemy.exc.NoSuchModuleError as exc:
-            raise HostError(f"DATABASE_URL names a database driver that is not installed: {exc}") from None
+        except (sqlalchemy.exc.NoSuchModuleError, ImportError) as exc:
+            raise HostError(f"DATABASE_URL names a database driver that is not installed ({exc}); "
+                            "PostgreSQL (postgresql://...) and SQLite are supported") from None
+        except SchemaError as exc:  # e.g. a column's type changed in anvil.yaml
+            raise HostError(f"the database does not match anvil.yaml: {exc}") from None
 
     def _ensure_admin(self, env: dict[str, str]) -> str:
         """The first lab admin (see the module docstring); its email for the sign-in message."""
@@ -296,8 +301,9 @@ class LocalHost:
 
         from apphost.protocol import MAX_FRAME_BYTES
 
+        # log_config=None: uvicorn's loggers go to ours (stderr); its default sends access logs to stdout.
         config = uvicorn.Config(self.app, host=self.args.host, port=self.args.port, ws_max_size=MAX_FRAME_BYTES,
-                                log_level=self.args.log_level.lower(), lifespan="on")
+                                log_level=self.args.log_level.lower(), lifespan="on", log_config=None)
         server = uvicorn.Server(config)
         serving = asyncio.create_task(server.serve())
         while not server.started and not serving.done():
@@ -343,7 +349,12 @@ class LocalHost:
     async def _wait_for_worker(self, serving: asyncio.Task, fatal: asyncio.Event) -> bool:
         """Wait until a worker serves predictions; False if the server stopped or no worker can start."""
         hub = self.app.state.hub
-        ready = asyncio.create_task(hub.wait_for_registration(READY_FUNCTION, 1))
+
+        async def registered() -> None:
+            for name in READY_FUNCTIONS:
+                await hub.wait_for_registration(name, 1)
+
+        ready = asyncio.create_task(registered())
         failed = asyncio.create_task(fatal.wait())
         started = time.monotonic()
         try:

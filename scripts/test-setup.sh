@@ -16,9 +16,12 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     # Another apt may hold the lock briefly (unattended upgrades, a parallel setup): wait for it.
     apt_get() { apt-get -o DPkg::Lock::Timeout=300 "$@"; }
-    if ! apt_get install -y --no-install-recommends "${missing[@]}" >/dev/null; then
-        apt_get update -qq
-        apt_get install -y --no-install-recommends "${missing[@]}" >/dev/null
+    if ! apt_get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
+        if ! { apt_get update -qq && apt_get install -y --no-install-recommends "${missing[@]}" >/dev/null; }; then
+            echo "test-setup: could not install ${missing[*]} with apt-get. Install them, or run" \
+                 ".venv/bin/python -m pytest directly (those tests are then skipped)." >&2
+            exit 1
+        fi
     fi
     # The cluster the package creates is not used (tests start their own); don't leave it running.
     if [[ " ${missing[*]} " == *" postgresql "* ]] && command -v pg_ctlcluster >/dev/null; then

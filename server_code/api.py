@@ -16,6 +16,8 @@ session. Errors are JSON: ``{"error": {"code": ..., "message": ...}}`` with a ma
     GET    /_/api/summary?experiment=NAME  share of cells per predicted condition, 95% intervals
     GET    /_/api/models                   model cards of the served models
     GET    /_/api/models/:name/plots/:n    plot n of a model card (when the worker sends plots)
+    GET    /_/api/users                    accounts, awaiting approval first (lab admins)
+    PATCH  /_/api/users/:id                JSON {"enabled": bool} and/or {"role": ...} (lab admins)
     GET    /_/api/health                   no auth: {"status", "workers", "models"}
 """
 
@@ -26,9 +28,10 @@ import urllib.parse
 
 import anvil
 import anvil.server
+import anvil.tables
 import anvil.users
 
-from . import errors, predictions, previews
+from . import access, errors, predictions, previews
 
 # A function the local host provides to report its connected workers ({"workers": n}). Hosted Anvil
 # has none; there the health check infers "at least one" from a successful list_models call.
@@ -247,6 +250,33 @@ def model_plot(name, index, **params):
                 "Content-Type": image.content_type or "application/octet-stream",
                 "Cache-Control": "private, max-age=600"})
     raise errors.NotFound("Model %r has no plot %s" % (name, index))
+
+
+@anvil.server.http_endpoint("/users", methods=["GET"], authenticate_users=True)
+@_api
+def users_collection(**params):
+    _user()
+    return json_response({"users": access.list_users()})
+
+
+@anvil.server.http_endpoint("/users/:user_id", methods=["PATCH"], authenticate_users=True)
+@_api
+def user_item(user_id, **params):
+    """Approve (enable) or disable an account, or change its role: what the Admin form does."""
+    _user()
+    try:
+        changes = anvil.server.request.body_json
+    except ValueError:
+        changes = None
+    if not isinstance(changes, dict) or not changes or set(changes) - {"enabled", "role"}:
+        raise errors.InvalidRequest('Send a JSON object with "enabled" (true or false) and/or "role" '
+                                    '(researcher or lab_admin)', code="bad_user_change")
+    with anvil.tables.Transaction():  # both changes or neither
+        if "role" in changes:
+            summary = access.set_user_role(user_id, changes["role"])
+        if "enabled" in changes:
+            summary = access.set_user_enabled(user_id, changes["enabled"])
+    return json_response(summary)
 
 
 @anvil.server.http_endpoint("/health", methods=["GET"])

@@ -32,10 +32,12 @@ class Host:
                     if k not in ("ANVIL_UPLINK_KEY", "NSCFATE_ADMIN_EMAIL", "NSCFATE_ADMIN_PASSWORD", "DATABASE_URL")}
         full_env.update({"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
                          "NSCFATE_DATA_DIR": str(tmp_path / "data"), **(env or {})})
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.stdout_path, self.stderr_path = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            # Its own process group, like a program started in a terminal (Ctrl-C reaches the group).
             self.proc = subprocess.Popen([sys.executable, "-m", "apphost", *args], stdout=out, stderr=err,
-                                         env=full_env, cwd=ROOT)
+                                         env=full_env, cwd=ROOT, start_new_session=True)
 
     def stdout(self) -> str:
         return self.stdout_path.read_text(errors="replace")
@@ -55,9 +57,13 @@ class Host:
             time.sleep(0.2)
         pytest.fail(f"the host was not ready within {timeout} s:\n{self.stderr()[-3000:]}")
 
-    def interrupt(self, timeout: float = 90) -> int:
-        """Ctrl-C (SIGINT to the host only) and wait for it to exit."""
-        self.proc.send_signal(signal.SIGINT)
+    def interrupt(self, timeout: float = 90, group: bool = False) -> int:
+        """SIGINT to the host (``group``: to the host and its workers, as Ctrl-C in a terminal does);
+        wait for it to exit and return its status."""
+        if group:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        else:
+            self.proc.send_signal(signal.SIGINT)
         return self.proc.wait(timeout)
 
     def kill(self) -> None:

@@ -33,7 +33,7 @@ def test_registrations_are_collected(rt):
     assert sorted(e.pattern for e in rt.endpoints) == sorted([
         "/predictions", "/predictions.csv", "/predictions/([^/]*)", "/predictions/([^/]*)/image",
         "/predictions/([^/]*)/preview", "/predictions/([^/]*)/gradcam", "/summary", "/models",
-        "/models/([^/]*)/plots/([^/]*)", "/health"])
+        "/models/([^/]*)/plots/([^/]*)", "/users", "/users/([^/]*)", "/health"])
     assert rt.find_endpoint("/predictions/[1,2]").pattern == "/predictions/([^/]*)"
     assert rt.find_endpoint("/predictions/1/2") is None
 

@@ -59,8 +59,9 @@ def page(browser, host):
     page = context.new_page()
     problems: list[str] = []
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    # Failed requests the tests cause on purpose: 401 (wrong password, signed out), 422 (the rejected file).
-    expected = re.compile(r"Failed to load resource: .* status of (401|422)")
+    # Failed requests the tests cause on purpose: 401 (wrong password, signed out), 403 (an account not
+    # enabled yet), 422 (the rejected file).
+    expected = re.compile(r"Failed to load resource: .* status of (401|403|422)")
     page.on("console", lambda m: problems.append(f"console: {m.text}")
             if m.type == "error" and not expected.search(m.text) else None)
     page.goto(host + "/")
@@ -138,7 +139,8 @@ def test_a_researchers_session(page, host, images):
     rejected = page.locator('#results .result[data-outcome="rejected"]')
     expect(rejected).to_have_count(1)
     expect(rejected).to_contain_text("notes.txt")
-    expect(rejected).to_contain_text("Not an image")
+    expect(rejected.get_by_role("alert")).to_contain_text("Rejected: Not")  # what was wrong...
+    expect(rejected.get_by_role("alert")).to_contain_text("accepted: PNG, JPEG, TIFF")  # ...and what is accepted
 
     ok = page.locator('#results .result[data-outcome="ok"]')
     expect(ok).to_have_count(4)
@@ -222,6 +224,8 @@ def test_a_researchers_session(page, host, images):
     expect(card).to_have_count(1)
     expect(card).to_contain_text("Trained on synthetic data")
     expect(card).to_contain_text("Held-out test accuracy")
+    expect(card.locator(".accuracy-chart .bar-row")).to_have_count(2)  # held-out test vs chance (1/4)
+    expect(card.locator(".accuracy-chart")).to_contain_text("25.0%")
     shot(page, "06-models")
 
     page.set_viewport_size({"width": 800, "height": 1100})  # a tablet
@@ -241,6 +245,34 @@ def test_a_researchers_session(page, host, images):
     # The old session cookie is dead on the server too.
     stale = httpx.get(f"{host}/_/api/predictions", cookies=cookie, timeout=30)
     assert stale.status_code == 401
+
+
+def test_a_new_account_waits_for_a_lab_admin(page, browser, host):
+    newcomer = ("cy@lab.org", "cyclic horse battery")
+    page.click(".signup summary")
+    page.fill("#sign-up-email", newcomer[0])
+    page.fill("#sign-up-password", newcomer[1])
+    page.click("#sign-up-form button[type=submit]")
+    expect(page.locator("#sign-up-message")).to_contain_text("A lab admin has to enable it")
+    sign_in(page, *newcomer)
+    expect(page.locator("#sign-in-error")).to_contain_text("not enabled yet")
+
+    admin = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    admin.goto(host + "/")
+    sign_in(admin)
+    expect(admin.locator("#nav-users")).to_be_visible()
+    admin.click("#nav-users")
+    row = admin.locator('#users-table tr[data-email="cy@lab.org"]')
+    expect(row).to_contain_text("awaiting approval")
+    shot(admin, "08-users")
+    row.get_by_role("button", name="Enable cy@lab.org").click()
+    expect(row).to_contain_text("enabled")
+    expect(row.get_by_role("button", name="Disable cy@lab.org")).to_be_visible()
+    admin.context.close()
+
+    sign_in(page, *newcomer)
+    expect(page.locator("#view-classify")).to_be_visible()
+    expect(page.locator("#nav-users")).to_be_hidden()  # a researcher
 
 
 def _wait_for_image(page, locator):

@@ -128,11 +128,17 @@ def test_one_command_runs_everything_and_keeps_workers_alive(tmp_path, tiny_mode
           "the dead worker to be replaced")
     _wait(lambda: _health(url).get("workers") == 2, "the new worker to connect")
 
-    # Ctrl-C stops the host and its workers cleanly.
+    # Ctrl-C (to the whole process group, as in a terminal) stops the host and its workers cleanly,
+    # without restarting the workers it reaches at the same time.
     workers = children_of(host.proc.pid)
-    assert host.interrupt() == 0
+    restarts = host.stderr().count("restarting it")
+    assert host.interrupt(group=True) == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
     assert host.stderr().count("worker stopped") == 2
+    assert host.stderr().count("restarting it") == restarts == 1
+    assert "Traceback" not in host.stderr()
+
+    assert "GET /_/api/health" in host.stderr() and "GET /" not in host.stdout()  # stdout: messages only
 
     # Everything survives a restart: the same key, the same accounts, the history.
     again = Host(tmp_path, "--workers", "0", "--port", str(port), name="host2")
@@ -175,3 +181,42 @@ def test_a_host_without_a_usable_model_says_how_to_get_one(tmp_path, hosts):
     assert "NSC Fate is running" not in host.stdout()
     # The one-time password of the admin made at this first start is not lost with the failed start.
     assert "One-time password (shown only now)" in host.stdout()
+
+
+@pytest.mark.postgres
+def test_database_url_puts_the_data_in_postgresql(tmp_path, postgres_url, hosts):
+    import sqlalchemy as sa
+
+    from apphost.testing import reset_postgres
+
+    url = reset_postgres(postgres_url).replace("postgresql+psycopg://", "postgresql://")  # as people write it
+    admin = {"NSCFATE_ADMIN_EMAIL": "ada@lab.org", "NSCFATE_ADMIN_PASSWORD": "correct horse battery",
+             "DATABASE_URL": url}
+    host = Host(tmp_path, "--port", "0", "--workers", "0", env=admin)
+    hosts.append(host)
+    base = host.wait_ready(60)
+    assert "(postgresql at postgresql+psycopg://postgres@127.0.0.1:" in host.stdout()
+    r = httpx.post(base + "/_/auth/login", json={"email": "ada@lab.org", "password": "correct horse battery"},
+                   timeout=30)
+    assert r.status_code == 200
+    assert not (tmp_path / "data" / "app.db").exists()  # no SQLite file: the rows are in PostgreSQL
+    engine = sa.create_engine(postgres_url)
+    try:
+        with engine.connect() as conn:
+            emails = conn.execute(sa.text("SELECT email FROM app_users")).scalars().all()
+    finally:
+        engine.dispose()
+    assert emails == ["ada@lab.org"]
+    assert host.interrupt() == 0
+
+
+def test_start_up_problems_are_messages_not_tracebacks(tmp_path, hosts):
+    cases = [({"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}, "cannot open the database"),
+             ({"DATABASE_URL": "mysql://x@127.0.0.1/db"}, "not installed"),
+             ({"NSCFATE_ADMIN_EMAIL": "ada@lab.org", "NSCFATE_ADMIN_PASSWORD": "short"}, "at least 10 characters"),
+             ({"PORT": "web"}, "PORT must be a port number")]
+    for n, (env, message) in enumerate(cases):
+        host = Host(tmp_path / str(n), "--workers", "0", env=env)
+        hosts.append(host)
+        assert host.proc.wait(60) == 2, env
+        assert message in host.stderr() and "Traceback" not in host.stderr(), host.stderr()

@@ -308,3 +308,31 @@ def test_unreadable_form_data_is_a_json_error(client):
     r = client.post("/_/auth/login", content=b"no multipart here",
                     headers={"content-type": "multipart/form-data; boundary=XYZ"})
     assert r.status_code == 401 and r.json()["error"]["code"] == "bad_credentials"
+
+
+def test_lab_admins_approve_accounts_over_http(client, rt):
+    ADA = ("ada@lab.org", "admin horse battery")
+    assert client.post("/_/auth/signup", json={"email": "cy@lab.org", "password": "cyclic horse battery"}).status_code == 202
+    assert client.get("/_/api/users", auth=ANN).status_code == 403  # researchers cannot
+    users = client.get("/_/api/users", auth=ADA).json()["users"]
+    assert users[0]["email"] == "cy@lab.org" and users[0]["enabled"] is False  # awaiting approval first
+    cy = users[0]["id"]
+    assert client.get("/_/api/predictions", auth=("cy@lab.org", "cyclic horse battery")).status_code == 401
+
+    r = client.patch(f"/_/api/users/{cy}", auth=ADA, json={"enabled": True, "role": "lab_admin"})
+    assert r.status_code == 200 and r.json()["enabled"] is True and r.json()["role"] == "lab_admin"
+    assert client.get("/_/api/predictions", auth=("cy@lab.org", "cyclic horse battery")).status_code == 200
+
+    # Both changes or neither: disabling fails (not a bool), so the role change is not kept either.
+    r = client.patch(f"/_/api/users/{cy}", auth=ADA, json={"role": "researcher", "enabled": "no"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_enabled"
+    assert next(u for u in client.get("/_/api/users", auth=ADA).json()["users"] if u["id"] == cy)["role"] == "lab_admin"
+
+    for bad in ({}, {"email": "x@lab.org"}, [True]):
+        r = client.patch(f"/_/api/users/{cy}", auth=ADA, json=bad)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_user_change"
+    assert client.patch("/_/api/users/nobody", auth=ADA, json={"enabled": False}).status_code == 404
+    ada = next(u for u in users if u["email"] == "ada@lab.org")["id"]
+    assert client.patch(f"/_/api/users/{cy}", auth=ADA, json={"enabled": False}).status_code == 200
+    r = client.patch(f"/_/api/users/{ada}", auth=ADA, json={"role": "researcher"})  # the last lab admin stays
+    assert r.status_code == 400 and r.json()["error"]["code"] == "last_admin"

@@ -97,7 +97,7 @@ function query(params) {
 
 // ----------------------------------------------------------------------------------- routing + views
 
-const VIEWS = ["sign-in", "classify", "history", "detail", "summary", "models", "account"];
+const VIEWS = ["sign-in", "classify", "history", "detail", "summary", "models", "users", "account"];
 
 function parseHash() {
   const raw = location.hash.replace(/^#\/?/, "");
@@ -123,7 +123,7 @@ async function route() {
   }
   const {view, arg, params} = parseHash();
   const handlers = {classify: showClassify, history: () => showHistory(params), prediction: () => showDetail(arg),
-                    summary: () => showSummary(params), models: showModels, account: showAccount};
+                    summary: () => showSummary(params), models: showModels, users: showUsers, account: showAccount};
   const handler = handlers[view] || showClassify;
   await handler();
   $("main").focus({preventScroll: true});
@@ -147,8 +147,13 @@ async function afterSessionChange() {
   $("nav").hidden = !signedIn;
   $("account").hidden = !signedIn;
   $("who").textContent = signedIn ? state.user.email : "";
-  if (signedIn) await loadModels();
-  else $("model-banner").hidden = true;
+  $("nav-users").hidden = !(signedIn && state.user.role === "lab_admin");
+  if (signedIn) {
+    await loadModels();
+    loadRecentExperiments();
+  } else {
+    $("model-banner").hidden = true;
+  }
   await route();
 }
 
@@ -490,6 +495,14 @@ function setUpDropZone() {
   });
 }
 
+/** Offer the experiments of the latest predictions as suggestions in experiment fields. */
+async function loadRecentExperiments() {
+  try {
+    const page = await api("GET", "/_/api/predictions?page_size=200");
+    addExperiments(page.rows.map((r) => r.experiment));
+  } catch (e) { /* suggestions only */ }
+}
+
 function addExperiments(names) {
   const list = $("experiment-list");
   const known = new Set([...list.options].map((o) => o.value));
@@ -509,7 +522,9 @@ function historyParams(params) {
 }
 
 function goHistory(p) {
-  location.hash = "#/history" + query(p);
+  const hash = "#/history" + query(p);
+  if (location.hash === hash) route();  // the same filters again: reload (no hashchange event)
+  else location.hash = hash;
 }
 
 async function showHistory(params) {
@@ -532,6 +547,10 @@ async function showHistory(params) {
     return;
   }
   state.historyPage = p;
+  if (!page.rows.length && page.total && p.page > 0) {  // e.g. the last row of the last page was deleted
+    goHistory({...p, page: page.pages - 1});
+    return;
+  }
   addExperiments(page.rows.map((r) => r.experiment));
   const body = $("history-table").tBodies[0];
   body.replaceChildren(...page.rows.map(historyRow));
@@ -714,13 +733,71 @@ async function showModels() {
     fact("Created", formatDate(m.created));
     const plots = (m.plots || []).map((p) => h("figure", {},
       h("img", {src: p.url, alt: p.title, loading: "lazy"}), h("figcaption", {}, p.title)));
+    const accuracy = accuracyChart(m);
+    if (accuracy) plots.unshift(accuracy);
     return h("article", {class: "card model-card"},
       h("h2", {}, `${m.name} ${m.version}`, m.default ? h("span", {class: "badge"}, "default") : null),
       m.synthetic_training_data
         ? h("p", {class: "synthetic-note"}, "Trained on synthetic data: it has never seen real cells, so its "
             + "predictions and metrics say nothing about real experiments.") : null,
       facts,
-      plots.length ? h("div", {class: "plots"}, plots) : h("p", {class: "muted"}, "No plots were sent with this model card."));
+      plots.length ? h("div", {class: "plots"}, plots) : h("p", {class: "muted"}, "No plots came with this model card."));
+  }));
+}
+
+/** Held-out accuracies next to chance (1 / number of classes), as bars. */
+function accuracyChart(m) {
+  const n = (m.classes || []).length;
+  const rows = [["Held-out test images", m.test_accuracy], ["Unseen acquisition batches", m.grouped_test_accuracy],
+                ["Chance", n ? 1 / n : null]].filter(([, v]) => typeof v === "number");
+  if (rows.length < 2) return null;
+  return h("figure", {class: "accuracy-chart"},
+    h("div", {class: "bars", role: "list", "aria-label": "Accuracy"}, rows.map(([label, v]) => {
+      const fill = h("span", {class: "fill" + (label === "Chance" ? " chance" : " top")});
+      fill.style.width = (100 * v).toFixed(1) + "%";
+      return h("div", {class: "bar-row", role: "listitem"}, h("span", {class: "bar-label"}, label),
+               h("span", {class: "bar", "aria-hidden": "true"}, fill), h("span", {class: "bar-value"}, percent(v)));
+    })),
+    h("figcaption", {}, "Accuracy, from the model's own held-out evaluation"));
+}
+
+// --------------------------------------------------------------------------------------------- users
+
+async function showUsers() {
+  showView("users");
+  const error = $("users-error");
+  showMessage(error, "");
+  let users;
+  try {
+    users = (await api("GET", "/_/api/users")).users;
+  } catch (e) {
+    showMessage(error, e.message);
+    return;
+  }
+  const change = async (u, changes) => {
+    try {
+      await api("PATCH", "/_/api/users/" + encodeURIComponent(u.id), changes);
+      announce(`Updated ${u.email}`);
+      await showUsers();
+    } catch (e) {
+      showMessage(error, e.message);
+    }
+  };
+  $("users-table").tBodies[0].replaceChildren(...users.map((u) => {
+    const role = h("select", {"aria-label": `Role of ${u.email}`},
+                   h("option", {value: "researcher", selected: u.role !== "lab_admin"}, "researcher"),
+                   h("option", {value: "lab_admin", selected: u.role === "lab_admin"}, "lab admin"));
+    role.addEventListener("change", () => change(u, {role: role.value}));
+    const toggle = h("button", {type: "button", class: (u.enabled ? "secondary" : "") + " small"},
+                     u.enabled ? "Disable" : "Enable");
+    toggle.setAttribute("aria-label", `${u.enabled ? "Disable" : "Enable"} ${u.email}`);
+    toggle.addEventListener("click", () => change(u, {enabled: !u.enabled}));
+    return h("tr", {"data-email": u.email},
+             h("td", {}, u.email),
+             h("td", {}, u.enabled ? "enabled " : h("strong", {}, "awaiting approval "), toggle),
+             h("td", {}, role),
+             h("td", {}, formatDate(u.signed_up)),
+             h("td", {}, formatDate(u.last_login)));
   }));
 }
 
