@@ -367,8 +367,10 @@ def _to_response(result: dict[str, Any], method: str) -> Response:
         content, media_type = json.dumps(body).encode("utf-8"), "application/json"
     if has_type:
         media_type = None
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("Cache-Control", "no-store")
+    present = {k.lower() for k in headers}  # endpoints' header names may come in any case
+    for name, value in (("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-store")):
+        if name.lower() not in present:
+            headers[name] = value
     if method == "HEAD":
         content = b""
     return Response(content, status, headers=headers, media_type=media_type)

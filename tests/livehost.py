@@ -34,12 +34,13 @@ class LiveHost:
     """One host (hub + runtime + HTTP routes) on ``127.0.0.1:port``, data under ``data_dir``."""
 
     def __init__(self, data_dir: Path, *, key: str, users: dict[str, tuple[str, str]] | None = None,
-                 call_timeout: float = 30.0, port: int = 0) -> None:
+                 call_timeout: float = 30.0, port: int = 0, log_level: str = "warning") -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.key = key
         self.users = users or {}
         self.call_timeout = call_timeout
+        self.log_level = log_level
         self.runtime: AppRuntime | None = None
         self.hub: Any = None
         self.port = port or free_port()
@@ -68,8 +69,10 @@ class LiveHost:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self.port))
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", ws_max_size=MAX_FRAME_BYTES,
-                                                     lifespan="on", timeout_graceful_shutdown=30))
+        # log_config=None: uvicorn's records (access log included) go to the root logger like ours.
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level=self.log_level, log_config=None,
+                                                     ws_max_size=MAX_FRAME_BYTES, lifespan="on",
+                                                     timeout_graceful_shutdown=30))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
         self._thread.start()
         wait_until(lambda: self._server.started, 30, "the host to start")

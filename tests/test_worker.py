@@ -27,13 +27,6 @@ WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from nscfate.testing import make_tiny_model_dir
-
-    return make_tiny_model_dir(tmp_path_factory.mktemp("models") / "tiny-medium4", task="medium4", input_size=(32, 32))
-
-
-@pytest.fixture(scope="module")
 def model_classes(tiny_model):
     labels = json.loads((tiny_model / "labels.json").read_text())
     return [c["key"] for c in labels["classes"]]
@@ -321,7 +314,7 @@ def test_host_runs_its_own_worker_with_the_key_in_its_environment_only(tiny_mode
         [sys.executable, "-m", "apphost", "--port", str(port), "--model", str(tiny_model)],
         tmp_path / "host.log",
         key=key,
-        env=WORKER_ENV,
+        env={**WORKER_ENV, "NSCFATE_DATA_DIR": str(tmp_path / "data")},
     )
 
     def registrations():
