@@ -3,7 +3,8 @@
 Accounts are rows of the Users table named in ``anvil.yaml`` (``server_config.user_table``), with
 argon2 password hashes. Sessions are server-side: a random token goes to the browser in an HttpOnly,
 SameSite cookie, and only its SHA-256 is stored (table ``anvil_host_sessions``), with an idle and an
-absolute expiry. Failed sign-ins are rate limited per account and per client address.
+absolute expiry (the idle timer is written at most once a minute, not on every request). Failed
+sign-ins are rate limited per account and per client address.
 
 Scripts send HTTP Basic credentials with every request, and one argon2 verification costs ~0.1-0.5 s
 of CPU and 64 MiB; a successful check is remembered for a few minutes (:class:`VerifiedCredentials`:
@@ -177,6 +178,8 @@ class Accounts:
         self.allow_signup = allow_signup
         self.session_lifetime = dt.timedelta(days=session_days)
         self.idle_timeout = dt.timedelta(hours=idle_hours)
+        #: A session's idle timer (``last_seen``) is written at most this often.
+        self.last_seen_resolution = dt.timedelta(minutes=1)
         self.hasher = hasher or argon2.PasswordHasher()
         self.limiter = limiter or LoginRateLimiter()
         self.verified = verified or VerifiedCredentials()
@@ -317,10 +320,14 @@ class Accounts:
             rec = conn.execute(sa.select(self.sessions).where(self.sessions.c.token_hash == token_hash)).first()
         if rec is None:
             return None
+        expired = rec.expires <= now or rec.last_seen + self.idle_timeout <= now
+        if not expired and now - rec.last_seen < self.last_seen_resolution:
+            # Refreshed a moment ago: no write (each one is a commit, an fsync on SQLite, per request).
+            return Session(token_hash, rec.user_pk, rec.csrf_token, rec.expires, token)
         # Writes in their own transactions (write lock taken up front on SQLite): a read-then-write
         # transaction fails at once on SQLite when another request wrote in between.
         with self.db.begin(write=True) as conn:
-            if rec.expires <= now or rec.last_seen + self.idle_timeout <= now:
+            if expired:
                 conn.execute(sa.delete(self.sessions).where(self.sessions.c.token_hash == token_hash))
                 return None
             conn.execute(sa.update(self.sessions).where(self.sessions.c.token_hash == token_hash)

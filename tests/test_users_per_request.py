@@ -1,6 +1,6 @@
-"""apphost.users.VerifiedCredentials: a script's repeated HTTP Basic requests pay argon2 once per few
-minutes, without weakening what a sign-in checks (wrong password, changed password, disabled account,
-rate limit)."""
+"""apphost.users per request: a script's repeated HTTP Basic requests pay argon2 once per few minutes
+(VerifiedCredentials), without weakening what a sign-in checks (wrong password, changed password,
+disabled account, rate limit); a browser session's idle timer is written at most once a minute."""
 
 from __future__ import annotations
 
@@ -101,3 +101,33 @@ def test_the_cache_holds_no_password_and_is_bounded():
     assert cache.hit("u2@lab.org", PASSWORD, "hash2")
     assert not cache.hit("u2@lab.org", PASSWORD, "another hash")
     assert not any(PASSWORD.encode() in key or "u2" in str(key) for key in cache._entries)
+
+
+def test_a_session_is_refreshed_at_most_once_a_minute(rt):
+    import datetime as dt
+
+    import sqlalchemy as sa
+
+    runtime, _ = rt
+    accounts = runtime.accounts
+    session = accounts.create_session(accounts.authenticate("ann@lab.org", PASSWORD))
+
+    def last_seen():
+        with runtime.db.engine.connect() as conn:
+            return conn.execute(sa.select(accounts.sessions.c.last_seen)).scalar_one()
+
+    def set_last_seen(value):
+        with runtime.db.engine.begin() as conn:
+            conn.execute(sa.update(accounts.sessions).values(last_seen=value))
+
+    created = last_seen()
+    assert accounts.session_from_token(session.token) is not None
+    assert last_seen() == created  # a request right after: no write
+    two_minutes_ago = created - dt.timedelta(minutes=2)
+    set_last_seen(two_minutes_ago)
+    assert accounts.session_from_token(session.token) is not None
+    assert last_seen() > two_minutes_ago  # older than the resolution: refreshed
+    set_last_seen(created - accounts.idle_timeout)  # idle too long: still refused and deleted
+    assert accounts.session_from_token(session.token) is None
+    with runtime.db.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(accounts.sessions)).scalar_one() == 0
