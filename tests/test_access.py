@@ -263,3 +263,14 @@ def test_stored_images_are_served_only_as_the_image_type_of_their_bytes(app):
         assert image.headers["content-type"] == "image/png"  # from the bytes, not the claimed type
         assert image.headers["x-content-type-options"] == "nosniff"
         assert "content-disposition" not in image.headers or "<" not in image.headers["content-disposition"]
+
+
+def test_public_health_gives_counts_not_uplink_addresses():
+    """``/_/health`` is anonymous: it says how many uplinks serve what, never where they connect from."""
+    from starlette.testclient import TestClient
+
+    from apphost.app import HostSettings, create_app
+
+    with TestClient(create_app(HostSettings(uplink_key="k" * 32))) as client:
+        body = client.get("/_/health").json()
+    assert body == {"status": "ok", "uplinks": {"server": 0, "client": 0}, "registrations": {}}
