@@ -1,20 +1,34 @@
-"""The local host as one Starlette ASGI app: the uplink endpoint, a health route, and (added by the lead)
-the Anvil app's HTTP routes, all on one port."""
+"""The local host as one Starlette ASGI app: the uplink endpoint, a health route, the Anvil app's HTTP
+routes and the web UI, all on one port."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from apphost.hub import UplinkHub
 
 UPLINK_PATH = "/_/uplink"
+WEB_DIR = Path(__file__).resolve().parent / "web"
+
+#: Headers of the web UI's pages: no inline script or style, no framing, nothing from other origins.
+WEB_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
+                               "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+                               "form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-cache",  # revalidate (ETag), so an updated UI is picked up at once
+}
 
 
 @dataclass(frozen=True)
@@ -60,7 +74,16 @@ def create_app(
     )
 
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "uplinks": hub.workers(), "registrations": hub.registrations()})
+        # Public: counts only. Addresses and ids of the connected uplinks are not for anonymous callers.
+        workers = hub.workers()
+        return JSONResponse({
+            "status": "ok",
+            "uplinks": {
+                "server": sum(w["priv"] == "server" for w in workers),
+                "client": sum(w["priv"] == "client" for w in workers),
+            },
+            "registrations": hub.registrations(),
+        })
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -79,3 +102,27 @@ def create_app(
     app.state.hub = hub
     app.state.settings = settings
     return app
+
+
+class _WithHeaders:
+    """An ASGI app that adds fixed headers to every HTTP response of ``app``."""
+
+    def __init__(self, app: Any, headers: dict[str, str]) -> None:
+        self.app = app
+        self.headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                names = {k for k, _ in self.headers}
+                message = {**message, "headers": [*(h for h in message.get("headers", []) if h[0] not in names),
+                                                  *self.headers]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def web_ui_routes(directory: Path = WEB_DIR) -> list[BaseRoute]:
+    """The web UI (static HTML/CSS/JS built on ``/_/api/`` and ``/_/auth/``), mounted at ``/``; add it
+    after the other routes."""
+    return [Mount("/", app=_WithHeaders(StaticFiles(directory=directory, html=True), WEB_HEADERS), name="web")]

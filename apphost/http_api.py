@@ -15,15 +15,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
+import functools
 import hmac
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anvil
+import anvil.tables
 import anvil.users
+import sqlalchemy as sa
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -49,6 +55,39 @@ class _BodyTooLarge(Exception):
     pass
 
 
+def infrastructure_error(exc: BaseException) -> JSONResponse | None:
+    """The answer for a failure of the platform rather than the request (database down or locked, disk
+    full), or None for anything else. Nothing was changed when these are raised: every write is one
+    transaction, and a media file without its row is collected later."""
+    if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError,
+                        anvil.tables.TransactionConflict)):
+        return error(503, "database_unavailable",
+                     "The database is not available right now; nothing was changed. Try again in a moment.",
+                     {"Retry-After": "10"})
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return error(507, "storage_full", "The server's disk is full; nothing was changed. Ask the lab admin "
+                                          "to free space.")
+    return None
+
+
+def _guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Answer platform failures of a route with a clear JSON error instead of a bare 500."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception as e:
+            response = infrastructure_error(e)
+            if response is None:
+                raise
+            log.warning("%s %s: %s (%s)", request.method, request.url.path, type(e).__name__,
+                        str(e).splitlines()[0][:200] if str(e) else "")
+            return response
+
+    return wrapper
+
+
 class HttpApi:
     """The request handling behind ``api_routes``."""
 
@@ -60,13 +99,13 @@ class HttpApi:
 
     def routes(self) -> list[BaseRoute]:
         return [
-            Route("/_/api/{path:path}", self.api,
+            Route("/_/api/{path:path}", _guarded(self.api),
                   methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
-            Route("/_/auth/login", self.login, methods=["POST"]),
-            Route("/_/auth/logout", self.logout, methods=["POST"]),
-            Route("/_/auth/me", self.me, methods=["GET"]),
-            Route("/_/auth/password", self.change_password, methods=["POST"]),
-            Route("/_/auth/signup", self.signup, methods=["POST"]),
+            Route("/_/auth/login", _guarded(self.login), methods=["POST"]),
+            Route("/_/auth/logout", _guarded(self.logout), methods=["POST"]),
+            Route("/_/auth/me", _guarded(self.me), methods=["GET"]),
+            Route("/_/auth/password", _guarded(self.change_password), methods=["POST"]),
+            Route("/_/auth/signup", _guarded(self.signup), methods=["POST"]),
         ]
 
     # ---- shared checks
@@ -120,7 +159,10 @@ class HttpApi:
             except (ValueError, UnicodeDecodeError):
                 return {}
             return data if isinstance(data, dict) else {}
-        form = await request.form(max_files=0, max_fields=20)
+        try:
+            form = await request.form(max_files=0, max_fields=20)
+        except (MultiPartException, HTTPException):
+            return {}  # like unreadable JSON: the route then says what it needs
         return {k: v for k, v in form.items() if isinstance(v, str)}
 
     # ---- /_/api/...
@@ -141,8 +183,10 @@ class HttpApi:
             form_params, body = await self._request_data(request)
         except _BodyTooLarge:
             return error(413, "request_too_large", f"The request body is larger than {self.max_body_bytes // 1048576} MB")
-        except MultiPartException as e:
-            return error(400, "bad_form", f"The form data could not be read: {e.message}")
+        except (MultiPartException, HTTPException) as e:
+            # Starlette reports unreadable form data as HTTPException(400); the API answers in JSON.
+            detail = e.message if isinstance(e, MultiPartException) else e.detail
+            return error(400, "bad_form", f"The form data could not be read: {detail}")
         query: dict[str, Any] = {}
         for key, value in request.query_params.multi_items():
             query[key] = [*query[key], value] if isinstance(query.get(key), list) else (
@@ -154,7 +198,9 @@ class HttpApi:
                 origin=self._origin(request), headers=headers,
                 remote_address=request.client.host if request.client else None, body=body,
                 username=username, password=password, session=session)
-        except Exception:
+        except Exception as e:
+            if infrastructure_error(e) is not None:
+                raise  # answered by _guarded
             log.exception("HTTP endpoint %s %s failed", request.method, path)
             return error(500, "internal_error", "The server failed to handle this request")
         response = _to_response(result, request.method)
@@ -321,8 +367,10 @@ def _to_response(result: dict[str, Any], method: str) -> Response:
         content, media_type = json.dumps(body).encode("utf-8"), "application/json"
     if has_type:
         media_type = None
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("Cache-Control", "no-store")
+    present = {k.lower() for k in headers}  # endpoints' header names may come in any case
+    for name, value in (("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-store")):
+        if name.lower() not in present:
+            headers[name] = value
     if method == "HEAD":
         content = b""
     return Response(content, status, headers=headers, media_type=media_type)

@@ -43,6 +43,27 @@ from apphost.protocol import Message
 
 logger = logging.getLogger(__name__)
 
+
+class _NoFrameTraces(logging.Filter):
+    """Drops the websockets library's frame-by-frame debug trace (``< %s`` / ``> %s``). An uplink's first
+    frame carries its key, and later frames carry users' images and results: none of it may reach a
+    log, even with ``--log-level debug``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg in ("< %s", "> %s") and isinstance(record.args, tuple) and record.args
+                    and type(record.args[0]).__name__ == "Frame")
+
+
+_FRAME_TRACE_FILTER = _NoFrameTraces()
+
+
+def _hide_frame_traces() -> None:
+    # uvicorn hands its "uvicorn.error" logger to the websockets protocol; the others are websockets' own.
+    for name in ("uvicorn.error", "websockets.server", "websockets.client"):
+        log = logging.getLogger(name)
+        if _FRAME_TRACE_FILTER not in log.filters:
+            log.addFilter(_FRAME_TRACE_FILTER)
+
 #: Anvil's texts for the handshake errors (the client shows them to the user).
 INCORRECT_KEY = "Incorrect uplink key"
 OUTDATED_CLIENT = "You are using an outdated version of the Anvil Uplink. Please upgrade to a newer version."
@@ -198,6 +219,7 @@ class UplinkHub:
         self._changed: asyncio.Condition | None = None
         self.stats = {"connections": 0, "refused": 0, "keep_alives": 0, "frames_too_big": 0}
         self.register_local("anvil.private.echo", _echo)
+        _hide_frame_traces()
 
     # ----------------------------------------------------------------- lifecycle
 

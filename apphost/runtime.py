@@ -55,6 +55,9 @@ class CallContext:
     session: Session | None = None
     user: Row | None = None
     remote_addr: str | None = None
+    #: A platform failure (e.g. the database) inside anvil.users during this call; anvil-uplink's
+    #: http_endpoint wrapper answers any failure to authenticate with 401, so the host looks here.
+    platform_error: BaseException | None = None
 
 
 _local = threading.local()
@@ -291,17 +294,23 @@ class AppRuntime:
                     form_params: dict[str, Any], origin: str, headers: dict[str, str], remote_address: str | None,
                     body: anvil.Media | None, username: str | None, password: str | None,
                     session: Session | None) -> dict[str, Any]:
-        """Call an endpoint's anvil-uplink wrapper in this thread; returns ``{status, body, headers}``."""
-        with self._context(self.new_context(session, remote_address)):
+        """Call an endpoint's anvil-uplink wrapper in this thread; returns ``{status, body, headers}``.
+
+        A platform failure while authenticating (the database is down) is raised, not answered as 401.
+        """
+        with self._context(self.new_context(session, remote_address)) as ctx:
             request = anvil._server.api_request
             request.__dict__.clear()  # per-thread object: forget the previous call's request
             request._prevent_access = True
             try:
-                return endpoint.fn(method, path, query_params, form_params, origin, headers,
-                                   remote_address, body, username, password)
+                result = endpoint.fn(method, path, query_params, form_params, origin, headers,
+                                     remote_address, body, username, password)
             finally:
                 request.__dict__.clear()
                 request._prevent_access = True
+            if ctx.platform_error is not None and result.get("status") == 401:
+                raise ctx.platform_error
+            return result
 
     async def handle_http_async(self, endpoint: Endpoint, **kwargs: Any) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -328,7 +337,13 @@ class AppRuntime:
         handler = handlers.get(name)
         if handler is None:
             raise anvil.server.NoServerFunctionError(f'The local host does not provide "{name}"')
-        return handler(*args, **kwargs)
+        try:
+            return handler(*args, **kwargs)
+        except anvil.users.AuthenticationFailed:
+            raise
+        except Exception as e:
+            ctx.platform_error = e
+            raise
 
     def _current_user(self, ctx: CallContext) -> Row | None:
         user = ctx.user

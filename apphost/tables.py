@@ -264,10 +264,15 @@ def _json_or_error(value: Any, what: str) -> str:
 # Database
 
 
+#: Seconds a write waits for the write lock on SQLite (also the connections' ``busy_timeout``).
+SQLITE_WRITE_TIMEOUT_S = 10.0
+
+
 class _Txn:
-    def __init__(self, conn: sa.Connection, trans: sa.Transaction):
+    def __init__(self, conn: sa.Connection, trans: sa.Transaction, holds_writer: bool = False):
         self.conn = conn
         self.trans = trans
+        self.holds_writer = holds_writer
         self.pinned: list[str] = []
         self.released: list[str] = []
 
@@ -284,6 +289,7 @@ class Database:
         self.metadata = sa.MetaData()
         self._sql: dict[str, sa.Table] = {}
         self._local = threading.local()
+        self._writer = threading.Lock()  # SQLite: this process's writers take turns (see _write_turn)
         numbers = {table_number(n): n for n in schema}
         if len(numbers) != len(schema):
             raise SchemaError("two table names map to the same row-id number; rename one table")
@@ -304,7 +310,7 @@ class Database:
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=10000")
+            cur.execute(f"PRAGMA busy_timeout={int(SQLITE_WRITE_TIMEOUT_S * 1000)}")
             cur.execute("PRAGMA case_sensitive_like=ON")  # Anvil's q.like is case-sensitive
             cur.close()
 
@@ -377,8 +383,13 @@ class Database:
         return getattr(self._local, "txn", None)
 
     @contextmanager
-    def connect(self) -> Iterator[sa.Connection]:
-        """The current thread's transaction connection, or a short autocommitted one."""
+    def connect(self, write: bool = False) -> Iterator[sa.Connection]:
+        """The current thread's transaction connection, or a short autocommitted one.
+
+        Pass ``write=True`` when the short transaction writes: on SQLite it then takes the write lock
+        up front (``BEGIN IMMEDIATE``). A deferred transaction that reads and then writes fails at once
+        with "database is locked" (no busy wait) if another connection wrote in between.
+        """
         txn = self._txn()
         if txn is not None:
             with _conflicts_as_anvil_errors():
@@ -387,28 +398,62 @@ class Database:
         released: list[str] = []
         self._local.released = released
         try:
-            with _conflicts_as_anvil_errors(), self.engine.begin() as conn:
+            with _conflicts_as_anvil_errors(), self.begin(write=write) as conn:
                 yield conn
         finally:
             self._local.released = None
         self._collect_media(released)
 
+    def _acquire_writer(self) -> None:
+        """Wait for this process's turn to write on SQLite.
+
+        SQLite admits one writer; a connection that finds the lock taken polls with growing sleeps (up to
+        100 ms each), so with several threads writing (every stored prediction is a write) the lock sat
+        idle for milliseconds after each commit. Writers of this process queue on a Python lock instead,
+        which hands over at once; writers in other processes still meet SQLite's busy_timeout.
+        """
+        if not self._writer.acquire(timeout=SQLITE_WRITE_TIMEOUT_S):
+            raise TransactionConflict(f"the database stayed busy for {SQLITE_WRITE_TIMEOUT_S:g} s; try again")
+
+    @contextmanager
+    def begin(self, write: bool = False) -> Iterator[sa.Connection]:
+        """``engine.begin()``; with ``write=True`` on SQLite the transaction is ``BEGIN IMMEDIATE``, taken
+        in turn with this process's other writers."""
+        if not (write and self.is_sqlite):
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        self._acquire_writer()
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(anvil_immediate=True)
+                with conn.begin():
+                    yield conn
+        finally:
+            self._writer.release()
+
     def open_transaction(self, isolation: str | None = None) -> None:
         """Begin an explicit transaction in this thread (``anvil.tables.Transaction``)."""
         if self._txn() is not None:
             raise TableError("Cannot nest transactions: a transaction is already open")
-        conn = self.engine.connect()
         if self.is_sqlite:
-            conn = conn.execution_options(anvil_immediate=True)
-        elif isolation != "relaxed":
-            conn = conn.execution_options(isolation_level="SERIALIZABLE")
+            self._acquire_writer()  # held until close_transaction, like SQLite's own write lock
+        conn = None
         try:
+            conn = self.engine.connect()
+            if self.is_sqlite:
+                conn = conn.execution_options(anvil_immediate=True)
+            elif isolation != "relaxed":
+                conn = conn.execution_options(isolation_level="SERIALIZABLE")
             with _conflicts_as_anvil_errors():
                 trans = conn.begin()
         except BaseException:
-            conn.close()
+            if conn is not None:
+                conn.close()
+            if self.is_sqlite:
+                self._writer.release()
             raise
-        self._local.txn = _Txn(conn, trans)
+        self._local.txn = _Txn(conn, trans, holds_writer=self.is_sqlite)
 
     def close_transaction(self, abort: bool) -> None:
         """Commit (or roll back when ``abort``) this thread's transaction."""
@@ -424,6 +469,8 @@ class Database:
                     txn.trans.commit()
         finally:
             txn.conn.close()
+            if txn.holds_writer:
+                self._writer.release()
             for sha in txn.pinned:
                 self.media.unpin(sha)
         if not abort:
@@ -656,7 +703,7 @@ class Table(anvil.tables.Table):
         """Add a row; keyword arguments are column values. Returns the new row."""
         try:
             sql_values = self._db.to_sql(self.spec, values)
-            with self._db.connect() as conn:
+            with self._db.connect(write=True) as conn:
                 pk = conn.execute(sa.insert(self._sql).values(**sql_values)).inserted_primary_key[0]
         finally:
             self._db._unpin_once()
@@ -772,7 +819,7 @@ class Row(anvil.tables.Row):
         try:
             sql_values = t._db.to_sql(t.spec, values)
             media_cols = [c.name for c in t.spec.columns if c.type == "media" and c.name in values]
-            with t._db.connect() as conn:
+            with t._db.connect(write=True) as conn:
                 if media_cols:
                     rec = conn.execute(sa.select(*(t._sql.c[n] for n in media_cols))
                                        .where(t._sql.c._id == self._pk)).first()
@@ -790,7 +837,7 @@ class Row(anvil.tables.Row):
         """Delete this row (and its media files once nothing references them)."""
         t = self._table
         media_cols = [c.name for c in t.spec.columns if c.type == "media"]
-        with t._db.connect() as conn:
+        with t._db.connect(write=True) as conn:
             shas: list[str] = []
             if media_cols:
                 rec = conn.execute(sa.select(*(t._sql.c[n] for n in media_cols))

@@ -142,14 +142,16 @@ def _read_tree(root: Path, channel: int | None) -> list[Sample]:
         hint = f" (found images directly in it: {', '.join(stray)}; put them in class folders)" if stray else ""
         raise DatasetError(f"{root}: no class folders{hint}; expected {_layouts_help()}")
     samples: list[Sample] = []
-    skipped: Counter[int] = Counter()
     prefix_mismatch = 0
     for class_dir in class_dirs:
         label = parse_label(class_dir.name, f"{root}: folder {class_dir.name!r}")
-        files = sorted(p for p in class_dir.rglob("*") if _is_image(p))
+        files = sorted(p for p in class_dir.rglob("*")
+                       if _is_image(p) and not any(part.startswith(".") for part in p.relative_to(class_dir).parts))
         if not files:
             raise DatasetError(f"{class_dir}: class folder {class_dir.name!r} holds no images "
                                f"({', '.join(IMAGE_EXTENSIONS)})")
+        skipped: Counter[int] = Counter()
+        before = len(samples)
         for f in files:
             rel_parts = f.relative_to(class_dir).parts
             ifc = parse_ifc_name(f.name)
@@ -164,10 +166,9 @@ def _read_tree(root: Path, channel: int | None) -> list[Sample]:
                 samples.append(Sample(str(f), label, "/".join(rel_parts[:-1]), None))
             else:  # no batch information: the file is its own group
                 samples.append(Sample(str(f), label, f"{label}/{f.name}", None))
-    if skipped:
-        log.debug("skipped files of other channels: %s", dict(skipped))
-    if not samples and skipped:
-        raise DatasetError(f"{root}: no Ch{channel} files; found only channels {sorted(skipped)}")
+        if len(samples) == before:  # images, but all of other channels
+            raise DatasetError(f"{class_dir}: no Ch{channel} files in class folder {class_dir.name!r}; "
+                               f"found only channels {sorted(skipped)}")
     if prefix_mismatch:
         log.warning("%d IFC file names start with another medium than their folder; the folder is the label",
                     prefix_mismatch)

@@ -394,10 +394,14 @@ def _decode_tiff(data: bytes, page: int | None, limits: DecodeLimits, label: str
             raise CorruptImageError(f"{label}: TIFF page decoded to shape {arr.shape}, header says {shape}")
         if axes == "SYX":
             arr = np.moveaxis(arr, 0, -1)
-        photometric = int(tpage.photometric)
-        colormap = tpage.colormap
-        info = ImageInfo(format="tiff", dtype=str(dtype), bit_depth=int(tpage.bitspersample), original_shape=shape,
-                         pages=n_pages, page=page, channels=channels, ome=bool(tif.is_ome), warnings=warnings)
+        try:  # tags of the wrong type (e.g. an ASCII Photometric) fail only when read
+            photometric = int(tpage.photometric)
+            colormap = tpage.colormap
+            bit_depth, ome = int(tpage.bitspersample), bool(tif.is_ome)
+        except Exception as exc:  # noqa: BLE001
+            raise CorruptImageError(f"{label}: corrupt TIFF tags on page {page} ({exc})") from None
+        info = ImageInfo(format="tiff", dtype=str(dtype), bit_depth=bit_depth, original_shape=shape,
+                         pages=n_pages, page=page, channels=channels, ome=ome, warnings=warnings)
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("="))
     if photometric == 0 and arr.ndim == 2:  # MINISWHITE: 0 is white; flip so bright stays bright

@@ -17,13 +17,13 @@ medium shifts a handful of *overlapping* cues away from the undifferentiated ste
 medium     cues at full strength and why
 =========  =====================================================================================
 ctrl       undifferentiated: ~17 px, round or slightly oval, no processes, medium-grain texture
-astro      astrocyte medium (serum/BMP): larger and flatter (~20.5 px, wider spread, more oval, weaker
+astro      astrocyte medium (serum/BMP): larger and flatter (~21 px, wider spread, more oval, weaker
            halo, coarse smooth texture: spreading cytoplasm), 1-3 *thick* short processes
 oligo      oligodendrocyte medium: small (~15.5 px), 4-8 *fine radial* processes, fine texture
-rashh      RA + SHH: small, elongated (polarised) with 1-3 *long thin* processes, mostly at the two
-           ends of the long axis (young bipolar neurons)
-nt3        NT-3: small, round, *blebbing* outline (membrane bumps), rarely a short thin process,
-           fine granular texture
+rashh      RA + SHH: smallest (~15 px), elongated (polarised), 1-3 *long thin* processes,
+           mostly at the two ends of the long axis (young bipolar neurons)
+nt3        NT-3: round, a little larger (~18 px), *blebbing* outline (membrane bumps), rarely a
+           short thin process, fine granular texture
 bdnf, fsk, variants in the same vocabulary (provisional media keys, see ``nscfate.classes``)
 t3, nano
 =========  =====================================================================================
@@ -57,6 +57,7 @@ of processes. Rendering is vectorised over chunks of images in float32 NumPy (bl
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -116,16 +117,16 @@ NEUTRAL = Look()  # the undifferentiated stem cell: every medium starts here on 
 
 LOOKS: dict[str, Look] = {
     "ctrl": NEUTRAL,
-    "astro": Look(diameter=20.5, diameter_sd=2.6, eccentricity=0.14, protrusions=2.0, min_protrusions=1,
+    "astro": Look(diameter=21.0, diameter_sd=2.6, eccentricity=0.14, protrusions=2.0, min_protrusions=1,
                   protrusion_width=2.0, protrusion_length=4.5, granule_scale=1.8, texture=0.035, blebs=0.6,
                   rim=0.40, halo=0.09),
     "oligo": Look(diameter=15.5, diameter_sd=1.9, eccentricity=0.05, protrusions=6.5, min_protrusions=4,
                   protrusion_width=0.7, protrusion_length=6.0, granule_scale=0.7, texture=0.05, blebs=0.4,
                   rim=0.45, halo=0.14),
-    "rashh": Look(diameter=15.5, diameter_sd=1.9, eccentricity=0.24, protrusions=2.0, min_protrusions=1,
+    "rashh": Look(diameter=14.8, diameter_sd=1.9, eccentricity=0.24, protrusions=2.0, min_protrusions=1,
                   protrusion_width=0.85, protrusion_length=11.0, bipolar=0.9, granule_scale=1.0, texture=0.05,
                   blebs=0.6, rim=0.47, halo=0.16),
-    "nt3": Look(diameter=16.5, diameter_sd=1.9, eccentricity=0.05, protrusions=0.6, protrusion_width=0.8,
+    "nt3": Look(diameter=18.0, diameter_sd=1.9, eccentricity=0.05, protrusions=0.6, protrusion_width=0.8,
                 protrusion_length=5.0, granule_scale=0.65, texture=0.08, blebs=6.0, rim=0.47, halo=0.16),
     "bdnf": Look(diameter=16.0, diameter_sd=1.9, eccentricity=0.1, protrusions=1.4, protrusion_width=0.8,
                  protrusion_length=8.0, bipolar=0.3, granule_scale=0.9, texture=0.06, blebs=3.0, rim=0.46,
@@ -525,7 +526,9 @@ def _write_one(path: Path, pixels: np.ndarray, fmt: str, seed: int) -> None:
 
         # OME-XML carries a UUID; derive it from seed and name so the same config gives identical bytes
         uid = uuid.uuid5(uuid.NAMESPACE_URL, f"nscfate-synth/{seed}/{path.name}")
-        tifffile.imwrite(path, pixels, ome=True, photometric="minisblack", metadata={"axes": "YX", "UUID": str(uid)})
+        buf = io.BytesIO()  # one write() per file: faster than tifffile's seeks on a real file
+        tifffile.imwrite(buf, pixels, ome=True, photometric="minisblack", metadata={"axes": "YX", "UUID": str(uid)})
+        path.write_bytes(buf.getvalue())
     else:
         from PIL import Image
 

@@ -10,9 +10,14 @@ session. Errors are JSON: ``{"error": {"code": ..., "message": ...}}`` with a ma
     GET    /_/api/predictions/:id          one prediction (JSON)
     DELETE /_/api/predictions/:id          delete it (its owner or a lab admin)
     GET    /_/api/predictions/:id/image    the stored image
+    GET    /_/api/predictions/:id/preview  the image as browsers can show it (TIFF -> PNG)
+    GET    /_/api/predictions/:id/gradcam  a Grad-CAM overlay (PNG) computed by the worker
     GET    /_/api/predictions.csv          the filtered history as CSV
     GET    /_/api/summary?experiment=NAME  share of cells per predicted condition, 95% intervals
     GET    /_/api/models                   model cards of the served models
+    GET    /_/api/models/:name/plots/:n    plot n of a model card (when the worker sends plots)
+    GET    /_/api/users                    accounts, awaiting approval first (lab admins)
+    PATCH  /_/api/users/:id                JSON {"enabled": bool} and/or {"role": ...} (lab admins)
     GET    /_/api/health                   no auth: {"status", "workers", "models"}
 """
 
@@ -23,15 +28,18 @@ import urllib.parse
 
 import anvil
 import anvil.server
+import anvil.tables
 import anvil.users
 
-from . import errors, predictions
+from . import access, errors, predictions, previews
 
 # A function the local host provides to report its connected workers ({"workers": n}). Hosted Anvil
 # has none; there the health check infers "at least one" from a successful list_models call.
 HOST_STATUS_FUNCTION = "nscfate_host_status"
 
 _FILTER_FIELDS = ("condition", "date_from", "date_to", "experiment", "user", "model")
+# Per-file error codes that say "nothing was stored, send it again later" (the service, not the file).
+RETRY_LATER_CODES = ("worker_unavailable", "storage_unavailable", "storage_full", "not_processed")
 
 
 def _json_default(value):
@@ -98,6 +106,8 @@ def _with_links(item):
     quoted = urllib.parse.quote(item["id"], safe="")
     item["url"] = "/_/api/predictions/" + quoted
     item["image_url"] = "/_/api/predictions/%s/image" % quoted
+    item["preview_url"] = "/_/api/predictions/%s/preview" % quoted
+    item["gradcam_url"] = "/_/api/predictions/%s/gradcam" % quoted
     return item
 
 
@@ -125,11 +135,16 @@ def predictions_collection(**params):
         user, files, _single(params, "experiment"), _single(params, "notes"), _single(params, "model"))
     results = [_with_links(r) if r.get("ok") else r for r in results]
     n_ok = sum(1 for r in results if r.get("ok"))
-    status = 200
+    codes = set(r["error"]["code"] for r in results if not r.get("ok"))
+    response = json_response({"results": results, "n_ok": n_ok, "n_rejected": len(results) - n_ok}, 200)
     if n_ok == 0:
-        worker_down = any(r["error"]["code"] == "worker_unavailable" for r in results)
-        status = 503 if worker_down else 422
-    return json_response({"results": results, "n_ok": n_ok, "n_rejected": len(results) - n_ok}, status)
+        # Not the caller's fault and worth sending again later: 503 (507 for a full disk), else 422.
+        if codes & set(RETRY_LATER_CODES):
+            response.status = 507 if "storage_full" in codes else 503
+            response.headers["Retry-After"] = "10"
+        else:
+            response.status = 422
+    return response
 
 
 @anvil.server.http_endpoint("/predictions.csv", methods=["GET"], authenticate_users=True)
@@ -163,6 +178,31 @@ def prediction_image(prediction_id, **params):
                                                   "X-Content-Type-Options": "nosniff"})
 
 
+@anvil.server.http_endpoint("/predictions/:prediction_id/preview", methods=["GET"], authenticate_users=True)
+@_api
+def prediction_preview(prediction_id, **params):
+    _user()
+    image = predictions.get_row(prediction_id)["image"]
+    if image is None:
+        raise errors.NotFound("This prediction has no stored image")
+    data, content_type = previews.preview(image)
+    # A prediction's image never changes, so the browser may keep the preview for a while.
+    return anvil.server.HttpResponse(200, anvil.BlobMedia(content_type, data), {
+        "Content-Type": content_type, "Cache-Control": "private, max-age=3600"})
+
+
+@anvil.server.http_endpoint("/predictions/:prediction_id/gradcam", methods=["GET"], authenticate_users=True)
+@_api
+def prediction_gradcam(prediction_id, **params):
+    _user()
+    out = predictions.explain(prediction_id)
+    model = out.get("model") or {}
+    headers = {"Content-Type": "image/png", "X-Model": "%s %s" % (model.get("name") or "", model.get("version") or "")}
+    if out.get("note"):
+        headers["X-Explanation-Note"] = out["note"]
+    return anvil.server.HttpResponse(200, out["gradcam"], headers)
+
+
 @anvil.server.http_endpoint("/summary", methods=["GET"], authenticate_users=True)
 @_api
 def summary(**params):
@@ -174,7 +214,69 @@ def summary(**params):
 @_api
 def models(**params):
     _user()
-    return json_response({"models": predictions.worker_models()})
+    cards = []
+    for card in predictions.worker_models():
+        if not isinstance(card, dict):
+            continue
+        card = dict(card)
+        # Plot images (Media) cannot travel in JSON: each becomes a URL of its own.
+        card["plots"] = [
+            {"title": _plot_title(plot, n), "url": "/_/api/models/%s/plots/%d" % (
+                urllib.parse.quote(str(card.get("name")), safe=""), n)}
+            for n, plot in enumerate(card.get("plots") or [])]
+        cards.append(card)
+    return json_response({"models": cards})
+
+
+def _plot_title(plot, n):
+    title = plot.get("title") if isinstance(plot, dict) else getattr(plot, "name", None)
+    return str(title or "Plot %d" % (n + 1))
+
+
+@anvil.server.http_endpoint("/models/:name/plots/:index", methods=["GET"], authenticate_users=True)
+@_api
+def model_plot(name, index, **params):
+    _user()
+    for card in predictions.worker_models():
+        if isinstance(card, dict) and str(card.get("name")) == name:
+            plots = card.get("plots") or []
+            n = int(index) if str(index).isdigit() else -1
+            if not 0 <= n < len(plots):
+                break
+            image = plots[n].get("image") if isinstance(plots[n], dict) else plots[n]
+            if not isinstance(image, anvil.Media):
+                break
+            return anvil.server.HttpResponse(200, image, {
+                "Content-Type": image.content_type or "application/octet-stream",
+                "Cache-Control": "private, max-age=600"})
+    raise errors.NotFound("Model %r has no plot %s" % (name, index))
+
+
+@anvil.server.http_endpoint("/users", methods=["GET"], authenticate_users=True)
+@_api
+def users_collection(**params):
+    _user()
+    return json_response({"users": access.list_users()})
+
+
+@anvil.server.http_endpoint("/users/:user_id", methods=["PATCH"], authenticate_users=True)
+@_api
+def user_item(user_id, **params):
+    """Approve (enable) or disable an account, or change its role: what the Admin form does."""
+    _user()
+    try:
+        changes = anvil.server.request.body_json
+    except ValueError:
+        changes = None
+    if not isinstance(changes, dict) or not changes or set(changes) - {"enabled", "role"}:
+        raise errors.InvalidRequest('Send a JSON object with "enabled" (true or false) and/or "role" '
+                                    '(researcher or lab_admin)', code="bad_user_change")
+    with anvil.tables.Transaction():  # both changes or neither
+        if "role" in changes:
+            summary = access.set_user_role(user_id, changes["role"])
+        if "enabled" in changes:
+            summary = access.set_user_enabled(user_id, changes["enabled"])
+    return json_response(summary)
 
 
 @anvil.server.http_endpoint("/health", methods=["GET"])

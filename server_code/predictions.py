@@ -11,6 +11,7 @@ or a lab admin can delete it.
 
 import csv
 import datetime as dt
+import errno
 import io
 import logging
 import time
@@ -28,6 +29,9 @@ CHUNK_SIZE = 16  # images per worker call
 TIME_BUDGET_S = 25.0  # stop sending chunks before Anvil kills the call at 30 s
 MAX_PAGE_SIZE = 200
 WORKER_USER_ERRORS = ("UnknownModelError",)  # worker exception types that are the caller's fault
+# The worker went away mid-call or is shutting down: another worker (or a restarted one) may answer. A
+# chunk is retried once - no row is written before the worker answers, so a retry cannot duplicate one.
+RETRYABLE_WORKER_ERRORS = ("UplinkDisconnectedError", "WorkerUnavailableError")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -65,31 +69,63 @@ def classify_for_user(user, files, experiment=None, notes=None, model=None, cloc
             break
         t0 = clock()
         try:
-            outputs = _predict_chunk(chunk, model)
+            outputs = _predict_chunk(chunk, model, may_retry=lambda: clock() - started < TIME_BUDGET_S / 2)
         except errors.AppError:
             raise
         except Exception as e:  # the worker is down, timed out or failed: nothing is stored
             log.warning("prediction worker failed: %s", type(e).__name__)
-            for f in (f for rest in chunks[n:] for f in rest):
-                results[f.index] = uploads.rejection(
-                    f.index, f.filename, "worker_unavailable",
-                    "The prediction service is not available right now (%s); nothing was stored, "
-                    "try again later" % type(e).__name__)
+            _reject_rest(results, chunks[n:], "worker_unavailable",
+                         "The prediction service is not available right now (%s); nothing was stored for "
+                         "this file, send it again" % type(e).__name__)
             break
         slowest_chunk = max(slowest_chunk, clock() - t0)
-        for f, out in zip(chunk, outputs):
-            results[f.index] = _record(user, f, out, experiment, notes)
+        try:
+            for i, (f, out) in enumerate(zip(chunk, outputs)):
+                results[f.index] = _record(user, f, out, experiment, notes)
+        except _NotStored as e:  # the database or the media store failed: stop, the rest would fail too
+            _reject_rest(results, [chunk[i:]] + chunks[n + 1:], e.code, e.message)
+            break
     return [results[i] for i in sorted(results)]
 
 
-def _predict_chunk(chunk, model):
-    try:
-        outputs = anvil.server.call("predict_cell_fate_batch", [f.media() for f in chunk], model=model)
-    except anvil.server.AnvilWrappedError as e:
-        type_name = (getattr(e, "error_obj", None) or {}).get("type") or ""
-        if type_name.rsplit(".", 1)[-1] in WORKER_USER_ERRORS:
-            raise errors.InvalidRequest(str(e) or "Unknown model %r" % model, code="unknown_model")
-        raise
+class _NotStored(Exception):
+    """Storing a prediction failed; nothing of that file was kept."""
+
+    def __init__(self, cause):
+        super().__init__(str(cause))
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            self.code = "storage_full"
+            self.message = ("The server's disk is full, so this prediction could not be saved; nothing was stored "
+                            "for this file. Ask the lab admin to free space, then send it again")
+        else:
+            self.code = "storage_unavailable"
+            self.message = ("The history could not be saved right now (%s); nothing was stored for this file, "
+                            "send it again" % type(cause).__name__)
+
+
+def _reject_rest(results, chunks, code, message):
+    for f in (f for rest in chunks for f in rest):
+        results[f.index] = uploads.rejection(f.index, f.filename, code, message)
+
+
+def _error_type(e):
+    """The exception's Anvil type name without its prefix (e.g. ``WorkerUnavailableError``)."""
+    type_name = (getattr(e, "error_obj", None) or {}).get("type") or type(e).__name__
+    return type_name.rsplit(".", 1)[-1]
+
+
+def _predict_chunk(chunk, model, may_retry=lambda: True):
+    for attempt in (1, 2):
+        try:
+            outputs = anvil.server.call("predict_cell_fate_batch", [f.media() for f in chunk], model=model)
+            break
+        except Exception as e:
+            if _error_type(e) in WORKER_USER_ERRORS:
+                raise errors.InvalidRequest(str(e) or "Unknown model %r" % model, code="unknown_model")
+            if attempt == 1 and _error_type(e) in RETRYABLE_WORKER_ERRORS and may_retry():
+                log.info("prediction worker went away during a call (%s); retrying once", _error_type(e))
+                continue
+            raise
     if not isinstance(outputs, list) or len(outputs) != len(chunk):
         raise ValueError("the worker returned %r results for %d images" % (
             len(outputs) if isinstance(outputs, list) else type(outputs).__name__, len(chunk)))
@@ -109,7 +145,23 @@ def _record(user, f, out, experiment, notes):
     model = out.get("model") or {}
     class_names = {c["key"]: c.get("display_name") or c["key"] for c in out.get("classes") or []
                    if isinstance(c, dict) and "key" in c}
-    row = app_tables.predictions.add_row(
+    try:
+        row = _add_prediction_row(user, f, out, model, class_names, experiment, notes)
+    except Exception as e:  # one INSERT (plus the image file): either it is stored or it is not
+        log.exception("could not store a prediction")
+        raise _NotStored(e)
+    try:
+        result = prediction_to_dict(row, user)
+    except Exception:  # stored, but reading it back failed: still report it as stored
+        log.exception("stored prediction %s could not be read back", row.get_id())
+        result = {"id": row.get_id(), "filename": f.filename, "predicted_class": out["predicted_class"],
+                  "confidence": float(out["confidence"]), "probabilities": dict(out["probabilities"])}
+    result.update(index=f.index, ok=True)
+    return result
+
+
+def _add_prediction_row(user, f, out, model, class_names, experiment, notes):
+    return app_tables.predictions.add_row(
         created=dt.datetime.now(dt.timezone.utc),
         user=user,
         filename=f.filename,
@@ -125,9 +177,6 @@ def _record(user, f, out, experiment, notes):
         experiment=experiment,
         notes=notes,
     )
-    result = prediction_to_dict(row, user)
-    result.update(index=f.index, ok=True)
-    return result
 
 
 def _is_prediction(out):
@@ -411,6 +460,12 @@ def get_model_cards():
 def explain_prediction(prediction_id):
     """A Grad-CAM overlay for a stored prediction, computed again by the worker on the stored image."""
     access.require_user()
+    return explain(prediction_id)
+
+
+def explain(prediction_id):
+    """explain_prediction without the sign-in check (also used by the REST API):
+    ``{"gradcam": PNG Media, "model": {name, version}, "note": str or None}``."""
     row = get_row(prediction_id)
     try:
         out = anvil.server.call("predict_cell_fate", row["image"], model=row["model_name"] or None, explain=True)

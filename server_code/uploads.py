@@ -30,6 +30,19 @@ _SIGNATURES = (
     (b"MM\x00+", "tiff", "image/tiff"),
     (b"BM", "bmp", "image/bmp"),
 )
+# Other formats people send by mistake, named in the rejection (the worker's decoder, nscfate.io, knows
+# the same signatures; server code cannot import it, since on Anvil nscfate lives with the worker only).
+_OTHER_SIGNATURES = (
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"%PDF", "PDF"),
+    (b"PK\x03\x04", "ZIP archive"),
+    (b"\x1f\x8b", "gzip archive"),
+    (b"8BPS", "Photoshop PSD"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"\x00\x00\x01\x00", "ICO"),
+)
 _UNSAFE_NAME_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -85,6 +98,35 @@ def sniff_format(data):
     return None, None
 
 
+def name_other_format(data):
+    """The name of a recognised format that is not accepted (GIF, PDF, SVG, HTML, WebP, ...), or None."""
+    for magic, name in _OTHER_SIGNATURES:
+        if data.startswith(magic):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    if data[4:8] == b"ftyp":
+        brand = data[8:12]
+        if brand.startswith(b"avi"):
+            return "AVIF"
+        return "HEIC/HEIF" if brand.startswith((b"hei", b"mif")) else "MP4/QuickTime"
+    head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith(b"<"):
+        if b"<svg" in head:
+            return "SVG"
+        return "HTML" if b"<html" in head or head.startswith(b"<!doctype html") else "XML"
+    return None
+
+
+def format_rejection(index, name, data):
+    """The rejection for a file whose leading bytes are not an accepted image format."""
+    other = name_other_format(data)
+    if other is not None:
+        return rejection(index, name, "unsupported_format",
+                         "%s files are not supported; accepted: %s" % (other, ACCEPTED_TEXT))
+    return rejection(index, name, "not_an_image", "Not an image (unrecognised content); accepted: %s" % ACCEPTED_TEXT)
+
+
 def check_files(files):
     """Split uploads into accepted ``CheckedFile``s and rejection dicts, keeping the upload order.
 
@@ -123,8 +165,7 @@ def check_files(files):
                 % (MAX_TOTAL_BYTES // (1024 * 1024)), code="request_too_large")
         fmt, mime = sniff_format(data)
         if fmt is None:
-            rejected.append(rejection(i, name, "unsupported_format",
-                                      "Not a supported image file; accepted: %s" % ACCEPTED_TEXT))
+            rejected.append(format_rejection(i, name, data))
             continue
         accepted.append(CheckedFile(i, name, data, fmt, mime))
     return accepted, rejected

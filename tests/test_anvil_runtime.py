@@ -32,7 +32,8 @@ def test_registrations_are_collected(rt):
             "get_session_info", "list_users", "set_user_role", "set_user_enabled"} <= set(rt.callables)
     assert sorted(e.pattern for e in rt.endpoints) == sorted([
         "/predictions", "/predictions.csv", "/predictions/([^/]*)", "/predictions/([^/]*)/image",
-        "/summary", "/models", "/health"])
+        "/predictions/([^/]*)/preview", "/predictions/([^/]*)/gradcam", "/summary", "/models",
+        "/models/([^/]*)/plots/([^/]*)", "/users", "/users/([^/]*)", "/health"])
     assert rt.find_endpoint("/predictions/[1,2]").pattern == "/predictions/([^/]*)"
     assert rt.find_endpoint("/predictions/1/2") is None
 

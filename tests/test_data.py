@@ -161,9 +161,16 @@ def test_directory_errors(tmp_path):
 
 
 def test_only_marker_files(tmp_path):
+    _write(tmp_path / "oligo" / "oligo_D1A_1_Ch1.ome.tif", tiff_bytes(cell_array()))
     _write(tmp_path / "astro" / "astro_D1A_1_Ch2.ome.tif", tiff_bytes(cell_array()))
-    with pytest.raises(errors.DatasetError, match="no Ch1 files; found only channels \\[2\\]"):
+    with pytest.raises(errors.DatasetError, match="no Ch1 files in class folder 'astro'; found only channels \\[2\\]"):
         read_dataset(tmp_path)
+
+
+def test_hidden_folders_ignored(tmp_path):
+    _write(tmp_path / "astro" / "a.png", pil_bytes(cell_array(), "PNG"))
+    _write(tmp_path / "astro" / ".ipynb_checkpoints" / "a-checkpoint.png", pil_bytes(cell_array(), "PNG"))
+    assert [s.path.rsplit("/", 1)[-1] for s in read_dataset(tmp_path)] == ["a.png"]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def test_post_raw_body(client):
 
 def test_post_errors_are_json(client, worker):
     r = client.post("/_/api/predictions", auth=ANN, files=[("file", ("x.txt", b"hello", "text/plain"))])
-    assert r.status_code == 422 and r.json()["results"][0]["error"]["code"] == "unsupported_format"
+    assert r.status_code == 422 and r.json()["results"][0]["error"]["code"] == "not_an_image"
     r = client.post("/_/api/predictions", auth=ANN, data={"experiment": "E"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "no_files"
     r = upload(client, 1, model="no-such-model")
@@ -194,3 +194,145 @@ def test_change_password_ends_old_sessions(client, rt):
     assert client.get("/_/auth/me").json()["user"]["email"] == ANN[0]  # this browser got a fresh session
     assert other.get("/_/auth/me").json()["user"] is None  # the other one was signed out
     assert client.get("/_/api/predictions", auth=("ann@lab.org", "a brand new passphrase")).status_code == 200
+
+
+# ---- previews, Grad-CAM and model plots (what the local web UI shows)
+
+
+def _tiff(pixels, **options) -> bytes:
+    import io
+
+    import tifffile
+
+    out = io.BytesIO()
+    tifffile.imwrite(out, pixels, **options)
+    return out.getvalue()
+
+
+def _upload_one(client, name, data, mime):
+    r = client.post("/_/api/predictions", auth=ANN, files=[("file", (name, data, mime))])
+    assert r.status_code == 200, r.text
+    return r.json()["results"][0]
+
+
+def test_previews_browsers_can_show(client):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    png = png_bytes(3)
+    item = _upload_one(client, "cell.png", png, "image/png")
+    r = client.get(item["preview_url"], auth=ANN)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content == png
+
+    # A dim 16-bit TIFF (values 1000..1400 of 65535) becomes a PNG that uses the whole 8-bit range.
+    ramp = (1000 + np.arange(40 * 50).reshape(40, 50) % 401).astype(np.uint16)
+    item = _upload_one(client, "cell16.tif", _tiff(ramp), "image/tiff")
+    r = client.get(item["preview_url"], auth=ANN)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    shown = np.asarray(Image.open(io.BytesIO(r.content)))
+    assert shown.dtype == np.uint8 and shown.shape == (40, 50)
+    assert shown.min() == 0 and shown.max() == 255
+    assert np.all(np.diff(shown[0, :10].astype(int)) >= 0)  # brighter stays brighter
+
+    big = np.zeros((600, 300), np.uint16)  # shrunk to at most 256 px, aspect kept
+    big[:, 150:] = 5000
+    item = _upload_one(client, "big.tif", _tiff(big), "image/tiff")
+    shown = Image.open(io.BytesIO(client.get(item["preview_url"], auth=ANN).content))
+    assert shown.size == (128, 256)
+
+    rgb = np.zeros((8, 8, 3), np.uint16)  # 16-bit colour: stretched like grey
+    rgb[:, 4:, 1] = 900
+    item = _upload_one(client, "rgb16.tif", _tiff(rgb), "image/tiff")
+    shown = np.asarray(Image.open(io.BytesIO(client.get(item["preview_url"], auth=ANN).content)))
+    assert shown.shape == (8, 8, 3) and shown[0, 7, 1] == 255 and shown[0, 0].max() == 0
+
+    # Five channels cannot be shown: a clear 404 rather than a broken image or a 500.
+    item = _upload_one(client, "five.tif", _tiff(np.full((8, 8, 5), 900, np.uint16), photometric="minisblack",
+                                                     planarconfig="contig"), "image/tiff")
+    r = client.get(item["preview_url"], auth=ANN)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "no_preview"
+    assert client.get(item["preview_url"]).status_code == 401
+
+
+def test_gradcam_over_http(client, worker):
+    item = _upload_one(client, "cell.png", png_bytes(5), "image/png")
+    r = client.get(item["gradcam_url"], auth=ANN)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.content == png_bytes(99)  # the overlay the worker computed
+    assert r.headers["x-model"] == "tiny-medium4 1.0.0"
+    name, args, kwargs = worker.calls[-1]
+    assert name == "predict_cell_fate" and kwargs["explain"] is True and args[0].get_bytes() == png_bytes(5)
+    worker.fail = True
+    r = client.get(item["gradcam_url"], auth=ANN)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "worker_unavailable"
+
+
+def test_model_card_plots_become_urls(client, worker):
+    import anvil
+
+    plot = anvil.BlobMedia("image/png", png_bytes(7), name="confusion_matrix.png")
+    cards = worker.list_models()
+    cards[0]["plots"] = [{"title": "Confusion matrix", "image": plot}, plot]
+    worker.list_models = lambda: cards
+    listed = client.get("/_/api/models", auth=ANN).json()["models"][0]
+    assert listed["plots"] == [
+        {"title": "Confusion matrix", "url": "/_/api/models/tiny-medium4/plots/0"},
+        {"title": "confusion_matrix.png", "url": "/_/api/models/tiny-medium4/plots/1"}]
+    r = client.get(listed["plots"][1]["url"], auth=ANN)
+    assert r.status_code == 200 and r.content == png_bytes(7) and r.headers["content-type"] == "image/png"
+    assert client.get("/_/api/models/tiny-medium4/plots/2", auth=ANN).status_code == 404
+    assert client.get("/_/api/models/other/plots/0", auth=ANN).status_code == 404
+
+
+def test_previews_without_tifffile_use_pillow(client, monkeypatch):
+    import io
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    data = _tiff((1000 + np.arange(64).reshape(8, 8) * 5).astype(np.uint16))
+    monkeypatch.setitem(sys.modules, "tifffile", None)  # an Anvil server environment without tifffile
+    item = _upload_one(client, "cell16.tif", data, "image/tiff")
+    shown = np.asarray(Image.open(io.BytesIO(client.get(item["preview_url"], auth=ANN).content)))
+    assert shown.shape == (8, 8) and shown.min() == 0 and shown.max() == 255
+
+
+def test_unreadable_form_data_is_a_json_error(client):
+    for content_type in ("multipart/form-data; boundary=XYZ", "multipart/form-data"):
+        r = client.post("/_/api/predictions", auth=ANN, content=b"no multipart here",
+                        headers={"content-type": content_type})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_form", r.text
+    r = client.post("/_/auth/login", content=b"no multipart here",
+                    headers={"content-type": "multipart/form-data; boundary=XYZ"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "bad_credentials"
+
+
+def test_lab_admins_approve_accounts_over_http(client, rt):
+    ADA = ("ada@lab.org", "admin horse battery")
+    assert client.post("/_/auth/signup", json={"email": "cy@lab.org", "password": "cyclic horse battery"}).status_code == 202
+    assert client.get("/_/api/users", auth=ANN).status_code == 403  # researchers cannot
+    users = client.get("/_/api/users", auth=ADA).json()["users"]
+    assert users[0]["email"] == "cy@lab.org" and users[0]["enabled"] is False  # awaiting approval first
+    cy = users[0]["id"]
+    assert client.get("/_/api/predictions", auth=("cy@lab.org", "cyclic horse battery")).status_code == 401
+
+    r = client.patch(f"/_/api/users/{cy}", auth=ADA, json={"enabled": True, "role": "lab_admin"})
+    assert r.status_code == 200 and r.json()["enabled"] is True and r.json()["role"] == "lab_admin"
+    assert client.get("/_/api/predictions", auth=("cy@lab.org", "cyclic horse battery")).status_code == 200
+
+    # Both changes or neither: disabling fails (not a bool), so the role change is not kept either.
+    r = client.patch(f"/_/api/users/{cy}", auth=ADA, json={"role": "researcher", "enabled": "no"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_enabled"
+    assert next(u for u in client.get("/_/api/users", auth=ADA).json()["users"] if u["id"] == cy)["role"] == "lab_admin"
+
+    for bad in ({}, {"email": "x@lab.org"}, [True]):
+        r = client.patch(f"/_/api/users/{cy}", auth=ADA, json=bad)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_user_change"
+    assert client.patch("/_/api/users/nobody", auth=ADA, json={"enabled": False}).status_code == 404
+    ada = next(u for u in users if u["email"] == "ada@lab.org")["id"]
+    assert client.patch(f"/_/api/users/{cy}", auth=ADA, json={"enabled": False}).status_code == 200
+    r = client.patch(f"/_/api/users/{ada}", auth=ADA, json={"role": "researcher"})  # the last lab admin stays
+    assert r.status_code == 400 and r.json()["error"]["code"] == "last_admin"

@@ -30,7 +30,7 @@ def _start_host(port: int, tmp_path, name: str) -> UplinkProcess:
         [sys.executable, "-m", "apphost", "--no-worker", "--port", str(port)],
         tmp_path / f"{name}.log",
         key=SERVER_KEY,
-        env={"ANVIL_CLIENT_UPLINK_KEY": CLIENT_KEY},
+        env={"ANVIL_CLIENT_UPLINK_KEY": CLIENT_KEY, "NSCFATE_DATA_DIR": str(tmp_path / "data")},
     )
     wait_until(lambda: _health(port), 30, "the host to answer")
     return host
@@ -68,9 +68,10 @@ def test_host_process_serves_uplinks_and_they_reconnect_after_a_restart(port, tm
         host.close()
 
 
-def test_host_without_a_key_refuses_server_uplinks(port, tmp_path):
+def test_host_without_a_key_makes_its_own_and_refuses_other_keys(port, tmp_path):
     host = UplinkProcess(
-        [sys.executable, "-m", "apphost", "--no-worker", "--port", str(port)], tmp_path / "nokey.log", key=None
+        [sys.executable, "-m", "apphost", "--no-worker", "--port", str(port)], tmp_path / "nokey.log", key=None,
+        env={"NSCFATE_DATA_DIR": str(tmp_path / "data")},
     )
     try:
         wait_until(lambda: _health(port), 30, "the host to answer")
@@ -78,7 +79,9 @@ def test_host_without_a_key_refuses_server_uplinks(port, tmp_path):
         assert probe.wait(60) == 0
         assert "Incorrect uplink key" in probe.output()
         probe.close()
-        assert "ANVIL_UPLINK_KEY is not set" in host.output()
+        key_file = tmp_path / "data" / "uplink.key"  # made once for this machine, owner-only
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        assert key_file.read_text().strip() not in host.output()
     finally:
         host.proc.send_signal(signal.SIGTERM)
         host.wait(30)

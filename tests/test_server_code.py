@@ -5,23 +5,12 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import os
 import sys
 
 import anvil
 import pytest
 
-from apphost.testing import FakeWorker, make_runtime, png_bytes, reset_postgres
-
-_ENGINES = ["sqlite"] + (["postgres"] if os.environ.get("NSCFATE_TEST_POSTGRES_URL") else [])
-
-
-@pytest.fixture(params=_ENGINES)
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'app.db'}"
-    return reset_postgres(os.environ["NSCFATE_TEST_POSTGRES_URL"])
-
+from apphost.testing import FakeWorker, make_runtime, png_bytes
 
 @pytest.fixture
 def worker():
@@ -29,8 +18,8 @@ def worker():
 
 
 @pytest.fixture
-def rt(tmp_path, worker, db_url):
-    runtime = make_runtime(tmp_path, worker, db_url=db_url)
+def rt(tmp_path, worker, engine_url):  # engine_url (tests/conftest.py): SQLite, then PostgreSQL
+    runtime = make_runtime(tmp_path, worker, db_url=engine_url)
     yield runtime
     runtime.close()
     runtime.db.dispose()
@@ -75,7 +64,7 @@ def test_classify_stores_one_row_per_success_and_reports_rejections(rt, people, 
     results = rt.call("classify_cell_images", files, experiment=" E1 ", notes="batch A", session=people["ann"])
     assert [r["index"] for r in results] == [0, 1, 2, 3, 4]
     assert [r["ok"] for r in results] == [True, True, False, False, False]
-    assert [r["error"]["code"] for r in results[2:]] == ["unsupported_format", "corrupt", "empty"]
+    assert [r["error"]["code"] for r in results[2:]] == ["not_an_image", "corrupt", "empty"]
     assert worker.batch_sizes == [3]  # the text file and the empty one never reach the worker
     ok = results[0]
     assert ok["filename"] == "cell0.png" and ok["experiment"] == "E1" and ok["notes"] == "batch A"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 import anvil
 import anvil.tables
@@ -13,7 +12,6 @@ import sqlalchemy as sa
 from anvil.tables import NoSuchColumnError, RowDeleted, TableError
 
 from apphost.tables import Database, SchemaError, parse_db_schema
-from apphost.testing import reset_postgres
 
 SCHEMA = {
     "people": {
@@ -31,21 +29,6 @@ SCHEMA = {
     },
     "groups": {"columns": [{"name": "title", "type": "string"}]},
 }
-
-
-def _postgres_url() -> str | None:
-    return os.environ.get("NSCFATE_TEST_POSTGRES_URL")
-
-
-_ENGINES = ["sqlite"] + ([pytest.param("postgres", marks=pytest.mark.postgres)] if _postgres_url() else [])
-
-
-@pytest.fixture(params=_ENGINES)
-def engine_url(request, tmp_path):
-    """The database under test: a SQLite file, plus PostgreSQL when NSCFATE_TEST_POSTGRES_URL is set."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'tables.db'}"
-    return reset_postgres(_postgres_url())
 
 
 @pytest.fixture

@@ -154,3 +154,29 @@ def test_force_login_takes_only_user_rows(rt, accounts):
     assert rt.run(force, user) == user
     with pytest.raises(TypeError):
         rt.run(lambda: force(rt.db.app_tables.predictions.add_row(filename="x")))
+
+
+def test_concurrent_requests_do_not_lock_each_other_out_of_sqlite(rt, accounts):
+    # Each request checks its session (a read, then a write of last_seen) while others write: on SQLite
+    # a read-then-write transaction fails at once with "database is locked" unless the write lock is
+    # taken up front.
+    import threading
+
+    user = accounts.create_user("ann@lab.org", PASSWORD)
+    tokens = [accounts.create_session(user).token for _ in range(6)]
+    errors = []
+
+    def requests(token):
+        try:
+            for _ in range(40):
+                assert accounts.session_from_token(token) is not None
+                rt.run(lambda: user.update(n_password_failures=0))
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=requests, args=(t,)) for t in tokens]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

@@ -13,11 +13,20 @@ def doubled(items):
 
 
 def test_concurrent_submissions_share_batches_up_to_max_batch():
-    # A long max_wait makes the grouping deterministic: a batch runs as soon as it holds 4 items.
+    # All 8 callers announce themselves before any submits, and max_wait is long: a batch waits for the
+    # announced callers and runs as soon as it holds 4 items.
     batcher = MicroBatcher(doubled, max_batch=4, max_wait=60)
+    announced = threading.Barrier(8)
+
+    def call(x):
+        with batcher.expecting():
+            announced.wait(30)
+            future = batcher.submit(x)
+        return future.result(30)
+
     try:
         with ThreadPoolExecutor(8) as pool:
-            results = list(pool.map(lambda x: batcher.submit(x).result(30), range(8)))
+            results = list(pool.map(call, range(8)))
         assert [r.value for r in results] == [x * 2 for x in range(8)]
         assert {r.batch_size for r in results} == {4}
         stats = batcher.stats()
@@ -26,12 +35,29 @@ def test_concurrent_submissions_share_batches_up_to_max_batch():
         batcher.close()
 
 
-def test_a_lone_item_runs_after_max_wait():
-    batcher = MicroBatcher(doubled, max_batch=32, max_wait=0.01)
+def test_a_lone_item_runs_at_once_without_waiting_for_company():
+    # max_wait is an hour: the item would sit that long if the batcher waited for a batch to fill.
+    batcher = MicroBatcher(doubled, max_batch=32, max_wait=3600)
     try:
-        result = batcher.submit(21).result(30)
+        with batcher.expecting():
+            future = batcher.submit(21)
+        result = future.result(30)
         assert (result.value, result.batch_size) == (42, 1)
-        assert batcher.stats()["sizes"] == {"1": 1}
+        plain = batcher.submit(4).result(30)  # not announced at all
+        assert (plain.value, plain.batch_size) == (8, 1)
+        assert batcher.stats()["sizes"] == {"1": 2}
+    finally:
+        batcher.close()
+
+
+def test_a_batch_waits_for_callers_still_preparing_their_items():
+    batcher = MicroBatcher(doubled, max_batch=8, max_wait=3600)
+    try:
+        with batcher.expecting(), batcher.expecting():  # two calls decoding their images
+            first = batcher.submit(1)
+            second = batcher.submit(2)  # the batcher holds the first for the second caller
+        # both callers done: nobody else is on the way, so the batch of two runs now
+        assert [(f.result(30).value, f.result(30).batch_size) for f in (first, second)] == [(2, 2), (4, 2)]
     finally:
         batcher.close()
 
@@ -69,9 +95,10 @@ def test_a_failing_batch_fails_its_callers_only():
 
 def test_stop_waiting_runs_queued_items_at_once_and_close_refuses_new_ones():
     batcher = MicroBatcher(doubled, max_batch=8, max_wait=3600)
-    future = batcher.submit(5)
-    batcher.stop_waiting()  # otherwise this item would wait an hour for company
-    assert future.result(30).value == 10
+    with batcher.expecting():  # a second caller that never submits
+        future = batcher.submit(5)
+        batcher.stop_waiting()  # otherwise this item would wait an hour for the second caller
+        assert future.result(30).value == 10
     batcher.close(timeout=30)
     with pytest.raises(BatcherClosed):
         batcher.submit(1)

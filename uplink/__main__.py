@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--default-model", metavar="NAME", help="model used when a call names none (default: the first)")
     parser.add_argument("--max-batch", type=int, default=32, help="most images per model call (default 32)")
     parser.add_argument(
-        "--max-wait-ms", type=float, default=5.0, help="most ms a call waits to share a batch (default 5)"
+        "--max-wait-ms", type=float, default=5.0, help="most ms a batch waits for calls still decoding their images (default 5; a lone call never waits)"
     )
     parser.add_argument(
         "--drain-seconds", type=float, default=25.0, help="on SIGTERM, most seconds to finish calls in flight"

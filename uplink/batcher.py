@@ -1,20 +1,22 @@
 """Micro-batching: calls that arrive close together share one model call.
 
-anvil-uplink runs every incoming call in its own thread. Each call submits its prepared image here; one
-batcher thread per model takes the first waiting item, collects more until ``max_batch`` items or
-``max_wait`` seconds have passed, runs the batch once and hands each caller its own result. Under load
-the batches fill up and throughput approaches the model's batched throughput; a lone call waits at most
-``max_wait``.
+anvil-uplink runs every incoming call in its own thread. Each call announces itself while it decodes its
+image (:meth:`MicroBatcher.expecting`) and then submits the prepared image here; one batcher thread per
+model takes the first waiting item and everything queued behind it, and waits - at most ``max_wait``
+seconds, up to ``max_batch`` items - only for calls announced as on their way. It runs the batch once and
+hands each caller its own result. Under load the batches fill up (calls queue while the model runs) and
+throughput approaches the model's batched throughput; a lone call does not wait at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -25,7 +27,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _CLOSE = object()  # queue sentinel: stop after everything before it
-_WAKE = object()  # queue token: re-check the no-wait flag
+_WAKE = object()  # queue token: re-check the no-wait flag and the calls on their way
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,8 @@ class MicroBatcher(Generic[T, R]):
     Args:
         process: the batched function; an exception fails every item of that batch.
         max_batch: the most items in one batch.
-        max_wait: the most seconds the first item of a batch waits for others.
+        max_wait: the most seconds the first item of a batch waits for items announced with
+            :meth:`expecting` (nothing announced: no wait).
         name: the thread's name, for logs.
     """
 
@@ -68,10 +71,25 @@ class MicroBatcher(Generic[T, R]):
         self._queue: queue.Queue = queue.Queue()
         self._closed = False
         self._no_wait = False
+        self._coming = 0  # callers inside expecting(): their items are on their way
         self._lock = threading.Lock()
         self._sizes: Counter[int] = Counter()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+
+    @contextlib.contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Announce a caller whose item(s) will be submitted before the block ends (e.g. while it
+        decodes its image): a batch that is being collected waits for it, up to ``max_wait``. Once no
+        caller is on its way, the batch runs at once."""
+        with self._lock:
+            self._coming += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._coming -= 1
+            self._queue.put(_WAKE)  # a batcher waiting for this caller re-checks now
 
     def submit(self, item: T) -> Future[Batched[R]]:
         """Queue one item; the future resolves when its batch has run."""
@@ -129,11 +147,16 @@ class MicroBatcher(Generic[T, R]):
             batch = [first]
             deadline = time.monotonic() + self.max_wait
             while len(batch) < self.max_batch:
-                remaining = 0.0 if self._no_wait else deadline - time.monotonic()
                 try:
-                    entry = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                    entry = self._queue.get_nowait()  # whatever is queued already joins the batch
                 except queue.Empty:
-                    break
+                    remaining = deadline - time.monotonic()
+                    if self._no_wait or self._coming == 0 or remaining <= 0:
+                        break  # nobody else is on the way: run now
+                    try:
+                        entry = self._queue.get(timeout=remaining)
+                    except queue.Empty:
+                        break
                 if entry is _CLOSE:
                     closing = True
                     break

@@ -2,7 +2,8 @@
 operations the uplink callables expose. Nothing here knows about the network.
 
 Every prediction goes through ``nscfate.Predictor``: ``prepare`` in the caller's thread (decode and
-preprocess run in parallel across calls), ``predict_prepared`` once per micro-batch.
+preprocess run in parallel across calls; the call is announced to the batcher meanwhile, so a batch
+being collected waits for it but a lone call does not wait), ``predict_prepared`` once per micro-batch.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class InferenceService:
         predictors: the loaded models (names must be distinct).
         default_model: the name used when a call names no model (default: the first).
         max_batch: most images per model call.
-        max_wait: most seconds a call waits for others to share its batch.
+        max_wait: most seconds a batch waits for calls that are still decoding their images.
         max_images_per_call: most images in one batch call.
     """
 
@@ -89,10 +90,13 @@ class InferenceService:
         """
         with self._call():
             predictor = self._predictor(model)
-            data, filename = _media_content(image, "image")
-            prepared = _prepare(predictor, data, filename)
+            batcher = self.batchers[predictor.name]
+            with batcher.expecting():  # a batch being collected waits for this image, not for strangers
+                data, filename = _media_content(image, "image")
+                prepared = _prepare(predictor, data, filename)
+                future = batcher.submit(prepared)
             t0 = time.perf_counter()
-            batched = self.batchers[predictor.name].submit(prepared).result()
+            batched = future.result()
             result = batched.value.to_dict()
             result["timings_ms"]["queue"] = batched.queued_ms
             result["timings_ms"]["wait_total"] = (time.perf_counter() - t0) * 1000
@@ -125,19 +129,21 @@ class InferenceService:
                 )
             results: list[dict[str, Any] | None] = [None] * len(images)
             prepared, positions = [], []
-            for index, image in enumerate(images):
-                filename = getattr(image, "name", None) if isinstance(image, anvil.Media) else None
-                try:
-                    data, filename = _media_content(image, f"images[{index}]")
-                    prepared.append(_prepare(predictor, data, filename))
-                    positions.append(index)
-                except CellImageError as exc:
-                    results[index] = {
-                        "error": {"code": exc.code, "message": exc.message},
-                        "index": index,
-                        "filename": filename,
-                    }
-            futures = self.batchers[predictor.name].submit_many(prepared)
+            batcher = self.batchers[predictor.name]
+            with batcher.expecting():
+                for index, image in enumerate(images):
+                    filename = getattr(image, "name", None) if isinstance(image, anvil.Media) else None
+                    try:
+                        data, filename = _media_content(image, f"images[{index}]")
+                        prepared.append(_prepare(predictor, data, filename))
+                        positions.append(index)
+                    except CellImageError as exc:
+                        results[index] = {
+                            "error": {"code": exc.code, "message": exc.message},
+                            "index": index,
+                            "filename": filename,
+                        }
+                futures = batcher.submit_many(prepared)
             for index, future in zip(positions, futures):
                 batched = future.result()
                 result = batched.value.to_dict()

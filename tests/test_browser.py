@@ -1,0 +1,287 @@
+"""The local web UI in a real browser: Debian's Chromium driven by Playwright against the real host
+(``python -m apphost`` on 127.0.0.1, a random port, a temporary data directory, a tiny-model worker).
+
+Screenshots of the main pages go to ``test-artifacts/`` (gitignored).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.hostproc import ROOT, Host
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = ROOT / "test-artifacts"
+ADMIN = ("ada@lab.org", "correct horse battery")
+EXPERIMENT = "E-browser-1"
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+expect = playwright_api.expect
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory, tiny_model):
+    tmp = tmp_path_factory.mktemp("browser-host")
+    proc = Host(tmp, "--port", "0", "--model", str(tiny_model),
+                env={"NSCFATE_ADMIN_EMAIL": ADMIN[0], "NSCFATE_ADMIN_PASSWORD": ADMIN[1]})
+    try:
+        yield proc.wait_ready()
+    finally:
+        if proc.proc.poll() is None:
+            proc.interrupt()
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip("Chromium is not installed (scripts/test-setup.sh installs Debian's chromium)")
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, host):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    # Failed requests the tests cause on purpose: 401 (wrong password, signed out), 403 (an account not
+    # enabled yet), 422 (the rejected file).
+    expected = re.compile(r"Failed to load resource: .* status of (401|403|422)")
+    page.on("console", lambda m: problems.append(f"console: {m.text}")
+            if m.type == "error" and not expected.search(m.text) else None)
+    page.goto(host + "/")
+    yield page
+    context.close()
+    assert problems == []
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Cell images in every accepted format (a 16-bit TIFF among them) and one file that is not an image."""
+    import tifffile
+    from PIL import Image
+
+    from nscfate.testing import cell_image, to_png_bytes
+
+    d = tmp_path_factory.mktemp("cells")
+    rng = np.random.default_rng(7)
+    cells = [cell_image(rng, radius=r) for r in (7.0, 10.0, 13.0, 9.0)]
+    (d / "cell-a.png").write_bytes(to_png_bytes(cells[0]))
+    Image.fromarray((cells[1] * 255).astype(np.uint8)).save(d / "cell-b.jpg", quality=95)
+    Image.fromarray((cells[2] * 255).astype(np.uint8)).save(d / "cell-c.bmp")
+    tifffile.imwrite(d / "cell-d-16bit.tif", (1000 + cells[3] * 3000).astype(np.uint16))  # dim 16-bit
+    (d / "notes.txt").write_text("plate layout, not an image\n")
+    return {p.name: p for p in sorted(d.iterdir())}
+
+
+def sign_in(page, email=ADMIN[0], password=ADMIN[1]):
+    page.fill("#sign-in-email", email)
+    page.fill("#sign-in-password", password)
+    page.click("#sign-in-form button[type=submit]")
+
+
+def test_wrong_password_is_refused(page):
+    sign_in(page, password="not the password")
+    expect(page.locator("#sign-in-error")).to_contain_text("Incorrect email address or password")
+    expect(page.locator("#view-sign-in")).to_be_visible()
+    expect(page.locator("#nav")).to_be_hidden()
+
+
+def test_a_researchers_session(page, host, images):
+    expect.set_options(timeout=60_000)  # a shared 2-core machine may be slow
+    shot(page, "01-sign-in")
+    sign_in(page)
+    expect(page.locator("#view-classify")).to_be_visible()
+    # Which model answers and what it was trained on, plainly: this one is synthetic.
+    expect(page.locator("#model-banner")).to_contain_text("tiny-medium4 0.0.1")
+    expect(page.locator("#model-banner")).to_contain_text("SYNTHETIC")
+
+    # ---- classify: several formats, a 16-bit TIFF and a rejected file; progress shown per file
+    page.fill("#experiment", EXPERIMENT)
+    held = []
+    page.route("**/_/api/predictions", lambda route: held.append(route))  # hold the first uploads a moment
+    page.set_input_files("#files", [str(p) for p in images.values()])
+    cards = page.locator("#results .result")
+    expect(cards).to_have_count(5)
+    expect(cards.locator("progress")).to_have_count(5)
+    expect(page.locator("#results .stage").first).to_have_text(re.compile(r"Uploading|Classifying|Waiting"))
+    for _ in range(100):
+        if len(held) >= 3:
+            break
+        page.wait_for_timeout(50)
+    assert len(held) == 3  # three uploads at a time
+    for route in held:
+        route.continue_()
+    page.unroute("**/_/api/predictions")  # (also lets through any upload that reached the handler since)
+    expect(page.locator("#results .result[data-outcome]")).to_have_count(5)
+    expect(page.locator("#batch-text")).to_have_text("4 of 5 images classified, 1 rejected")
+
+    rejected = page.locator('#results .result[data-outcome="rejected"]')
+    expect(rejected).to_have_count(1)
+    expect(rejected).to_contain_text("notes.txt")
+    expect(rejected.get_by_role("alert")).to_contain_text("Rejected: Not")  # what was wrong...
+    expect(rejected.get_by_role("alert")).to_contain_text("accepted: PNG, JPEG, TIFF")  # ...and what is accepted
+
+    ok = page.locator('#results .result[data-outcome="ok"]')
+    expect(ok).to_have_count(4)
+    predicted = {}
+    for i in range(4):
+        card = ok.nth(i)
+        name = card.locator(".card-title").inner_text()
+        bars = card.locator(".bar-row")
+        expect(bars).to_have_count(4)  # a bar for every class of the model
+        shares = [float(t.rstrip("%")) for t in bars.locator(".bar-value").all_inner_texts()]
+        assert abs(sum(shares) - 100) < 0.5, (name, shares)
+        verdict = card.locator(".verdict strong").inner_text()
+        predicted[name] = verdict
+        expect(card.locator(".model-line")).to_contain_text("tiny-medium4 0.0.1")
+        # The image is shown, the 16-bit TIFF too (as a PNG preview from the server).
+        img = card.locator("img.thumb")
+        expect(img).to_have_attribute("alt", f"Cell image {name}")
+        _wait_for_image(page, img)
+    assert set(predicted) == {"cell-a.png", "cell-b.jpg", "cell-c.bmp", "cell-d-16bit.tif"}
+
+    # Grad-CAM on request.
+    tiff_card = ok.filter(has_text="cell-d-16bit.tif")
+    tiff_card.get_by_role("button", name="Show Grad-CAM").click()
+    gradcam = tiff_card.locator("img.gradcam-image")
+    expect(gradcam).to_be_visible()
+    _wait_for_image(page, gradcam)
+    shot(page, "02-classify-results")
+
+    # ---- history: find them, filter, export CSV, delete one
+    page.click("#nav a[data-view=history]")
+    rows = page.locator("#history-table tbody tr")
+    expect(rows).to_have_count(4)
+    expect(page.locator("#history-caption")).to_have_text("Predictions 1–4 of 4, newest first")
+    shot(page, "03-history")
+
+    condition = predicted["cell-d-16bit.tif"]
+    page.select_option("#f-condition", label=condition)
+    page.fill("#f-experiment", EXPERIMENT)
+    page.click("#history-filters button[type=submit]")
+    expected = sorted(n for n, c in predicted.items() if c == condition)
+    expect(rows).to_have_count(len(expected))
+    assert sorted(rows.locator("td.filename").all_inner_texts()) == expected
+    assert set(rows.locator("td:nth-child(3)").all_inner_texts()) == {condition}
+
+    with page.expect_download() as download:
+        page.click("#export-csv")
+    table = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert sorted(r["filename"] for r in table) == expected
+    assert {r["predicted_condition"] for r in table} == {condition} and {r["experiment"] for r in table} == {EXPERIMENT}
+    assert all(abs(sum(float(r[k]) for k in r if k.startswith("p_")) - 1) < 1e-3 for r in table)
+
+    page.click("#history-filters button[type=reset]")
+    expect(rows).to_have_count(4)
+    row = rows.filter(has_text="cell-b.jpg")
+    deleted_id = row.get_attribute("data-id")
+    row.get_by_role("button", name="Delete cell-b.jpg").click()
+    row.get_by_role("button", name="Confirm delete").click()
+    expect(rows).to_have_count(3)
+    expect(rows.filter(has_text="cell-b.jpg")).to_have_count(0)
+    assert page.request.get(f"{host}/_/api/predictions/{deleted_id}").status == 404
+
+    # ---- detail, experiment summary, model cards
+    rows.filter(has_text="cell-d-16bit.tif").get_by_role("link", name="View").click()
+    expect(page.locator("#detail-title")).to_have_text("cell-d-16bit.tif")
+    _wait_for_image(page, page.locator("#detail-body img.large"))
+    expect(page.locator("#detail-body .facts")).to_contain_text(EXPERIMENT)
+    shot(page, "04-detail")
+
+    page.click("#nav a[data-view=summary]")
+    page.fill("#summary-experiment", EXPERIMENT)
+    page.click("#summary-form button[type=submit]")
+    expect(page.locator("#summary-body")).to_contain_text(f"3 cells in experiment “{EXPERIMENT}”")
+    summary_rows = page.locator("#summary-body tbody tr")
+    expect(summary_rows).to_have_count(4)
+    counts = [int(t) for t in summary_rows.locator("td:nth-child(2)").all_inner_texts()]
+    assert sum(counts) == 3
+    shot(page, "05-summary")
+
+    page.click("#nav a[data-view=models]")
+    card = page.locator(".model-card")
+    expect(card).to_have_count(1)
+    expect(card).to_contain_text("Trained on synthetic data")
+    expect(card).to_contain_text("Held-out test accuracy")
+    expect(card.locator(".accuracy-chart .bar-row")).to_have_count(2)  # held-out test vs chance (1/4)
+    expect(card.locator(".accuracy-chart")).to_contain_text("25.0%")
+    shot(page, "06-models")
+
+    page.set_viewport_size({"width": 800, "height": 1100})  # a tablet
+    page.click("#nav a[data-view=classify]")
+    shot(page, "07-classify-tablet")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 800  # nothing wider than the screen
+
+    # ---- sign out, and be refused
+    cookie = {c["name"]: c["value"] for c in page.context.cookies()}
+    page.click("#sign-out")
+    expect(page.locator("#view-sign-in")).to_be_visible()
+    expect(page.locator("#sign-in-error")).to_have_text("You are signed out.")
+    page.goto(host + "/#/history")
+    expect(page.locator("#view-sign-in")).to_be_visible()
+    expect(page.locator("#view-history")).to_be_hidden()
+    assert page.request.get(f"{host}/_/api/predictions").status == 401
+    # The old session cookie is dead on the server too.
+    stale = httpx.get(f"{host}/_/api/predictions", cookies=cookie, timeout=30)
+    assert stale.status_code == 401
+
+
+def test_a_new_account_waits_for_a_lab_admin(page, browser, host):
+    newcomer = ("cy@lab.org", "cyclic horse battery")
+    page.click(".signup summary")
+    page.fill("#sign-up-email", newcomer[0])
+    page.fill("#sign-up-password", newcomer[1])
+    page.click("#sign-up-form button[type=submit]")
+    expect(page.locator("#sign-up-message")).to_contain_text("A lab admin has to enable it")
+    sign_in(page, *newcomer)
+    expect(page.locator("#sign-in-error")).to_contain_text("not enabled yet")
+
+    admin = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    admin.goto(host + "/")
+    sign_in(admin)
+    expect(admin.locator("#nav-users")).to_be_visible()
+    admin.click("#nav-users")
+    row = admin.locator('#users-table tr[data-email="cy@lab.org"]')
+    expect(row).to_contain_text("awaiting approval")
+    shot(admin, "08-users")
+    row.get_by_role("button", name="Enable cy@lab.org").click()
+    expect(row).to_contain_text("enabled")
+    expect(row.get_by_role("button", name="Disable cy@lab.org")).to_be_visible()
+    admin.context.close()
+
+    sign_in(page, *newcomer)
+    expect(page.locator("#view-classify")).to_be_visible()
+    expect(page.locator("#nav-users")).to_be_hidden()  # a researcher
+
+
+def _wait_for_image(page, locator):
+    """Wait until an <img> has loaded real pixels (not a broken image)."""
+    expect(locator).to_be_visible()
+    handle = locator.element_handle()
+    handle.wait_for_element_state("stable")
+    for _ in range(200):
+        if handle.evaluate("img => img.complete && img.naturalWidth > 0"):
+            return
+        page.wait_for_timeout(100)
+    pytest.fail(f"image {locator} did not load")

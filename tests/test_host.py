@@ -1,0 +1,222 @@
+"""``python -m apphost``, the one-command local host: data directory, uplink key, first admin, workers
+kept alive, readiness, bind refusal, clean stop, and data that survives a restart."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from apphost.__main__ import (
+    data_paths,
+    database_url,
+    describe_database,
+    is_loopback,
+    load_or_create_key,
+)
+from apphost.testing import png_bytes
+from tests.hostproc import Host, children_of, free_port, kill_pid
+
+
+# ---- settings (in-process)
+
+
+def test_data_directory_from_the_environment(tmp_path):
+    paths = data_paths(None, {"NSCFATE_DATA_DIR": str(tmp_path / "lab-data")})
+    assert paths.root == tmp_path / "lab-data" and paths.media.is_dir()
+    assert paths.root.stat().st_mode & 0o777 == 0o700
+    assert data_paths(tmp_path / "cli", {"NSCFATE_DATA_DIR": str(tmp_path / "env")}).root == tmp_path / "cli"
+    assert database_url(paths, {}) == f"sqlite:///{tmp_path / 'lab-data' / 'app.db'}"
+
+
+def test_database_url_switches_to_postgresql_with_the_installed_driver(tmp_path):
+    paths = data_paths(tmp_path, {})
+    url = database_url(paths, {"DATABASE_URL": "postgres://lab:s3cret@example.org:5432/nscfate"})
+    assert url == "postgresql+psycopg://lab:s3cret@example.org:5432/nscfate"
+    assert database_url(paths, {"DATABASE_URL": "postgresql://h/db"}) == "postgresql+psycopg://h/db"
+    described = describe_database(url)
+    assert "s3cret" not in described and "example.org" in described
+
+
+def test_uplink_key_is_made_once_with_owner_only_permissions(tmp_path, caplog):
+    path = tmp_path / "uplink.key"
+    with caplog.at_level(logging.INFO):
+        key = load_or_create_key(path)
+    assert len(key) >= 32 and path.stat().st_mode & 0o777 == 0o600
+    assert load_or_create_key(path) == key
+    assert key not in caplog.text
+    path.chmod(0o644)
+    with caplog.at_level(logging.WARNING):
+        assert load_or_create_key(path) == key
+    assert path.stat().st_mode & 0o777 == 0o600 and "readable by other users" in caplog.text
+    path.write_text("short\n")
+    with pytest.raises(Exception, match="does not hold a usable uplink key"):
+        load_or_create_key(path)
+
+
+def test_loopback_addresses():
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "lab-server.local"))
+
+
+# ---- the host process
+
+
+@pytest.fixture
+def hosts():
+    started: list[Host] = []
+    yield started
+    for host in started:
+        host.stop()
+
+
+def _health(url: str) -> dict:
+    try:
+        return httpx.get(url + "/_/api/health", timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+def _wait(condition, what: str, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.3)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_one_command_runs_everything_and_keeps_workers_alive(tmp_path, tiny_model, hosts):
+    port = free_port()
+    host = Host(tmp_path, "--workers", "2", "--model", str(tiny_model), env={"PORT": str(port)})
+    hosts.append(host)
+    url = host.wait_ready()
+    assert url == f"http://127.0.0.1:{port}"
+
+    # The first lab admin with a one-time password, printed once on stdout, never in the logs.
+    out = host.stdout()
+    email = re.search(r"created lab admin account (\S+)", out).group(1)
+    password = re.search(r"One-time password \(shown only now\): (\S+)", out).group(1)
+    assert password not in host.stderr()
+    assert "tiny-medium4 0.0.1 (trained on SYNTHETIC data)" in out
+
+    # This machine's uplink key: made once, owner-only, in no output and on no command line.
+    key_file = tmp_path / "data" / "uplink.key"
+    key = key_file.read_text().strip()
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert key not in out and key not in host.stderr()
+    _wait(lambda: _health(url).get("workers") == 2, "two workers")
+    workers = children_of(host.proc.pid)
+    assert len(workers) == 2
+    for pid in workers:
+        assert key.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+    # The whole path works: a prediction through the REST API, stored in the data directory.
+    r = httpx.post(url + "/_/api/predictions", auth=(email, password), data={"experiment": "restart-check"},
+                   files=[("file", ("cell.png", png_bytes(3, size=40), "image/png"))], timeout=60)
+    assert r.status_code == 200 and r.json()["n_ok"] == 1
+    assert (tmp_path / "data" / "app.db").exists() and any((tmp_path / "data" / "media").rglob("*"))
+
+    # A worker that dies is replaced.
+    kill_pid(workers[0])
+    _wait(lambda: workers[0] not in children_of(host.proc.pid) and len(children_of(host.proc.pid)) == 2,
+          "the dead worker to be replaced")
+    _wait(lambda: _health(url).get("workers") == 2, "the new worker to connect")
+
+    # Ctrl-C (to the whole process group, as in a terminal) stops the host and its workers cleanly,
+    # without restarting the workers it reaches at the same time.
+    workers = children_of(host.proc.pid)
+    restarts = host.stderr().count("restarting it")
+    assert host.interrupt(group=True) == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    assert host.stderr().count("worker stopped") == 2
+    assert host.stderr().count("restarting it") == restarts == 1
+    assert "Traceback" not in host.stderr()
+
+    assert "GET /_/api/health" in host.stderr() and "GET /" not in host.stdout()  # stdout: messages only
+
+    # Everything survives a restart: the same key, the same accounts, the history.
+    again = Host(tmp_path, "--workers", "0", "--port", str(port), name="host2")
+    hosts.append(again)
+    assert again.wait_ready(60) == url
+    assert "One-time password" not in again.stdout() and f"Sign in as {email}" in again.stdout()
+    assert key_file.read_text().strip() == key
+    history = httpx.get(url + "/_/api/predictions", auth=(email, password), params={"experiment": "restart-check"},
+                        timeout=30).json()
+    assert history["total"] == 1 and history["rows"][0]["filename"] == "cell.png"
+    assert "--key-file" in again.stdout()  # how to connect workers of one's own
+    assert again.interrupt() == 0
+
+
+def test_binding_beyond_loopback_needs_an_admin_account(tmp_path, hosts):
+    host = Host(tmp_path, "--host", "0.0.0.0", "--port", "0", "--workers", "0")
+    hosts.append(host)
+    assert host.proc.wait(60) == 2
+    assert "refusing to listen on 0.0.0.0" in host.stderr() and "NSCFATE_ADMIN_PASSWORD" in host.stderr()
+    assert "password" not in host.stdout().lower()  # no one-time password made for a network-facing host
+    assert "Traceback" not in host.stderr()
+
+    admin = {"NSCFATE_ADMIN_EMAIL": "ada@lab.org", "NSCFATE_ADMIN_PASSWORD": "correct horse battery"}
+    host = Host(tmp_path, "--host", "0.0.0.0", "--port", "0", "--workers", "0", env=admin, name="host2")
+    hosts.append(host)
+    url = host.wait_ready(60)
+    assert "Sign in as ada@lab.org" in host.stdout()
+    me = httpx.post(url + "/_/auth/login", json={"email": "ada@lab.org", "password": "correct horse battery"},
+                    timeout=30)
+    assert me.status_code == 200 and me.json()["user"]["role"] == "lab_admin"
+    assert host.interrupt() == 0
+
+
+def test_a_host_without_a_usable_model_says_how_to_get_one(tmp_path, hosts):
+    host = Host(tmp_path, "--port", "0", "--model", str(tmp_path / "no-such-model"))
+    hosts.append(host)
+    assert host.proc.wait(120) == 2
+    err = host.stderr()
+    assert "cannot load the models" in err and "could not load a model" in err and "--model" in err
+    assert "NSC Fate is running" not in host.stdout()
+    # The one-time password of the admin made at this first start is not lost with the failed start.
+    assert "One-time password (shown only now)" in host.stdout()
+
+
+@pytest.mark.postgres
+def test_database_url_puts_the_data_in_postgresql(tmp_path, postgres_url, hosts):
+    import sqlalchemy as sa
+
+    from apphost.testing import reset_postgres
+
+    url = reset_postgres(postgres_url).replace("postgresql+psycopg://", "postgresql://")  # as people write it
+    admin = {"NSCFATE_ADMIN_EMAIL": "ada@lab.org", "NSCFATE_ADMIN_PASSWORD": "correct horse battery",
+             "DATABASE_URL": url}
+    host = Host(tmp_path, "--port", "0", "--workers", "0", env=admin)
+    hosts.append(host)
+    base = host.wait_ready(60)
+    assert "(postgresql at postgresql+psycopg://postgres@127.0.0.1:" in host.stdout()
+    r = httpx.post(base + "/_/auth/login", json={"email": "ada@lab.org", "password": "correct horse battery"},
+                   timeout=30)
+    assert r.status_code == 200
+    assert not (tmp_path / "data" / "app.db").exists()  # no SQLite file: the rows are in PostgreSQL
+    engine = sa.create_engine(postgres_url)
+    try:
+        with engine.connect() as conn:
+            emails = conn.execute(sa.text("SELECT email FROM app_users")).scalars().all()
+    finally:
+        engine.dispose()
+    assert emails == ["ada@lab.org"]
+    assert host.interrupt() == 0
+
+
+def test_start_up_problems_are_messages_not_tracebacks(tmp_path, hosts):
+    cases = [({"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}, "cannot open the database"),
+             ({"DATABASE_URL": "mysql://x@127.0.0.1/db"}, "not installed"),
+             ({"NSCFATE_ADMIN_EMAIL": "ada@lab.org", "NSCFATE_ADMIN_PASSWORD": "short"}, "at least 10 characters"),
+             ({"PORT": "web"}, "PORT must be a port number")]
+    for n, (env, message) in enumerate(cases):
+        host = Host(tmp_path / str(n), "--workers", "0", env=env)
+        hosts.append(host)
+        assert host.proc.wait(60) == 2, env
+        assert message in host.stderr() and "Traceback" not in host.stderr(), host.stderr()

@@ -1,0 +1,34 @@
+"""A reduced run of bench/load_test.py in CI: concurrent clients against the assembled host with two
+workers; every upload answered, exactly one history row each, no errors. (The full 50 x 20 run, with
+its latency and throughput figures, is the script: see docs/RELIABILITY.md.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+from tests.livehost import ROOT_DIR, LiveHost
+
+_spec = importlib.util.spec_from_file_location("load_test", ROOT_DIR / "bench" / "load_test.py")
+load_test = sys.modules.setdefault("load_test", importlib.util.module_from_spec(_spec))
+_spec.loader.exec_module(load_test)
+
+ANN = "ann@lab.org"
+
+
+def test_concurrent_clients_each_get_exactly_one_row_per_upload(tmp_path):
+    host = LiveHost(tmp_path / "host", key="load-test-key-" + "l" * 16,
+                    users={ANN: ("correct horse battery", "researcher")}).start()
+    try:
+        host.start_fake_worker("w1")
+        host.start_fake_worker("w2")
+        host.wait_workers(2)
+        figures = load_test.run_load(host.base, ANN, "correct horse battery", clients=12, uploads=4)
+        basic = load_test.run_load(host.base, ANN, "correct horse battery", clients=4, uploads=2, auth="basic")
+    finally:
+        host.close()
+    for f, n in ((figures, 48), (basic, 8)):
+        assert f["requests"] == f["answered"] == f["ok"] == f["history_rows"] == n, f
+        assert f["errors"] == 0 and f["duplicate_rows"] == 0 and f["missing_rows"] == 0 and f["rows_match_uploads"]
+        assert f["statuses"] == {"200": n} and f["workers"] == 2
+        assert 0 < f["latency_ms"]["p50"] <= f["latency_ms"]["p99"] <= f["latency_ms"]["max"]
