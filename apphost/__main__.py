@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inference workers to start and keep running (default 1; 0 for none)")
     parser.add_argument("--no-worker", action="store_true", help="same as --workers 0")
     parser.add_argument("--model", action="append", default=[], metavar="DIR_OR_NAME",
-                        help="model for the workers (repeatable; default: the shipped default model)")
+                        help="model for the workers (repeatable; default: every shipped model)")
     parser.add_argument("--default-model", metavar="NAME", help="model used when a request names none")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help=f"data directory (default $NSCFATE_DATA_DIR or ./{DEFAULT_DATA_DIR})")

@@ -74,7 +74,16 @@ def create_app(
     )
 
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "uplinks": hub.workers(), "registrations": hub.registrations()})
+        # Public: counts only. Addresses and ids of the connected uplinks are not for anonymous callers.
+        workers = hub.workers()
+        return JSONResponse({
+            "status": "ok",
+            "uplinks": {
+                "server": sum(w["priv"] == "server" for w in workers),
+                "client": sum(w["priv"] == "client" for w in workers),
+            },
+            "registrations": hub.registrations(),
+        })
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

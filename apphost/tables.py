@@ -264,10 +264,15 @@ def _json_or_error(value: Any, what: str) -> str:
 # Database
 
 
+#: Seconds a write waits for the write lock on SQLite (also the connections' ``busy_timeout``).
+SQLITE_WRITE_TIMEOUT_S = 10.0
+
+
 class _Txn:
-    def __init__(self, conn: sa.Connection, trans: sa.Transaction):
+    def __init__(self, conn: sa.Connection, trans: sa.Transaction, holds_writer: bool = False):
         self.conn = conn
         self.trans = trans
+        self.holds_writer = holds_writer
         self.pinned: list[str] = []
         self.released: list[str] = []
 
@@ -284,6 +289,7 @@ class Database:
         self.metadata = sa.MetaData()
         self._sql: dict[str, sa.Table] = {}
         self._local = threading.local()
+        self._writer = threading.Lock()  # SQLite: this process's writers take turns (see _write_turn)
         numbers = {table_number(n): n for n in schema}
         if len(numbers) != len(schema):
             raise SchemaError("two table names map to the same row-id number; rename one table")
@@ -304,7 +310,7 @@ class Database:
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=10000")
+            cur.execute(f"PRAGMA busy_timeout={int(SQLITE_WRITE_TIMEOUT_S * 1000)}")
             cur.execute("PRAGMA case_sensitive_like=ON")  # Anvil's q.like is case-sensitive
             cur.close()
 
@@ -398,34 +404,56 @@ class Database:
             self._local.released = None
         self._collect_media(released)
 
+    def _acquire_writer(self) -> None:
+        """Wait for this process's turn to write on SQLite.
+
+        SQLite admits one writer; a connection that finds the lock taken polls with growing sleeps (up to
+        100 ms each), so with several threads writing (every stored prediction is a write) the lock sat
+        idle for milliseconds after each commit. Writers of this process queue on a Python lock instead,
+        which hands over at once; writers in other processes still meet SQLite's busy_timeout.
+        """
+        if not self._writer.acquire(timeout=SQLITE_WRITE_TIMEOUT_S):
+            raise TransactionConflict(f"the database stayed busy for {SQLITE_WRITE_TIMEOUT_S:g} s; try again")
+
     @contextmanager
     def begin(self, write: bool = False) -> Iterator[sa.Connection]:
-        """``engine.begin()``; with ``write=True`` on SQLite the transaction is ``BEGIN IMMEDIATE``."""
+        """``engine.begin()``; with ``write=True`` on SQLite the transaction is ``BEGIN IMMEDIATE``, taken
+        in turn with this process's other writers."""
         if not (write and self.is_sqlite):
             with self.engine.begin() as conn:
                 yield conn
             return
-        with self.engine.connect() as conn:
-            conn.execution_options(anvil_immediate=True)
-            with conn.begin():
-                yield conn
+        self._acquire_writer()
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(anvil_immediate=True)
+                with conn.begin():
+                    yield conn
+        finally:
+            self._writer.release()
 
     def open_transaction(self, isolation: str | None = None) -> None:
         """Begin an explicit transaction in this thread (``anvil.tables.Transaction``)."""
         if self._txn() is not None:
             raise TableError("Cannot nest transactions: a transaction is already open")
-        conn = self.engine.connect()
         if self.is_sqlite:
-            conn = conn.execution_options(anvil_immediate=True)
-        elif isolation != "relaxed":
-            conn = conn.execution_options(isolation_level="SERIALIZABLE")
+            self._acquire_writer()  # held until close_transaction, like SQLite's own write lock
+        conn = None
         try:
+            conn = self.engine.connect()
+            if self.is_sqlite:
+                conn = conn.execution_options(anvil_immediate=True)
+            elif isolation != "relaxed":
+                conn = conn.execution_options(isolation_level="SERIALIZABLE")
             with _conflicts_as_anvil_errors():
                 trans = conn.begin()
         except BaseException:
-            conn.close()
+            if conn is not None:
+                conn.close()
+            if self.is_sqlite:
+                self._writer.release()
             raise
-        self._local.txn = _Txn(conn, trans)
+        self._local.txn = _Txn(conn, trans, holds_writer=self.is_sqlite)
 
     def close_transaction(self, abort: bool) -> None:
         """Commit (or roll back when ``abort``) this thread's transaction."""
@@ -441,6 +469,8 @@ class Database:
                     txn.trans.commit()
         finally:
             txn.conn.close()
+            if txn.holds_writer:
+                self._writer.release()
             for sha in txn.pinned:
                 self.media.unpin(sha)
         if not abort:

@@ -3,7 +3,13 @@
 Accounts are rows of the Users table named in ``anvil.yaml`` (``server_config.user_table``), with
 argon2 password hashes. Sessions are server-side: a random token goes to the browser in an HttpOnly,
 SameSite cookie, and only its SHA-256 is stored (table ``anvil_host_sessions``), with an idle and an
-absolute expiry. Failed sign-ins are rate limited per account and per client address.
+absolute expiry (the idle timer is written at most once a minute, not on every request). Failed
+sign-ins are rate limited per account and per client address.
+
+Scripts send HTTP Basic credentials with every request, and one argon2 verification costs ~0.1-0.5 s
+of CPU and 64 MiB; a successful check is remembered for a few minutes (:class:`VerifiedCredentials`:
+keyed by an HMAC under a per-process random key, tied to the stored hash, so a changed password or a
+disabled account takes effect at once). Failures are never remembered.
 
 ``apphost.runtime`` routes ``anvil.users.get_user()``, ``login_with_email``, ``logout``,
 ``force_login`` and ``signup_with_email`` here, so server modules keep using Anvil's API.
@@ -13,13 +19,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import logging
 import re
 import secrets
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -107,6 +114,48 @@ class LoginRateLimiter:
             self._failures.pop(key, None)
 
 
+class VerifiedCredentials:
+    """Recently verified (email, password) pairs, so repeated HTTP Basic requests skip argon2.
+
+    An entry is ``HMAC-SHA256(per-process random key, email + password)`` -> (the stored password hash it
+    was checked against, expiry): neither the password nor anything that could be tested against it
+    offline without the in-memory key. :meth:`hit` only answers for the same stored hash, so a changed
+    password no longer matches. At most ``max_entries`` entries (oldest dropped), each ``ttl_s`` seconds.
+    """
+
+    def __init__(self, ttl_s: float = 300.0, max_entries: int = 1024, clock: Callable[[], float] = time.monotonic):
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._clock = clock
+        self._key = secrets.token_bytes(32)
+        self._entries: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _digest(self, email: str, password: str) -> bytes:
+        return hmac.new(self._key, f"{email}\0{password}".encode("utf-8"), hashlib.sha256).digest()
+
+    def hit(self, email: str, password: str, stored_hash: str) -> bool:
+        """Whether this pair was verified against ``stored_hash`` less than ``ttl_s`` seconds ago."""
+        digest = self._digest(email, password)
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None:
+                return False
+            if entry[1] <= self._clock():
+                del self._entries[digest]
+                return False
+            return hmac.compare_digest(entry[0], stored_hash)
+
+    def add(self, email: str, password: str, stored_hash: str) -> None:
+        """Remember a successful verification against ``stored_hash``."""
+        digest = self._digest(email, password)
+        with self._lock:
+            self._entries[digest] = (stored_hash, self._clock() + self.ttl_s)
+            self._entries.move_to_end(digest)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+
 class Accounts:
     """User accounts and sessions on top of the app's Data Tables."""
 
@@ -120,6 +169,7 @@ class Accounts:
         idle_hours: float = 12.0,
         hasher: argon2.PasswordHasher | None = None,
         limiter: LoginRateLimiter | None = None,
+        verified: VerifiedCredentials | None = None,
     ):
         self.db = db
         self.users = db.app_tables[user_table]
@@ -128,8 +178,11 @@ class Accounts:
         self.allow_signup = allow_signup
         self.session_lifetime = dt.timedelta(days=session_days)
         self.idle_timeout = dt.timedelta(hours=idle_hours)
+        #: A session's idle timer (``last_seen``) is written at most this often.
+        self.last_seen_resolution = dt.timedelta(minutes=1)
         self.hasher = hasher or argon2.PasswordHasher()
         self.limiter = limiter or LoginRateLimiter()
+        self.verified = verified or VerifiedCredentials()
         self._dummy_hash = self.hasher.hash(secrets.token_urlsafe(16))
         self.sessions = sa.Table(
             _SESSIONS, db.metadata,
@@ -176,11 +229,18 @@ class Accounts:
         """The account for these credentials, or AuthenticationFailed (or a subclass) saying why."""
         if not isinstance(email, str) or not isinstance(password, str):
             raise AuthenticationFailed("Email address and password are required")
-        key_email = "email:" + email.strip().lower()
+        email_norm = email.strip().lower()
+        key_email = "email:" + email_norm
         keys = [key_email] + ([f"addr:{remote_addr}"] if remote_addr else [])
         self.limiter.check(*keys)
-        user = self.users.get(email=email.strip().lower()) if _EMAIL_RE.match(email.strip()) else None
+        user = self.users.get(email=email_norm) if _EMAIL_RE.match(email.strip()) else None
         stored = user["password_hash"] if user is not None else None
+        if stored is not None and self.verified.hit(email_norm, password, stored):
+            # Verified against this very hash a moment ago (a script's next request): no argon2 and no
+            # write; last_login was set then.
+            if not user["enabled"]:
+                raise AccountIsNotEnabled("This account is not enabled yet; a lab admin has to enable it")
+            return user
         if not self._verify(stored or self._dummy_hash, password) or stored is None:
             self.limiter.failed(*keys)
             if user is not None:
@@ -193,6 +253,7 @@ class Accounts:
         if self.hasher.check_needs_rehash(stored):
             updates["password_hash"] = self.hasher.hash(password)
         user.update(**updates)
+        self.verified.add(email_norm, password, updates.get("password_hash", stored))
         return user
 
     def _verify(self, stored: str, password: str) -> bool:
@@ -259,10 +320,14 @@ class Accounts:
             rec = conn.execute(sa.select(self.sessions).where(self.sessions.c.token_hash == token_hash)).first()
         if rec is None:
             return None
+        expired = rec.expires <= now or rec.last_seen + self.idle_timeout <= now
+        if not expired and now - rec.last_seen < self.last_seen_resolution:
+            # Refreshed a moment ago: no write (each one is a commit, an fsync on SQLite, per request).
+            return Session(token_hash, rec.user_pk, rec.csrf_token, rec.expires, token)
         # Writes in their own transactions (write lock taken up front on SQLite): a read-then-write
         # transaction fails at once on SQLite when another request wrote in between.
         with self.db.begin(write=True) as conn:
-            if rec.expires <= now or rec.last_seen + self.idle_timeout <= now:
+            if expired:
                 conn.execute(sa.delete(self.sessions).where(self.sessions.c.token_hash == token_hash))
                 return None
             conn.execute(sa.update(self.sessions).where(self.sessions.c.token_hash == token_hash)

@@ -13,9 +13,8 @@ history is checked: exactly one row per upload, no duplicates, nothing missing.
 Prints one JSON object (also written to ``--out``): requests, errors, status counts, latency
 percentiles (ms), throughput (uploads/s), rows found, duplicates, missing, workers, model.
 
-Without ``--url`` the host is started here on a free loopback port with a temporary data directory and
-``--workers`` workers (``python -m apphost --workers N`` when this checkout's host has that option;
-otherwise the test host ``python -m tests.livehost`` plus ``python -m uplink`` workers).
+Without ``--url`` the real host is started here - ``python -m apphost --workers N`` on a free loopback
+port with a temporary data directory and a lab admin account for the clients - and stopped afterwards.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import statistics
 import subprocess
@@ -158,59 +158,43 @@ def _free_port() -> int:
 
 
 class StartedHost:
-    """A host with ``workers`` workers on a free port and a temporary data directory."""
+    """``python -m apphost --workers N`` on a free loopback port with a temporary data directory."""
 
     def __init__(self, model: str, workers: int, data_dir: Path) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.email, self.password = "bench@lab.org", secrets.token_urlsafe(18)
-        self.data_dir = data_dir
-        key = secrets.token_urlsafe(32)
-        env = {**os.environ, "ANVIL_UPLINK_KEY": key, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
-               "NSCFATE_DATA_DIR": str(data_dir / "data"), "NSCFATE_ADMIN_EMAIL": self.email,
-               "NSCFATE_ADMIN_PASSWORD": self.password, "PORT": str(self.port)}
-        self._log = open(data_dir / "host.log", "wb")
-        self.procs: list[subprocess.Popen] = []
-        help_text = subprocess.run([sys.executable, "-m", "apphost", "--help"], capture_output=True, text=True,
-                                   cwd=ROOT, env=env).stdout
-        if "--workers" in help_text:
-            log.info("starting python -m apphost --workers %d", workers)
-            self._spawn([sys.executable, "-m", "apphost", "--port", str(self.port), "--workers", str(workers),
-                         "--model", model], env)
-        else:
-            log.info("this checkout's apphost has no --workers: starting the test host and %d workers", workers)
-            env["NSCFATE_TEST_USERS"] = json.dumps({self.email: [self.password, "lab_admin"]})
-            self._spawn([sys.executable, "-m", "tests.livehost", "--data", str(data_dir / "data"),
-                         "--port", str(self.port)], env)
-            for _ in range(workers):
-                self._spawn([sys.executable, "-m", "uplink", "--url", f"ws://127.0.0.1:{self.port}/_/uplink",
-                             "--model", model], env)
+        self.log_path = data_dir / "host.log"
+        env = {k: v for k, v in os.environ.items() if k not in ("ANVIL_UPLINK_KEY", "DATABASE_URL")}
+        env.update({"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "NSCFATE_DATA_DIR": str(data_dir / "data"),
+                    "NSCFATE_ADMIN_EMAIL": self.email, "NSCFATE_ADMIN_PASSWORD": self.password})
+        self._log = open(self.log_path, "wb")
+        log.info("starting python -m apphost --workers %d --model %s", workers, model)
+        self.proc = subprocess.Popen([sys.executable, "-m", "apphost", "--port", str(self.port), "--workers",
+                                      str(workers), "--model", model], stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=env, cwd=ROOT)
         self._wait_workers(workers)
-
-    def _spawn(self, command: list[str], env: dict[str, str]) -> None:
-        self.procs.append(subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT))
 
     def _wait_workers(self, workers: int, timeout: float = 300.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if any(p.poll() is not None for p in self.procs):
-                raise SystemExit(f"the host or a worker exited; see {self.data_dir / 'host.log'}")
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the host exited with {self.proc.returncode}; see {self.log_path}")
             try:
                 if httpx.get(self.url + "/_/api/health", timeout=5).json().get("workers", 0) >= workers:
                     return
             except (httpx.HTTPError, ValueError):
                 pass
             time.sleep(0.5)
-        raise SystemExit(f"the workers did not connect within {timeout:.0f} s; see {self.data_dir / 'host.log'}")
+        raise SystemExit(f"the workers did not connect within {timeout:.0f} s; see {self.log_path}")
 
     def close(self) -> None:
-        for p in reversed(self.procs):
-            p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(40)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        """Ctrl-C, as a person would stop it (the host stops its workers)."""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(90)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
         self._log.close()
 
 

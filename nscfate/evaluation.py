@@ -205,7 +205,7 @@ def plot_reliability(labels: np.ndarray, probs: np.ndarray, path: Path, ece: flo
     ax.set_title("reliability" + (f" (ECE {ece:.3f})" if ece is not None else ""))
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -405,6 +405,9 @@ def save_model_dir(
         if size > MAX_MODEL_DIR_BYTES:
             log.warning("model directory is %.1f MB, over the %.0f MB budget of shipped models",
                         size / 1e6, MAX_MODEL_DIR_BYTES / 1e6)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a model directory is for sharing
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

@@ -71,7 +71,14 @@ def _map_load(ds: tf.data.Dataset, input_size: tuple[int, int], limits: DecodeLi
         return image, y, ok
 
     ds = ds.map(tf_load, num_parallel_calls=AUTOTUNE)
-    return ds.filter(lambda image, y, ok: ok).map(lambda image, y, ok: (image, y))
+    # Named functions: AutoGraph cannot read the source of two lambdas on one line and warns.
+    def is_ok(image, y, ok):
+        return ok
+
+    def drop_flag(image, y, ok):
+        return image, y
+
+    return ds.filter(is_ok).map(drop_flag)
 
 
 def _finish(ds: tf.data.Dataset, batch_size: int, augment: Callable | None, drop_remainder: bool) -> tf.data.Dataset:

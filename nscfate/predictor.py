@@ -32,7 +32,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from nscfate.errors import ImageError
+from nscfate.errors import ImageError, UnknownModelError
 from nscfate.modeldir import (GOLDEN_INPUT_FILE, GOLDEN_OUTPUT_FILE, DEFAULT_GOLDEN_ATOL, ModelInfo,
                               check_golden, load_keras_model, read_model_dir)
 from nscfate.preprocessing import estimate_background, prepare_image
@@ -140,6 +140,23 @@ class Predictor:
         from nscfate.registry import resolve
 
         return cls.from_directory(resolve(model), **kwargs)
+
+    @classmethod
+    def load_shipped(cls, **kwargs) -> list["Predictor"]:
+        """Every model of the registry (newest version of each name), the default model first.
+
+        Raises:
+            UnknownModelError: the registry lists no model.
+        """
+        from nscfate.registry import Registry
+
+        registry = Registry()
+        refs = [registry.get(name).ref for name in dict.fromkeys(e.name for e in registry.entries)]
+        if not refs:
+            raise UnknownModelError(f"no shipped model: {registry.file} lists none")
+        default = registry.get(None).ref if registry.default_name else refs[0]
+        ordered = [default] + [r for r in refs if r != default]
+        return [cls.load(ref, **kwargs) for ref in ordered]
 
     # ------------------------------------------------------------------ description
     @property

@@ -57,7 +57,9 @@ class Splits:
     val: list
     test: list
     grouped_test: list
-    manifest_sha256: str
+
+    def parts(self) -> dict[str, list]:
+        return {"train": self.train, "val": self.val, "test": self.test, "grouped_test": self.grouped_test}
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class TrainResult:
 # ------------------------------------------------------------------------------------- data
 
 def load_splits(cfg: RunConfig) -> Splits:
-    """Read and split the dataset as the config says; write the split manifest into the run folder."""
+    """Read and split the dataset as the config says (nothing is written)."""
     from nscfate import data as D
 
     samples = D.read_dataset(cfg.data.path, task=cfg.task, channel=cfg.data.channel)
@@ -88,13 +90,10 @@ def load_splits(cfg: RunConfig) -> Splits:
     train = val_split.train
     if cfg.data.subsample < 1.0:
         train = D.subsample(train, cfg.data.subsample, seed=seed)
-    parts = {"train": train, "val": val_split.test, "test": test_split.test, "grouped_test": grouped_test}
-    run = cfg.run_path
-    run.mkdir(parents=True, exist_ok=True)
-    manifest_hash = write_manifest(run / SPLIT_FILE, parts, cfg)
-    for name, part in parts.items():
+    splits = Splits(train, val_split.test, test_split.test, grouped_test)
+    for name, part in splits.parts().items():
         log.info("%s: %d images, %d groups", name, len(part), len({s.group for s in part}))
-    return Splits(train, val_split.test, test_split.test, grouped_test, manifest_hash)
+    return splits
 
 
 def write_manifest(path: Path, parts: dict[str, list], cfg: RunConfig) -> str:
@@ -294,20 +293,21 @@ def train(cfg: RunConfig, *, restart: bool = False, overwrite: bool = False, com
     out = Path(cfg.out)
     if out.exists() and not overwrite:
         raise ConfigError(f"{out} already exists; choose another --out or pass --overwrite")
+    classes = get_task(cfg.task).classes
+    splits = load_splits(cfg)  # bad data fails here, before anything is written
+    if not splits.train or not splits.val:
+        raise DatasetError("the split left no training or no validation images; add images or change fractions")
+    missing = [c for c in classes if not any(s.label == c for s in splits.train)]
+    if missing:
+        raise DatasetError(f"no training images of class(es) {', '.join(missing)} in {cfg.data.path}")
     run = _check_run_dir(cfg, restart)
+    manifest_hash = write_manifest(run / SPLIT_FILE, splits.parts(), cfg)
     file_log = logging.FileHandler(run / "train.log")
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("nscfate").addHandler(file_log)
     old_policy = keras.config.dtype_policy()
     try:
         keras.utils.set_random_seed(cfg.train.seed)
-        classes = get_task(cfg.task).classes
-        splits = load_splits(cfg)
-        if not splits.train or not splits.val:
-            raise DatasetError("the split left no training or no validation images; add images or change fractions")
-        missing = [c for c in classes if not any(s.label == c for s in splits.train)]
-        if missing:
-            raise DatasetError(f"no training images of class(es) {', '.join(missing)} in {cfg.data.path}")
         steps = cfg.train.steps_per_epoch or math.ceil(len(splits.train) / cfg.train.batch_size)
         strategy, mixed = _strategy_and_precision(cfg)
         if mixed:
@@ -344,7 +344,7 @@ def train(cfg: RunConfig, *, restart: bool = False, overwrite: bool = False, com
 
         metrics = evaluate_splits(model, splits, cfg, classes)
         metrics["training"] = _training_summary(run, train_seconds, steps, cfg)
-        info = export(model, cfg, splits, metrics, overwrite=overwrite, command=command)
+        info = export(model, cfg, splits, metrics, manifest_hash, overwrite=overwrite, command=command)
         log.info("exported %s@%s to %s: test accuracy %s", info.name, info.version, out,
                  _fmt(metrics.get("test", {}).get("accuracy")))
         return TrainResult(model_dir=out, run_dir=run, metrics=metrics)
@@ -416,7 +416,8 @@ def _is_synthetic(cfg: RunConfig) -> bool:
     return any((p / "synth.json").is_file() for p in (path, path.parent))
 
 
-def export(model, cfg: RunConfig, splits: Splits, metrics: dict, *, overwrite: bool, command: str | None):
+def export(model, cfg: RunConfig, splits: Splits, metrics: dict, manifest_sha256: str, *, overwrite: bool,
+           command: str | None):
     """Write the model directory for a trained model."""
     from nscfate.io import decode_image
     from nscfate.modeldir import save_model_dir
@@ -433,7 +434,7 @@ def export(model, cfg: RunConfig, splits: Splits, metrics: dict, *, overwrite: b
         "description": description,
         "synthetic": synthetic,
         "path": str(cfg.data.path),
-        "manifest_sha256": splits.manifest_sha256,
+        "manifest_sha256": manifest_sha256,
         "split": cfg.data.split,
         "num_train": len(splits.train), "num_val": len(splits.val), "num_test": len(splits.test),
         "num_grouped_test": len(splits.grouped_test),

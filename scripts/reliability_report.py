@@ -1,6 +1,6 @@
 """Measure reliability and security and write the figures into docs/RELIABILITY.md.
 
-    python scripts/reliability_report.py                 # full run (~10 min on 2 cores)
+    python scripts/reliability_report.py                 # full run (~7 min on 2 cores)
     python scripts/reliability_report.py --quick         # small budgets, to try the script
     python scripts/reliability_report.py --check         # exit 1 if the doc's figures are missing
 
@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -83,8 +82,8 @@ FAULTS = {
     "worker killed mid-batch, a second worker connected": "test_faults::test_killed_worker_mid_batch_is_retried_on_another_worker",
     "worker killed mid-batch, alone; then restarted": "test_faults::test_killed_lone_worker_gives_a_retryable_error_and_a_restarted_one_is_used_at_once",
     "real `python -m uplink` worker killed mid-batch, restarted": "test_faults::test_killing_the_real_worker_mid_batch_keeps_history_exact",
-    "host restarted during use (graceful)": "test_faults::test_host_restart_during_use_loses_nothing_and_keeps_sessions",
-    "host killed with SIGKILL": "test_faults::test_host_killed_with_sigkill_keeps_every_acknowledged_prediction",
+    "`python -m apphost` stopped with Ctrl-C during use, restarted": "test_faults::test_host_restarted_during_use_loses_nothing_and_keeps_sessions",
+    "`python -m apphost` killed with SIGKILL, restarted": "test_faults::test_host_killed_with_sigkill_keeps_every_acknowledged_prediction",
     "database unreachable": "test_faults::test_database_unavailable_is_a_clear_error_and_nothing_is_written",
     "database fails at the INSERT": "test_faults::test_database_failing_at_the_insert_stores_nothing_of_that_file",
     "media store disk full (ENOSPC)": "test_faults::test_full_disk_for_the_media_store",
@@ -94,8 +93,8 @@ FAULT_OUTCOMES = {
     "worker killed mid-batch, a second worker connected": "the chunk is retried once on the other worker: 200, every image stored exactly once",
     "worker killed mid-batch, alone; then restarted": "stored chunks stay (200); the rest `worker_unavailable` \"send it again\"; with no worker 503 + `Retry-After`; the restarted worker answers the very next request",
     "real `python -m uplink` worker killed mid-batch, restarted": "history = the files reported stored; resending the failed ones gives exactly one row per image",
-    "host restarted during use (graceful)": "every acknowledged upload is in the history once; the browser session and its CSRF token still work",
-    "host killed with SIGKILL": "all 12 acknowledged predictions and their image files are there after the restart (SQLite WAL)",
+    "`python -m apphost` stopped with Ctrl-C during use, restarted": "requests in progress finish; every acknowledged upload is in the history once; the worker reconnects by itself; the browser session and its CSRF token still work",
+    "`python -m apphost` killed with SIGKILL, restarted": "all 12 acknowledged predictions and their image files are there after the restart (SQLite WAL)",
     "database unreachable": "503 `database_unavailable` + `Retry-After` on every route, also for HTTP Basic (not 401); nothing written",
     "database fails at the INSERT": "files before it stored, it and the rest `storage_unavailable`; its orphan image file is collected",
     "media store disk full (ENOSPC)": "507 `storage_full`, no row, no temp file left; the same files go through once space is back",
@@ -263,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.fuzz_examples, args.clients, args.uploads = 200, 10, 5
     started = dt.datetime.now(dt.timezone.utc)
+    load_average = os.getloadavg()[0]  # the machine may be shared: figures are read against this
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     access_modules = sorted({"tests/" + t.split("::")[0] + ".py" for ts in ACCESS_POINTS.values() for t in ts})
     with tempfile.TemporaryDirectory(prefix="nscfate-report-") as tmp:
@@ -294,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                                                f"--uploads {args.uploads}" if (args.fuzz_examples, args.clients,
                                                                                  args.uploads) != (2000, 50, 20) else "")
     meta = {"date": started.strftime("%Y-%m-%d"), "commit": commit + ("+changes" if dirty else ""),
-            "machine": f"{os.cpu_count()} CPU cores, Python {platform.python_version()}",
+            "machine": (f"{os.cpu_count()} CPU cores (load average {load_average:.1f} at the start, "
+                        f"{os.getloadavg()[0]:.1f} at the end), Python {platform.python_version()}"),
             "args": args_text, "minutes": (dt.datetime.now(dt.timezone.utc) - started).total_seconds() / 60}
     write_doc(render(results, fuzz, load, corpus, meta))
     failed = [k for k, r in {**results, **fuzz["results"]}.items() if r["outcome"] == "failed"]

@@ -158,33 +158,10 @@ class LiveHost:
             return conn.execute(sa.select(sa.func.count()).select_from(db.sql_table("predictions"))).scalar_one()
 
 
-def serve_forever(data_dir: Path, port: int) -> None:
-    """Run a LiveHost until the process is killed (for tests that kill the host itself). The key comes
-    from ``ANVIL_UPLINK_KEY``, the accounts from ``NSCFATE_TEST_USERS`` (JSON: email -> [password, role])."""
-    import json
-    import os
-    import time
-
-    users = {k: tuple(v) for k, v in json.loads(os.environ.get("NSCFATE_TEST_USERS", "{}")).items()}
-    LiveHost(data_dir, key=os.environ["ANVIL_UPLINK_KEY"], users=users, port=port).start()
-    print("host ready", flush=True)
-    while True:
-        time.sleep(3600)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-__all__ = ["ROOT_DIR", "LiveHost", "free_port", "serve_forever", "wait_until"]
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Serve a LiveHost until killed.")
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    serve_forever(args.data, args.port)
+__all__ = ["ROOT_DIR", "LiveHost", "free_port", "wait_until"]

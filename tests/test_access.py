@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from starlette.routing import Mount, Route, WebSocketRoute
 
-from apphost.app import HostSettings, create_app
+from apphost.app import HostSettings, create_app, web_ui_routes
 from apphost.http_api import COOKIE_NAME, api_routes
 from apphost.testing import FakeWorker, make_runtime, png_bytes
 from apphost.users import Accounts, LoginRateLimiter
@@ -50,7 +50,9 @@ def rt(tmp_path):
 
 @pytest.fixture
 def app(rt):
-    return create_app(HostSettings(uplink_key="access-test-key-" + "k" * 16), app_routes=lambda hub: api_routes(rt))
+    # Assembled as python -m apphost does it: the REST and sign-in routes, then the web UI.
+    return create_app(HostSettings(uplink_key="access-test-key-" + "k" * 16),
+                      app_routes=lambda hub: [*api_routes(rt), *web_ui_routes()])
 
 
 def client(app, auth=None):
@@ -261,3 +263,14 @@ def test_stored_images_are_served_only_as_the_image_type_of_their_bytes(app):
         assert image.headers["content-type"] == "image/png"  # from the bytes, not the claimed type
         assert image.headers["x-content-type-options"] == "nosniff"
         assert "content-disposition" not in image.headers or "<" not in image.headers["content-disposition"]
+
+
+def test_public_health_gives_counts_not_uplink_addresses():
+    """``/_/health`` is anonymous: it says how many uplinks serve what, never where they connect from."""
+    from starlette.testclient import TestClient
+
+    from apphost.app import HostSettings, create_app
+
+    with TestClient(create_app(HostSettings(uplink_key="k" * 32))) as client:
+        body = client.get("/_/health").json()
+    assert body == {"status": "ok", "uplinks": {"server": 0, "client": 0}, "registrations": {}}

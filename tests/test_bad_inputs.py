@@ -7,7 +7,7 @@
 
 Invalid files get a 4xx with their specific code and message and leave no history row; odd but valid
 files are classified and stored under a clean name; nothing answers 5xx; host and worker keep running.
-One host and one worker serve the whole module.
+One host and one worker serve the whole module; the model is the session's ``tiny_model`` (conftest).
 """
 
 from __future__ import annotations
@@ -49,13 +49,6 @@ def corpus(tmp_path_factory):
     manifest = corpus_script.build_corpus(out)
     cases = {c["id"]: dict(c, data=(out / c["file"]).read_bytes(), path=out / c["file"]) for c in manifest["cases"]}
     return {"dir": out, "cases": cases, "requests": {r["id"]: r for r in manifest["requests"]}}
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from nscfate.testing import make_tiny_model_dir
-
-    return make_tiny_model_dir(tmp_path_factory.mktemp("models") / "tiny-medium4", task="medium4")
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@
 - a worker killed in the middle of a batch (SIGKILL while it holds the call): with a second worker the
   chunk is retried there and every image is stored once; alone, the caller gets a clear retryable
   error for the files not stored, and a restarted worker is used at once;
-- the host restarted during use (gracefully, and killed with SIGKILL): no acknowledged prediction is
-  lost, browser sessions survive;
+- the real host process (``python -m apphost``) restarted during use, with Ctrl-C and with SIGKILL: no
+  acknowledged prediction is lost, browser sessions and their CSRF tokens survive;
 - the database unavailable: 503 ``database_unavailable`` (not 401), nothing written;
 - the disk of the media store full (real ENOSPC from /dev/full): 507 ``storage_full``, nothing written.
 
@@ -14,7 +14,6 @@ client (fast to start); the slow variant kills the real ``python -m uplink`` wor
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -29,6 +28,7 @@ import pytest
 import sqlalchemy as sa
 
 from apphost.testing import png_bytes
+from tests.hostproc import Host
 from tests.livehost import ROOT_DIR, LiveHost, free_port, wait_until
 
 KEY = "faults-test-key-" + "f" * 16
@@ -120,10 +120,8 @@ def test_killed_lone_worker_gives_a_retryable_error_and_a_restarted_one_is_used_
 
 
 @pytest.mark.slow
-def test_killing_the_real_worker_mid_batch_keeps_history_exact(live, tmp_path):
-    from nscfate.testing import make_tiny_model_dir
-
-    model = make_tiny_model_dir(tmp_path / "tiny", task="medium4")
+def test_killing_the_real_worker_mid_batch_keeps_history_exact(live, tiny_model):
+    model = tiny_model
     worker = live.start_worker(model, "real-1")
     live.wait_workers(1)
     with live.client(ANN) as client:
@@ -143,91 +141,117 @@ def test_killing_the_real_worker_mid_batch_keeps_history_exact(live, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# the host restarted during use
+# the host restarted during use: the real ``python -m apphost`` process, a worker that reconnects by itself
 
 
-def test_host_restart_during_use_loses_nothing_and_keeps_sessions(live):
-    live.start_fake_worker("w")
-    live.wait_workers(1)
-    browser = live.browser(ANN)
+class RealHost:
+    """``python -m apphost --workers 0`` on a fixed port and data directory, plus one fake worker that
+    connects with the same key (it reconnects by itself when the host comes back)."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp_path, self.port = tmp_path, free_port()
+        self.env = {"ANVIL_UPLINK_KEY": KEY, "NSCFATE_ADMIN_EMAIL": ANN, "NSCFATE_ADMIN_PASSWORD": USERS[ANN][0]}
+        self.runs = 0
+        self.host = self.start()
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "apphost.testing", "--url", f"ws://127.0.0.1:{self.port}/_/uplink"],
+            env={**os.environ, "ANVIL_UPLINK_KEY": KEY, "PYTHONPATH": str(ROOT_DIR)}, cwd=ROOT_DIR,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.wait_worker()
+
+    def start(self) -> Host:
+        self.runs += 1
+        host = Host(self.tmp_path, "--port", str(self.port), "--workers", "0", env=self.env, name=f"host{self.runs}")
+        self.url = host.wait_ready()
+        return host
+
+    def wait_worker(self) -> None:
+        def connected():
+            try:
+                return httpx.get(self.url + "/_/api/health", timeout=5).json().get("workers") == 1
+            except (httpx.HTTPError, ValueError):
+                return False
+
+        wait_until(connected, 90, "the worker to (re)connect")
+
+    def close(self) -> None:
+        self.worker.kill()
+        self.worker.wait(10)
+        self.host.stop()
+
+
+@pytest.fixture
+def real_host(tmp_path):
+    h = RealHost(tmp_path)
+    yield h
+    h.close()
+
+
+def signed_in(url: str) -> httpx.Client:
+    c = httpx.Client(base_url=url, timeout=30, headers={"X-Requested-With": "fetch"})
+    r = c.post("/_/auth/login", json={"email": ANN, "password": USERS[ANN][0]})
+    r.raise_for_status()
+    c.headers["X-CSRF-Token"] = r.json()["csrf_token"]
+    return c
+
+
+def test_host_restarted_during_use_loses_nothing_and_keeps_sessions(real_host):
+    browser = signed_in(real_host.url)
+    uploader = signed_in(real_host.url)
     answered, failed, stop = [], [], threading.Event()
 
     def keep_uploading():
         seed = 1000
-        with live.client(ANN, timeout=30) as c:
-            while not stop.is_set():
-                seed += 1
-                try:
-                    r = upload(c, [seed])
-                    (answered if r.status_code == 200 else failed).append(r if r.status_code == 200 else r.status_code)
-                except httpx.TransportError:
-                    failed.append("no answer")  # the host was down: nothing was sent
-                    time.sleep(0.05)
+        while not stop.is_set():
+            seed += 1
+            try:
+                r = upload(uploader, [seed])
+            except httpx.TransportError:
+                failed.append("no answer")  # the host was down: the request never reached it
+                time.sleep(0.05)
+                continue
+            (answered if r.status_code == 200 else failed).append(r if r.status_code == 200 else r.status_code)
 
     thread = threading.Thread(target=keep_uploading, daemon=True)
     thread.start()
     wait_until(lambda: len(answered) >= 5, 60, "some uploads")
-    live.stop()  # graceful: requests in progress finish first
-    live.start()
-    live.wait_workers(1, timeout=60)  # the worker reconnects by itself
+    assert real_host.host.interrupt() == 0  # Ctrl-C: requests in progress are finished first
+    real_host.host = real_host.start()
+    real_host.wait_worker()
     n_before = len(answered)
     wait_until(lambda: len(answered) >= n_before + 5, 60, "uploads after the restart")
     stop.set()
     thread.join(30)
 
     ids = {r.json()["results"][0]["id"] for r in answered}
-    assert live.n_rows() == len(ids) == len(answered)  # every acknowledged upload, once
-    for pid in list(ids)[:5]:
-        assert browser.get(f"/_/api/predictions/{pid}").status_code == 200
-    me = browser.get("/_/auth/me").json()
-    assert me["user"]["email"] == ANN  # the session survived the restart (sessions live in the database)
+    listing = browser.get("/_/api/predictions", params={"page_size": 200})
+    assert listing.status_code == 200  # the session survived the restart (sessions live in the database)
+    assert {row["id"] for row in listing.json()["rows"]} == ids
+    assert listing.json()["total"] == len(answered)  # every acknowledged upload, once; nothing else
     r = browser.post("/_/api/predictions", files=[("file", ("after.png", png_bytes(5), "image/png"))])
     assert r.status_code == 200, r.text  # and so did its CSRF token
     assert set(failed) <= {"no answer", 503}
     browser.close()
+    uploader.close()
 
 
-def test_host_killed_with_sigkill_keeps_every_acknowledged_prediction(tmp_path):
-    data, port = tmp_path / "host", free_port()
-
-    def start_host():
-        env = {**os.environ, "ANVIL_UPLINK_KEY": KEY, "NSCFATE_TEST_USERS": json.dumps(USERS),
-               "PYTHONPATH": str(ROOT_DIR)}
-        log = open(tmp_path / "host.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "tests.livehost", "--data", str(data), "--port", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT_DIR)
-        wait_until(lambda: b"host ready" in (tmp_path / "host.log").read_bytes().split(b"host killed")[-1], 60,
-                   "the host process")
-        return proc, log
-
-    host, log = start_host()
-    worker = subprocess.Popen([sys.executable, "-m", "apphost.testing", "--url", f"ws://127.0.0.1:{port}/_/uplink"],
-                              env={**os.environ, "ANVIL_UPLINK_KEY": KEY, "PYTHONPATH": str(ROOT_DIR)}, cwd=ROOT_DIR,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=(ANN, USERS[ANN][0]), timeout=30)
+def test_host_killed_with_sigkill_keeps_every_acknowledged_prediction(real_host):
+    client = signed_in(real_host.url)  # a session: the host's real argon2 runs once, not per request
     try:
-        wait_until(lambda: client.get("/_/api/health").json().get("workers") == 1, 60, "the worker")
         acknowledged = []
         for seed in range(12):
             r = upload(client, [seed])
             assert r.status_code == 200
             acknowledged.append(r.json()["results"][0]["id"])
-        host.send_signal(signal.SIGKILL)
-        host.wait(10)
-        log.write(b"\nhost killed\n")
-        log.close()
-        host, log = start_host()
-        wait_until(lambda: client.get("/_/api/health").json().get("workers") == 1, 60, "the worker to reconnect")
+        real_host.host.proc.send_signal(signal.SIGKILL)
+        real_host.host.proc.wait(10)
+        real_host.host = real_host.start()  # reading the history needs no worker
         listing = client.get("/_/api/predictions", params={"page_size": 100}).json()
         assert {row["id"] for row in listing["rows"]} == set(acknowledged) and listing["total"] == 12
         for row in listing["rows"]:
             assert client.get(row["image_url"]).status_code == 200  # the media files survived too
     finally:
         client.close()
-        worker.kill()
-        host.kill()
-        host.wait(10)
-        log.close()
 
 
 # --------------------------------------------------------------------------------------------------

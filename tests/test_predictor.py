@@ -158,3 +158,31 @@ def test_load_by_registry_name(model_dir, tmp_path, monkeypatch):
     assert Predictor.load("tiny-medium4@0.0.1").version == "0.0.1"
     with pytest.raises(UnknownModelError):
         Predictor.load("resnet9000")
+
+
+def test_load_shipped_gives_every_registered_model_default_first(tmp_path, monkeypatch):
+    from nscfate.predictor import Predictor
+    from nscfate.registry import Registry
+    from nscfate.testing import make_tiny_model_dir
+
+    make_tiny_model_dir(tmp_path / "b", task="astro_vs_oligo")
+    make_tiny_model_dir(tmp_path / "a", task="medium4")
+    names = {}
+    for d in ("a", "b"):
+        names[d] = Predictor.from_directory(tmp_path / d).name
+    assert names["a"] != names["b"]
+    registry = Registry(tmp_path)
+    registry.add(tmp_path / "b")
+    registry.add(tmp_path / "a", default=True)
+    monkeypatch.setenv("NSCFATE_MODELS_DIR", str(tmp_path))
+    loaded = Predictor.load_shipped()
+    assert [p.name for p in loaded] == [names["a"], names["b"]]
+
+
+def test_load_shipped_with_an_empty_registry_is_a_clear_error(tmp_path, monkeypatch):
+    from nscfate.errors import UnknownModelError
+    from nscfate.predictor import Predictor
+
+    monkeypatch.setenv("NSCFATE_MODELS_DIR", str(tmp_path))
+    with pytest.raises(UnknownModelError, match="no shipped model"):
+        Predictor.load_shipped()

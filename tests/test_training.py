@@ -107,3 +107,15 @@ def test_class_weights_are_balanced():
     w = class_weights(samples, ["astro", "oligo"])
     assert w[0] * 30 == pytest.approx(w[1] * 10)
     assert w[0] * 30 + w[1] * 10 == pytest.approx(40)
+
+
+def test_bad_data_fails_before_anything_is_written(tmp_path):
+    from nscfate.errors import DatasetError
+    from nscfate.training import train
+
+    (tmp_path / "empty").mkdir()
+    cfg = load_config(overrides={"out": str(tmp_path / "model"), "data": {"path": str(tmp_path / "empty")},
+                                 "model": {"arch": "cnn"}})
+    with pytest.raises(DatasetError):
+        train(cfg)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]

@@ -2,7 +2,7 @@
 
 ::
 
-    ANVIL_UPLINK_KEY=... python -m uplink                         # hosted Anvil, the default model
+    ANVIL_UPLINK_KEY=... python -m uplink                         # hosted Anvil, all shipped models
     python -m uplink --url ws://127.0.0.1:3030/_/uplink --key-file ~/.nscfate-uplink.key \\
         --model models/resnet50-medium4 --model models/resnet50-astro-oligo
 
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="DIR_OR_NAME",
-        help="model directory or registry name[@version] to serve (repeatable; default: the registry's default)",
+        help="model directory or registry name[@version] to serve (repeatable; default: every shipped model)",
     )
     parser.add_argument("--default-model", metavar="NAME", help="model used when a call names none (default: the first)")
     parser.add_argument("--max-batch", type=int, default=32, help="most images per model call (default 32)")

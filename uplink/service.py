@@ -30,12 +30,12 @@ MAX_IMAGES_PER_CALL = 256
 
 def load_predictors(specs: Sequence[str]) -> list[Predictor]:
     """Load each model once (``Predictor.load``: a model directory, a registry ``name[@version]``);
-    no specs loads the registry's default model.
+    no specs loads every shipped model, the registry's default model first.
 
     Raises:
         nscfate.errors.UnknownModelError, nscfate.errors.ModelError: a model cannot be loaded.
     """
-    return [Predictor.load(spec) for spec in specs] if specs else [Predictor.load(None)]
+    return [Predictor.load(spec) for spec in specs] if specs else Predictor.load_shipped()
 
 
 class InferenceService:

@@ -1,0 +1,241 @@
+"""Shared pieces of the benchmark scripts: the machine load a run saw, a model directory with random
+weights (speed does not depend on the weights), timing statistics, and writing one script's section of
+docs/PERFORMANCE.md.
+
+Every script measures ratios side by side in one run (interleaved repetitions) because the machines
+these run on are shared and noisy; absolute figures are printed too, with the load they were taken
+under.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import re
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PERF_DOC = ROOT / "docs" / "PERFORMANCE.md"
+#: Where benchmark scratch data goes by default (outside the repository).
+DEFAULT_WORK = Path(os.environ.get("NSCFATE_BENCH_WORK", "/work/data/perf"))
+
+log = logging.getLogger("bench")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """INFO logs on stderr; TensorFlow's C++ chatter off."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "httpcore", "anvil"):  # a line per request would drown the figures
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# ------------------------------------------------------------------------------------------ load
+
+@dataclass(frozen=True)
+class Load:
+    """The machine load at one moment: load averages (1, 5, 15 min) and CPU count."""
+
+    load1: float
+    load5: float
+    load15: float
+    cpus: int
+    affinity: int
+
+    def __str__(self) -> str:
+        return (f"load average {self.load1:.2f} / {self.load5:.2f} / {self.load15:.2f} (1/5/15 min) "
+                f"on {self.cpus} CPU(s), this process may use {self.affinity}")
+
+
+def machine_load() -> Load:
+    """The load averages now (``os.getloadavg``) and the CPUs this process may run on."""
+    l1, l5, l15 = os.getloadavg()
+    return Load(l1, l5, l15, os.cpu_count() or 1, len(os.sched_getaffinity(0)))
+
+
+def report_load(when: str) -> Load:
+    """Log and return the machine load (scripts print it before and after measuring)."""
+    load = machine_load()
+    log.info("machine %s: %s", when, load)
+    return load
+
+
+def machine_line(before: Load, after: Load) -> str:
+    """One Markdown line saying what the measurements ran on and under what load."""
+    return (f"Machine: {platform.machine()}, {before.cpus} CPU(s) ({cpu_model()}), Python "
+            f"{platform.python_version()}, TensorFlow {_tf_version()}. Load average (1 min) "
+            f"{before.load1:.2f} before, {after.load1:.2f} after (5 min: {before.load5:.2f} -> {after.load5:.2f}).")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _tf_version() -> str:
+    try:
+        import tensorflow as tf
+
+        return tf.__version__
+    except ImportError:  # pragma: no cover - TensorFlow is a core dependency
+        return "not installed"
+
+
+def rss_mb() -> float:
+    """This process's resident set size now, in MB (from /proc)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MB (VmHWM)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ------------------------------------------------------------------------------------------ stats
+
+@dataclass(frozen=True)
+class Stats:
+    """Summary of a list of durations in milliseconds."""
+
+    n: int
+    median: float
+    p90: float
+    mean: float
+    minimum: float
+
+    @classmethod
+    def of(cls, values_ms: Sequence[float]) -> "Stats":
+        v = np.asarray(values_ms, dtype=np.float64)
+        return cls(len(v), float(np.median(v)), float(np.percentile(v, 90)), float(v.mean()), float(v.min()))
+
+    def __str__(self) -> str:
+        return f"median {self.median:.2f} ms, p90 {self.p90:.2f} ms, min {self.minimum:.2f} ms (n={self.n})"
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+# ------------------------------------------------------------------------------------------ models
+
+def make_random_model_dir(path: Path, arch: str = "resnet50", input_size: tuple[int, int] = (75, 75),
+                          task: str = "medium4", seed: int = 0) -> Path:
+    """A complete model directory (``nscfate.modeldir``) of ``arch`` with random weights, for speed
+    measurements before a trained model exists (speed does not depend on the weights). Reused when it
+    is already there."""
+    from nscfate.modeldir import read_model_dir
+
+    path = Path(path)
+    if (path / "checksums.sha256").is_file():
+        read_model_dir(path, check=True)
+        return path
+    import keras
+
+    from nscfate.architectures import build_model
+    from nscfate.classes import get_task
+    from nscfate.modeldir import save_model_dir
+
+    keras.utils.set_random_seed(seed)
+    classes = get_task(task).classes
+    model = build_model(arch, len(classes), input_size)
+    rng = np.random.default_rng(seed)
+    golden = rng.uniform(0.3, 0.6, size=(4, *input_size, 1)).astype(np.float32)
+    save_model_dir(
+        path, model, name=f"{arch}-random", version="0.0.0", task=task, arch=arch, golden_input=golden,
+        config={"arch": arch, "input_size": list(input_size), "note": "random weights for benchmarks"},
+        metrics={}, training_data={"description": "none: RANDOM WEIGHTS, a benchmark stand-in, not a model",
+                                   "synthetic": True},
+        reproduce_command=f"bench.common.make_random_model_dir({str(path)!r}, {arch!r}, {tuple(input_size)})",
+        weights_dtype="float32")
+    return path
+
+
+def shipped_or_random_model(work: Path, name: str = "resnet50-medium4") -> tuple[Path, str]:
+    """The shipped model directory ``models/<name>`` when it exists, else a random-weight ResNet50 at
+    75x75 under ``work``. Returns the path and a phrase saying which it is (for the doc)."""
+    shipped = ROOT / "models" / name
+    if (shipped / "checksums.sha256").is_file():
+        return shipped, f"the shipped model `models/{name}`"
+    path = make_random_model_dir(work / "models" / "resnet50-random-75x75")
+    return path, "a ResNet50 at 75x75 with random weights (`bench.common.make_random_model_dir`; the shipped " \
+                 "model had not landed; speed does not depend on the weights)"
+
+
+def sample_images(n: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """``n`` distinct IFC-like crops from ``nscfate.synth`` as (file name, 8-bit grey OME-TIFF bytes),
+    the same files ``nscfate synth`` writes (round-robin over the four media)."""
+    import io
+
+    import tifffile
+
+    from nscfate.synth import SynthConfig, generate
+
+    config = SynthConfig(per_class=max(1, -(-n // 4)), seed=seed)
+    per_medium = [list(generate(config, m)) for m in config.media]
+    out = []
+    for i in range(n):
+        img = per_medium[i % len(per_medium)][i // len(per_medium)]
+        buf = io.BytesIO()
+        tifffile.imwrite(buf, img.pixels, ome=True, photometric="minisblack", metadata={"axes": "YX"})
+        out.append((img.filename(1, "tif"), buf.getvalue()))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ doc
+
+def command_line() -> str:
+    """The command that is running, as one could type it again from the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script_text = str(script.relative_to(ROOT))
+    except ValueError:
+        script_text = str(script)
+    return " ".join(["python", shlex.quote(script_text), *map(shlex.quote, sys.argv[1:])])
+
+
+def write_section(name: str, markdown: str, doc: Path = PERF_DOC) -> None:
+    """Replace the text between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in ``doc`` (or
+    append the section when the markers are missing)."""
+    begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{begin}\n{markdown.strip()}\n{end}"
+    text = doc.read_text(encoding="utf-8") if doc.is_file() else "# Performance\n"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    doc.write_text(text, encoding="utf-8")
+    log.info("wrote the %s section of %s", name, doc)
+
+
+def stamp() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    return f"{value:,.{digits}f}" if isinstance(value, (int, float)) else str(value)

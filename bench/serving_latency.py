@@ -1,0 +1,124 @@
+"""Single-image latency end to end vs the bare Predictor, measured side by side in one run.
+
+Three paths, interleaved image by image (the order rotates every repetition, so drifting machine load
+hits all three alike), each image a distinct synthetic IFC crop (8-bit OME-TIFF):
+
+- **bare**: ``Predictor.predict(bytes)`` in this process (decode, prepare, model) - the floor;
+- **uplink**: a client uplink in this process calls the worker's ``predict_cell_fate_batch`` through the
+  host's hub (websocket -> hub -> worker -> batcher -> model and back): the hub + worker overhead;
+- **REST**: ``POST /_/api/predictions`` with the image (HTTP Basic, as scripts authenticate; or the web
+  UI's session cookie with ``--auth session``): HTTP -> server module (validation) -> hub -> worker ->
+  model -> history row (SQLite + media file) -> JSON.
+
+The host and the worker are separate processes (``bench/stack.py``), as in production. The target is
+a REST median at most 1.5x the bare median.
+
+    python bench/serving_latency.py --images 60 --write-doc
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (DEFAULT_WORK, Stats, command_line, machine_line, report_load, sample_images,  # noqa: E402
+                          setup_logging, shipped_or_random_model, stamp, write_section)
+from bench.stack import ServingStack  # noqa: E402
+
+log = logging.getLogger("bench.serving_latency")
+TARGET = 1.5
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, help="model directory (default: the shipped ResNet50, else random weights)")
+    ap.add_argument("--images", type=int, default=60, help="distinct images, each sent once per path")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed requests per path first")
+    ap.add_argument("--auth", choices=("basic", "session"), default="basic", help="how the REST client signs in")
+    ap.add_argument("--worker-args", default="", help="extra options for python -m uplink, e.g. '--max-wait-ms 5'")
+    ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    ap.add_argument("--write-doc", action="store_true", help="write the section of docs/PERFORMANCE.md")
+    args = ap.parse_args(argv)
+    setup_logging()
+    before = report_load("before")
+
+    from nscfate.predictor import Predictor
+
+    model_dir, model_note = (args.model, f"`{args.model}`") if args.model else shipped_or_random_model(args.work)
+    images = sample_images(args.images + args.warmup, seed=7)
+    bare = Predictor.from_directory(model_dir)
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp, \
+            ServingStack(model_dir, Path(tmp) / "host", worker_args=args.worker_args.split()) as stack:
+        import anvil
+        import anvil.server
+
+        anvil.server.connect(stack.client_key, url=stack.uplink_url, quiet=True)
+        client = stack.client() if args.auth == "basic" else stack.session_client()
+
+        def run_bare(name: str, data: bytes) -> None:
+            bare.predict(data, filename=name)
+
+        def run_uplink(name: str, data: bytes) -> None:
+            out = anvil.server.call("predict_cell_fate_batch", [anvil.BlobMedia("image/tiff", data, name=name)])
+            assert "predicted_class" in out[0], out
+
+        def run_rest(name: str, data: bytes) -> None:
+            r = client.post("/_/api/predictions", files=[("file", (name, data, "image/tiff"))],
+                            data={"experiment": "latency"})
+            assert r.status_code == 200 and r.json()["n_ok"] == 1, r.text[:300]
+
+        paths = {"bare": run_bare, "uplink": run_uplink, "REST": run_rest}
+        names = list(paths)
+        for name, data in images[:args.warmup]:
+            for fn in paths.values():
+                fn(name, data)
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for i, (name, data) in enumerate(images[args.warmup:]):
+            order = names[i % 3:] + names[:i % 3]
+            for path in order:
+                t0 = time.perf_counter()
+                paths[path](name, data)
+                times[path].append(1e3 * (time.perf_counter() - t0))
+        client.close()
+        anvil.server.disconnect()
+    after = report_load("after")
+
+    stats = {n: Stats.of(v) for n, v in times.items()}
+    ratio = stats["REST"].median / stats["bare"].median
+    per_image_ratio = sorted(r / b for r, b in zip(times["REST"], times["bare"]))
+    for n in names:
+        print(f"{n:>7}: {stats[n]}")
+    print(f"REST / bare median ratio: {ratio:.2f}x (target <= {TARGET}x); uplink / bare "
+          f"{stats['uplink'].median / stats['bare'].median:.2f}x")
+    print(str(before), "->", str(after))
+
+    if args.write_doc:
+        rows = "\n".join(
+            f"| {n} | {stats[n].median:.1f} | {stats[n].p90:.1f} | {stats[n].minimum:.1f} | "
+            f"{stats[n].median / stats['bare'].median:.2f}x |" for n in names)
+        write_section("serving_latency", f"""
+### Single-image latency ({stamp()})
+
+`{command_line()}`
+
+Model: {model_note}. {args.images} distinct synthetic crops (OME-TIFF), each through the three paths in
+rotating order; REST client authenticated with {'HTTP Basic' if args.auth == 'basic' else 'a session cookie'}.
+
+| path | median ms | p90 ms | min ms | median / bare |
+|---|---|---|---|---|
+{rows}
+
+**REST end to end / bare Predictor: {ratio:.2f}x** (target <= {TARGET}x; per-image ratio median
+{per_image_ratio[len(per_image_ratio) // 2]:.2f}x). {machine_line(before, after)}
+""")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
