@@ -140,6 +140,49 @@ def evaluate(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: 
 
 # --------------------------------------------------------------------------------------- plots
 
+def card_plots(predictions: dict[str, tuple[np.ndarray, np.ndarray]], classes: Sequence[str],
+               display_names: dict[str, str] | None = None) -> list[tuple[str, str, bytes]]:
+    """The plots a model card carries, as ``(file name, title, PNG bytes)``: for the first held-out
+    split of ``test``, ``val`` that has predictions, the confusion matrix, one-vs-rest ROC curves and the
+    reliability diagram; and the confusion matrix of ``grouped_test`` (unseen acquisition batches)
+    when there is one.
+
+    Args:
+        predictions: split name -> (integer labels, probabilities ``(n, classes)``).
+    """
+    import tempfile
+
+    names = [display_names.get(c, c) if display_names else c for c in classes]
+    k = len(classes)
+    main = next((s for s in ("test", "val") if len(predictions.get(s, ((), ()))[0])), None)
+    jobs = []
+    if main is not None:
+        labels, probs = predictions[main]
+        n = len(labels)
+        cm = M.confusion_matrix(labels, probs.argmax(axis=1), k)
+        jobs += [
+            (f"confusion_matrix_{main}.png", f"Confusion matrix, {main} split (n={n})",
+             lambda path, cm=cm: plot_confusion_matrix(cm, names, path)),
+            (f"roc_{main}.png", f"One-vs-rest ROC curves, {main} split (n={n})",
+             lambda path, lab=labels, pr=probs: plot_roc(lab, pr, names, path)),
+            (f"reliability_{main}.png", f"Calibration (reliability diagram), {main} split (n={n})",
+             lambda path, lab=labels, pr=probs: plot_reliability(lab, pr, path, ece=M.expected_calibration_error(lab, pr))),
+        ]
+    if len(predictions.get("grouped_test", ((), ()))[0]):
+        labels, probs = predictions["grouped_test"]
+        cm = M.confusion_matrix(labels, probs.argmax(axis=1), k)
+        jobs.append(("confusion_matrix_grouped_test.png",
+                     f"Confusion matrix, unseen acquisition batches (n={len(labels)})",
+                     lambda path, cm=cm: plot_confusion_matrix(cm, names, path)))
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for file, title, draw in jobs:
+            path = Path(tmp) / file
+            draw(path)
+            out.append((file, title, path.read_bytes()))
+    return out
+
+
 def _pyplot():
     import matplotlib
 

@@ -11,6 +11,8 @@
     README.md            model card (says plainly when the training data was synthetic)
     golden_input.npy     a few prepared inputs, float32 (n, h, w, 1)
     golden_output.npy    the model's probabilities for them, float32 (n, classes)
+    plots/*.png          the card's plots (confusion matrix, ROC, calibration on held-out data), listed
+                         with their titles in metadata.json; optional
     checksums.sha256     sha256 of every file above, ``sha256sum -c`` format
 
 Half precision: ResNet50 in float32 is ~95 MB, over the 50 MB budget of a shipped directory. With
@@ -31,11 +33,13 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +60,7 @@ CARD_FILE = "README.md"
 GOLDEN_INPUT_FILE = "golden_input.npy"
 GOLDEN_OUTPUT_FILE = "golden_output.npy"
 CHECKSUMS_FILE = "checksums.sha256"
+PLOTS_DIR = "plots"
 #: Every file of a model directory except the checksum list itself.
 CONTENT_FILES: tuple[str, ...] = (MODEL_FILE, LABELS_FILE, CONFIG_FILE, METRICS_FILE, METADATA_FILE,
                                   CARD_FILE, GOLDEN_INPUT_FILE, GOLDEN_OUTPUT_FILE)
@@ -86,6 +91,11 @@ class ModelInfo:
     def synthetic(self) -> bool:
         """Whether the training data was synthetic (from the metadata)."""
         return bool(self.metadata.get("training_data", {}).get("synthetic", False))
+
+    @property
+    def plots(self) -> list[tuple[str, Path]]:
+        """The card's plots as (title, PNG path), in the order the metadata lists them."""
+        return [(p["title"], self.path / p["file"]) for p in self.metadata.get("plots", [])]
 
     def card(self) -> dict[str, Any]:
         """A short JSON-able description for listings and the web app."""
@@ -138,7 +148,7 @@ def check_checksums(path: str | os.PathLike) -> None:
         if line.strip():
             digest, _, name = line.partition("  ")
             expected[name.strip()] = digest.strip()
-    missing = [f for f in CONTENT_FILES if f not in expected]
+    missing = [f for f in (*CONTENT_FILES, *_plot_files(root)) if f not in expected]
     if missing:
         raise ModelError(f"{listing} does not list {', '.join(missing)}")
     for name, digest in expected.items():
@@ -147,6 +157,12 @@ def check_checksums(path: str | os.PathLike) -> None:
             raise ModelError(f"model directory {root} has no {name}")
         if sha256_file(file) != digest:
             raise ModelError(f"checksum mismatch for {file}: the model directory was modified or is corrupt")
+
+
+def _plot_files(root: Path) -> list[str]:
+    """The plot files present in a model directory, as relative POSIX paths."""
+    folder = root / PLOTS_DIR
+    return sorted(f"{PLOTS_DIR}/{p.name}" for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
 
 
 def read_model_dir(path: str | os.PathLike, *, check: bool = True) -> ModelInfo:
@@ -308,6 +324,7 @@ def save_model_dir(
     notes: str = "",
     weights_dtype: str = "auto",
     golden_atol: float = DEFAULT_GOLDEN_ATOL,
+    plots: Sequence[tuple[str, str, bytes]] = (),
     overwrite: bool = False,
 ) -> ModelInfo:
     """Write a complete, verified model directory at ``path``.
@@ -328,6 +345,8 @@ def save_model_dir(
         weights_dtype: ``"float32"``, ``"float16"``, or ``"auto"`` (float16 when float32 weights would
             take more than 80% of :data:`MAX_MODEL_DIR_BYTES`).
         golden_atol: tolerance recorded for the golden pair.
+        plots: the card's plots as ``(file name, title, PNG bytes)``
+            (:func:`nscfate.evaluation.card_plots`), stored under ``plots/``.
         overwrite: replace an existing directory.
 
     Raises:
@@ -392,6 +411,7 @@ def save_model_dir(
             "weights_dtype": weights_dtype,
             "half_precision_max_abs_error": half_error,
             "golden_atol": golden_atol,
+            "plots": _write_plots(tmp, plots),
         }
         _json_dump(_labels(task), tmp / LABELS_FILE)
         _json_dump(config, tmp / CONFIG_FILE)
@@ -448,10 +468,60 @@ def _strip_policies(obj: Any) -> Any:
 
 
 def write_checksums(path: str | os.PathLike) -> None:
-    """Write ``checksums.sha256`` for the content files of a model directory."""
+    """Write ``checksums.sha256`` for the content files and plots of a model directory."""
     root = Path(path)
-    lines = [f"{sha256_file(root / f)}  {f}" for f in CONTENT_FILES]
+    lines = [f"{sha256_file(root / f)}  {f}" for f in (*CONTENT_FILES, *_plot_files(root))]
     (root / CHECKSUMS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _write_plots(root: Path, plots: Sequence[tuple[str, str, bytes]]) -> list[dict[str, str]]:
+    """Write the plots into ``root/plots/`` (replacing what was there); their metadata entries."""
+    for file, _, png in plots:  # all checked before anything is replaced
+        if Path(file).name != file or not file.endswith(".png") or not png.startswith(b"\x89PNG\r\n\x1a\n"):
+            raise ConfigError(f"a plot must be PNG bytes with a plain .png file name, got {file!r}")
+    folder = root / PLOTS_DIR
+    shutil.rmtree(folder, ignore_errors=True)
+    entries = []
+    for file, title, png in plots:
+        folder.mkdir(exist_ok=True)
+        (folder / file).write_bytes(png)
+        entries.append({"file": f"{PLOTS_DIR}/{file}", "title": title})
+    return entries
+
+
+def attach_plots(path: str | os.PathLike, plots: Sequence[tuple[str, str, bytes]], note: str = "") -> ModelInfo:
+    """Give an existing model directory (e.g. one made before models carried plots) these card plots:
+    they replace its ``plots/``, the metadata lists them, the card's Plots section shows them, and the
+    checksums are rewritten. The model, metrics and golden pair are untouched. Registries pin the
+    checksum list, so register the directory again afterwards (``nscfate models --register``).
+    ``note`` (Markdown) goes under the section's heading, e.g. how the plots were made."""
+    root = Path(path)
+    check_checksums(root)  # never re-sign a directory that was already modified
+    meta = _read_json(root / METADATA_FILE)
+    meta["plots"] = _write_plots(root, plots)
+    if note:
+        meta["plots_note"] = note
+    _json_dump(meta, root / METADATA_FILE)
+    card = (root / CARD_FILE).read_text(encoding="utf-8")
+    card = re.sub(r"\n## Plots\n.*?(?=\n## |\Z)", "\n", card, flags=re.S)  # a previous Plots section
+    head, sep, tail = card.partition("\n## Provenance\n")
+    (root / CARD_FILE).write_text(head.rstrip("\n") + "\n\n" + _plots_section(meta) + sep + tail
+                                  if sep else card.rstrip("\n") + "\n\n" + _plots_section(meta), encoding="utf-8")
+    write_checksums(root)
+    return read_model_dir(root)
+
+
+def _plots_section(meta: dict) -> str:
+    """The card's Markdown section that shows its plots ("" when it has none)."""
+    plots = meta.get("plots") or []
+    if not plots:
+        return ""
+    lines = ["## Plots", ""]
+    if meta.get("plots_note"):
+        lines += [meta["plots_note"].strip(), ""]
+    for p in plots:
+        lines += [f"**{p['title']}**", "", f"![{p['title']}]({p['file']})", ""]
+    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------------- card
@@ -538,6 +608,10 @@ def render_card(meta: dict, labels: dict, metrics: dict, config: dict, reproduce
         "- Inputs are expected to be single-cell brightfield crops like imaging-flow-cytometry exports "
         "(about 60 px wide); whole fields of view or fluorescence channels are out of scope.",
         "",
+    ]
+    if meta.get("plots"):
+        lines += _plots_section(meta).splitlines()
+    lines += [
         "## Provenance",
         "",
         f"- created {meta['created']} with nscfate {meta['versions']['nscfate']}, TensorFlow "

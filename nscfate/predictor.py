@@ -187,6 +187,10 @@ class Predictor:
         """Short JSON-able description of the model (name, version, task, classes, training data...)."""
         return {**self.info.card(), "low_confidence_threshold": self.low_confidence}
 
+    def plots(self) -> list[tuple[str, str, bytes]]:
+        """The model card's plots as (file name, title, PNG bytes), e.g. the held-out confusion matrix."""
+        return [(path.name, title, path.read_bytes()) for title, path in self.info.plots]
+
     # ------------------------------------------------------------------ inference
     def prepare(self, source, filename: str | None = None) -> PreparedImage:
         """Decode ``source`` (bytes, path or binary file object) and prepare it for the model.

@@ -83,7 +83,8 @@ def _tiny_cnn(n_classes: int, input_size: tuple[int, int]):
 
 
 def make_tiny_model_dir(path: str | os.PathLike, task: str = "medium4", input_size: tuple[int, int] = (32, 32),
-                        *, name: str | None = None, version: str = "0.0.1", seed: int = 0) -> Path:
+                        *, name: str | None = None, version: str = "0.0.1", seed: int = 0,
+                        plots: bool = False) -> Path:
     """Build, briefly train and export a complete model directory (a few seconds on CPU).
 
     The model is a tiny CNN (three convolutions) with the same preprocessing layer as real models,
@@ -96,6 +97,8 @@ def make_tiny_model_dir(path: str | os.PathLike, task: str = "medium4", input_si
         task: ``"medium4"`` or ``"astro_vs_oligo"``.
         input_size: model input (height, width).
         name: registry name (default ``"tiny-<task>"``); version: its version.
+        plots: give the card its plots (confusion matrix, ROC, calibration of the fixture's test cells;
+            about a second of matplotlib).
 
     Returns:
         ``Path(path)``.
@@ -117,6 +120,12 @@ def make_tiny_model_dir(path: str | os.PathLike, task: str = "medium4", input_si
     model.compile(optimizer=keras.optimizers.Adam(0.003), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x[n_test:], labels[n_test:], batch_size=16, epochs=EPOCHS, verbose=0, shuffle=True)
     _, acc = model.evaluate(x[:n_test], labels[:n_test], verbose=0)
+    card_plots = []
+    if plots:
+        from nscfate.evaluation import card_plots as render
+
+        card_plots = render({"test": (labels[:n_test], model.predict(x[:n_test], verbose=0))}, t.classes,
+                            t.display_names)
     config = {"task": task, "arch": "tiny-cnn", "input_size": list(input_size), "epochs": EPOCHS, "batch_size": 16,
               "seed": seed, "note": "nscfate.testing.make_tiny_model_dir test fixture"}
     save_model_dir(
@@ -126,5 +135,6 @@ def make_tiny_model_dir(path: str | os.PathLike, task: str = "medium4", input_si
                                       "nscfate.testing; a TEST FIXTURE, not a usable model", "synthetic": True},
         reproduce_command=f"python -c \"from nscfate.testing import make_tiny_model_dir; "
                           f"make_tiny_model_dir('{Path(path).name}', task='{task}', input_size={tuple(input_size)})\"",
+        plots=card_plots,
     )
     return Path(path)

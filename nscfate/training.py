@@ -342,9 +342,10 @@ def train(cfg: RunConfig, *, restart: bool = False, overwrite: bool = False, com
         if (run / BEST_WEIGHTS).is_file():
             model.load_weights(run / BEST_WEIGHTS)
 
-        metrics = evaluate_splits(model, splits, cfg, classes)
+        metrics, predictions = evaluate_splits(model, splits, cfg, classes)
         metrics["training"] = _training_summary(run, train_seconds, steps, cfg)
-        info = export(model, cfg, splits, metrics, manifest_hash, overwrite=overwrite, command=command)
+        info = export(model, cfg, splits, metrics, manifest_hash, overwrite=overwrite, command=command,
+                      predictions=predictions)
         log.info("exported %s@%s to %s: test accuracy %s", info.name, info.version, out,
                  _fmt(metrics.get("test", {}).get("accuracy")))
         return TrainResult(model_dir=out, run_dir=run, metrics=metrics)
@@ -393,18 +394,21 @@ def predict_dataset(model, samples: Sequence, cfg: RunConfig, classes: Sequence[
     return np.concatenate(labels), np.concatenate(probs)
 
 
-def evaluate_splits(model, splits: Splits, cfg: RunConfig, classes: Sequence[str]) -> dict[str, Any]:
-    """Held-out metrics (``nscfate.metrics.summarize``) for val, test and grouped_test."""
+def evaluate_splits(model, splits: Splits, cfg: RunConfig, classes: Sequence[str]
+                    ) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Held-out metrics (``nscfate.metrics.summarize``) for val, test and grouped_test, and the
+    (labels, probabilities) they came from (for the card's plots)."""
     from nscfate.metrics import summarize
 
     out: dict[str, Any] = {}
+    predictions = {}
     for name in ("val", "test", "grouped_test"):
         samples = getattr(splits, name)
         if samples:
-            labels, probs = predict_dataset(model, samples, cfg, classes)
+            labels, probs = predictions[name] = predict_dataset(model, samples, cfg, classes)
             out[name] = summarize(labels, probs, classes, n_boot=cfg.train.eval_bootstrap, seed=cfg.data.seed)
             log.info("%s accuracy %.4f (n=%d)", name, out[name]["accuracy"], len(samples))
-    return out
+    return out, predictions
 
 
 def _is_synthetic(cfg: RunConfig) -> bool:
@@ -417,12 +421,15 @@ def _is_synthetic(cfg: RunConfig) -> bool:
 
 
 def export(model, cfg: RunConfig, splits: Splits, metrics: dict, manifest_sha256: str, *, overwrite: bool,
-           command: str | None):
-    """Write the model directory for a trained model."""
+           command: str | None, predictions: dict[str, tuple[np.ndarray, np.ndarray]] | None = None):
+    """Write the model directory for a trained model (with the card's plots of ``predictions``)."""
+    from nscfate.classes import get_task
+    from nscfate.evaluation import card_plots
     from nscfate.io import decode_image
     from nscfate.modeldir import save_model_dir
     from nscfate.preprocessing import prepare_image
 
+    task = get_task(cfg.task)
     held_out = (splits.test or splits.val)[:GOLDEN_COUNT]
     golden = np.stack([prepare_image(decode_image(s.path).pixels, cfg.model.input_size) for s in held_out])
     synthetic = _is_synthetic(cfg)
@@ -443,6 +450,7 @@ def export(model, cfg: RunConfig, splits: Splits, metrics: dict, manifest_sha256
         cfg.out, model, name=cfg.model_name, version=cfg.export.version, task=cfg.task, arch=cfg.model.arch,
         golden_input=golden, config=cfg.to_dict(), metrics=metrics, training_data=training_data,
         reproduce_command=command, notes=cfg.export.notes, weights_dtype=cfg.export.weights_dtype,
+        plots=card_plots(predictions or {}, task.classes, task.display_names),
         overwrite=overwrite,
     )
 

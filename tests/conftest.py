@@ -118,7 +118,8 @@ def engine_url(request, tmp_path):
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    """A tiny trained 4-class model directory (a few seconds to make, shared by the session)."""
+    """A tiny trained 4-class model directory with card plots (a few seconds to make, shared by the session)."""
     from nscfate.testing import make_tiny_model_dir
 
-    return make_tiny_model_dir(tmp_path_factory.mktemp("models") / "tiny-medium4", task="medium4", input_size=(32, 32))
+    return make_tiny_model_dir(tmp_path_factory.mktemp("models") / "tiny-medium4", task="medium4", input_size=(32, 32),
+                               plots=True)

@@ -5,8 +5,8 @@ import pytest
 
 from nscfate.architectures import build_model
 from nscfate.errors import ConfigError, ModelError, UnknownModelError
-from nscfate.modeldir import (CONTENT_FILES, check_golden, load_keras_model, read_model_dir, save_model_dir,
-                              verify_model_dir)
+from nscfate.modeldir import (CONTENT_FILES, attach_plots, check_golden, load_keras_model, read_model_dir,
+                              save_model_dir, verify_model_dir)
 from nscfate.registry import Registry, resolve
 
 SIZE = (32, 32)
@@ -65,6 +65,66 @@ def test_tampering_is_detected(tmp_path):
     labels.write_text(labels.read_text().replace("Astrocyte", "Astro"))
     with pytest.raises(ModelError, match="checksum mismatch"):
         read_model_dir(tmp_path / "m")
+
+
+def _plots():
+    from nscfate.evaluation import card_plots
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 10)
+    probs = rng.dirichlet([1, 1], size=20).astype("float32")
+    return card_plots({"test": (labels, probs), "grouped_test": (labels[:6], probs[:6])}, ("astro", "oligo"),
+                      {"astro": "Astrocyte medium", "oligo": "Oligodendrocyte medium"})
+
+
+def test_plots_are_stored_listed_checksummed_and_shown_in_the_card(tmp_path):
+    plots = _plots()
+    assert [(f, t) for f, t, _ in plots] == [
+        ("confusion_matrix_test.png", "Confusion matrix, test split (n=20)"),
+        ("roc_test.png", "One-vs-rest ROC curves, test split (n=20)"),
+        ("reliability_test.png", "Calibration (reliability diagram), test split (n=20)"),
+        ("confusion_matrix_grouped_test.png", "Confusion matrix, unseen acquisition batches (n=6)")]
+    _, info = _save(tmp_path / "m", plots=plots)
+    assert [(t, p.name) for t, p in info.plots] == [(t, f) for f, t, _ in plots]
+    assert [p.read_bytes() for _, p in info.plots] == [png for _, _, png in plots]
+    listed = (tmp_path / "m" / "checksums.sha256").read_text()
+    assert all(f"  plots/{f}\n" in listed for f, _, _ in plots)
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert card.index("## Plots") < card.index("## Provenance")
+    assert "![Confusion matrix, test split (n=20)](plots/confusion_matrix_test.png)" in card
+    verify_model_dir(tmp_path / "m")
+    # a changed plot, or one nobody listed, is caught like any other file
+    (tmp_path / "m" / "plots" / "roc_test.png").write_bytes(plots[0][2])
+    with pytest.raises(ModelError, match="checksum mismatch"):
+        read_model_dir(tmp_path / "m")
+    (tmp_path / "m" / "plots" / "roc_test.png").write_bytes(plots[1][2])
+    (tmp_path / "m" / "plots" / "extra.png").write_bytes(plots[1][2])
+    with pytest.raises(ModelError, match="does not list plots/extra.png"):
+        read_model_dir(tmp_path / "m")
+
+
+def test_attach_plots_to_an_existing_directory(tmp_path):
+    _, before = _save(tmp_path / "m")
+    assert before.plots == [] and "## Plots" not in (tmp_path / "m" / "README.md").read_text()
+    weights = (tmp_path / "m" / "model.keras").read_bytes()
+    plots = _plots()
+    info = attach_plots(tmp_path / "m", plots[:2])
+    info = attach_plots(tmp_path / "m", plots)  # again: replaces, never duplicates
+    assert [p.name for _, p in info.plots] == [f for f, _, _ in plots]
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert card.count("## Plots") == 1 and card.count("plots/roc_test.png") == 1
+    assert card.index("## Plots") < card.index("## Provenance")
+    assert (tmp_path / "m" / "model.keras").read_bytes() == weights
+    verify_model_dir(tmp_path / "m")
+    with pytest.raises(ConfigError, match="PNG"):
+        attach_plots(tmp_path / "m", [("../escape.png", "x", plots[0][2])])
+    with pytest.raises(ConfigError, match="PNG"):
+        attach_plots(tmp_path / "m", [("notes.png", "x", b"not a png")])
+    # a directory that was modified is not re-signed
+    labels = tmp_path / "m" / "labels.json"
+    labels.write_text(labels.read_text().replace("Astrocyte", "Astro"))
+    with pytest.raises(ModelError, match="checksum mismatch"):
+        attach_plots(tmp_path / "m", plots)
 
 
 def test_golden_mismatch_is_detected(tmp_path):

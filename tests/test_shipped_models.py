@@ -27,6 +27,10 @@ def test_shipped_model_is_intact_small_honest_and_reproduces(entry):
         assert "SYNTHETIC" in card
     assert "## Reproduce" in card and "nscfate train" in card
     assert info.metrics["test"]["accuracy"] is not None and "grouped_test" in info.metrics
+    # the card's plots: held-out confusion matrix, ROC, calibration, and the unseen batches' confusion matrix
+    assert [p.name for _, p in info.plots] == ["confusion_matrix_test.png", "roc_test.png", "reliability_test.png",
+                                               "confusion_matrix_grouped_test.png"]
+    assert f"(n={info.metrics['test']['n']})" in info.plots[0][0]
 
 
 def test_default_model_meets_the_accuracy_target():

@@ -61,6 +61,13 @@ def test_train_exports_a_verified_model_directory(tmp_path, synth_dir):
     assert m["n"] == meta["num_grouped_test"]
     assert m["accuracy"] == pytest.approx(info.metrics["grouped_test"]["accuracy"])
     assert m["model_reported"]["test"]["accuracy"] == info.metrics["test"]["accuracy"]
+    # the card carries plots of the held-out predictions; the grouped confusion matrix is that split's
+    titles = [title for title, _ in info.plots]
+    assert [path.name for _, path in info.plots] == ["confusion_matrix_test.png", "roc_test.png",
+                                                      "reliability_test.png", "confusion_matrix_grouped_test.png"]
+    assert f"n={meta['num_grouped_test']}" in titles[-1] and f"n={meta['num_test']}" in titles[0]
+    assert all(path.read_bytes().startswith(b"\x89PNG") for _, path in info.plots)
+    assert "![" + titles[0] + "](plots/confusion_matrix_test.png)" in (result.model_dir / "README.md").read_text()
     with pytest.raises(ConfigError, match="already exists"):
         train(cfg)
 

@@ -194,6 +194,18 @@ def test_list_models(server, worker_a, model_classes):
     assert [c["key"] for c in card["classes"]] == model_classes
     assert card["synthetic_training_data"] is True
 
+def test_list_models_sends_the_card_plots_as_png_media(server, worker_a, tiny_model):
+    from nscfate.modeldir import read_model_dir
+
+    (card,) = server.hub.call_sync("list_models")
+    stored = read_model_dir(tiny_model).plots
+    assert len(stored) == 3
+    assert [p["title"] for p in card["plots"]] == [title for title, _ in stored]
+    assert card["plots"][0]["title"].startswith("Confusion matrix, test split (n=")
+    for plot, (_, path) in zip(card["plots"], stored):
+        assert plot["image"].content_type == "image/png" and plot["image"].name == path.name
+        assert plot["image"].get_bytes() == path.read_bytes()
+
 
 @pytest.fixture(scope="module")
 def shared():

@@ -152,10 +152,12 @@ class InferenceService:
             return results  # type: ignore[return-value]
 
     def list_models(self) -> list[dict[str, Any]]:
-        """The model cards in short, the default model first."""
+        """The model cards in short with their plots (PNG Media), the default model first."""
         cards = []
         for name, p in sorted(self.predictors.items(), key=lambda kv: kv[0] != self.default_model):
-            cards.append({**p.card(), "default": name == self.default_model})
+            plots = [{"title": title, "image": anvil.BlobMedia("image/png", png, name=file)}
+                     for file, title, png in p.plots()]
+            cards.append({**p.card(), "default": name == self.default_model, "plots": plots})
         return cards
 
     def stats(self) -> dict[str, Any]:
