@@ -187,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_doc:
         rows = "\n".join(f"| {e['epoch']} | {e['wall_s']:.1f} | {e['images_per_s']:.0f} |" for e in epochs)
         write_section("gpu_training", f"""
-### ResNet50 training with mixed precision and XLA ({stamp()})
+### ResNet50 training with mixed precision and XLA
+
+Measured {stamp()}:
 
 `{command_line()}`
 

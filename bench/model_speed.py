@@ -190,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
             extra += "\nThread settings, ResNet50 at 75x75, fresh process each:\n\n| intra-op | inter-op | images/s |\n|---|---|---|\n"
             extra += "\n".join(f"| {i} | {j} | {v:.1f} |" for (i, j), v in sweep.items()) + "\n"
         write_section("model_speed", f"""
-### Model speed per architecture ({stamp()})
+### Model speed per architecture
+
+Measured {stamp()}:
 
 `{command_line()}`
 

@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_doc:
         table = "\n".join(lines)
         write_section("scale_out", f"""
-### Scale-out: workers pinned to their own cores ({stamp()})
+### Scale-out: workers pinned to their own cores
+
+Measured {stamp()}:
 
 `{command_line()}`
 

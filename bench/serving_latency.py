@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     before = report_load("before")
 
-    from nscfate.predictor import Predictor
+    from nscfate.predictor import Predictor, set_cpu_threads
+
+    set_cpu_threads()  # the worker's defaults, so that bare and served run the model alike
 
     model_dir, model_note = (args.model, f"`{args.model}`") if args.model else shipped_or_random_model(args.work)
     images = sample_images(args.images + args.warmup, seed=7)
@@ -103,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             f"| {n} | {stats[n].median:.1f} | {stats[n].p90:.1f} | {stats[n].minimum:.1f} | "
             f"{stats[n].median / stats['bare'].median:.2f}x |" for n in names)
         write_section("serving_latency", f"""
-### Single-image latency ({stamp()})
+### Single-image latency
+
+Measured {stamp()}:
 
 `{command_line()}`
 

@@ -220,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_doc:
         body = "\n".join(lines)
         write_section("training_memory", f"""
-### Training memory and the input pipeline ({stamp()})
+### Training memory and the input pipeline
+
+Measured {stamp()}:
 
 `{command_line()}`
 

@@ -291,6 +291,22 @@ CELL_MIN_FRACTION = 0.08
 CELL_MAX_FRACTION = 0.95
 
 
+def set_cpu_threads(intra_op: int = 0, inter_op: int = 1) -> None:
+    """Size TensorFlow's CPU thread pools; call before any model is loaded (TensorFlow fixes them then).
+
+    ``intra_op``: threads inside one operation (0: TensorFlow's default, the cores this process may
+    use). ``inter_op``: operations run side by side (0: default, also the core count). A server runs
+    one batch through one network at a time, whose layers run one after another, so one inter-op
+    thread gives the intra-op pool every core; measured by ``bench/model_speed.py --thread-sweep``.
+    """
+    import tensorflow as tf
+
+    if intra_op:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    if inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+
+
 def single_cell_warnings(pixels: np.ndarray) -> list[str]:
     """Cheap check that a decoded image looks like one cell on a plain background.
 

@@ -31,7 +31,7 @@ import anvil.server
 import anvil.tables
 import anvil.users
 
-from . import access, errors, predictions, previews
+from . import access, errors, predictions
 
 # A function the local host provides to report its connected workers ({"workers": n}). Hosted Anvil
 # has none; there the health check infers "at least one" from a successful list_models call.
@@ -182,13 +182,10 @@ def prediction_image(prediction_id, **params):
 @_api
 def prediction_preview(prediction_id, **params):
     _user()
-    image = predictions.get_row(prediction_id)["image"]
-    if image is None:
-        raise errors.NotFound("This prediction has no stored image")
-    data, content_type = previews.preview(image)
+    image = predictions.get_image_preview(prediction_id)
     # A prediction's image never changes, so the browser may keep the preview for a while.
-    return anvil.server.HttpResponse(200, anvil.BlobMedia(content_type, data), {
-        "Content-Type": content_type, "Cache-Control": "private, max-age=3600"})
+    return anvil.server.HttpResponse(200, image, {
+        "Content-Type": image.content_type, "Cache-Control": "private, max-age=3600"})
 
 
 @anvil.server.http_endpoint("/predictions/:prediction_id/gradcam", methods=["GET"], authenticate_users=True)

@@ -21,7 +21,7 @@ import anvil.server
 import anvil.tables.query as q
 from anvil.tables import app_tables, order_by
 
-from . import access, errors, stats, uploads
+from . import access, errors, previews, stats, uploads
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +322,17 @@ def get_prediction(prediction_id):
     result = prediction_to_dict(row, user)
     result["image"] = row["image"]
     return result
+
+
+@anvil.server.callable
+def get_image_preview(prediction_id):
+    """A version of a stored prediction's image that a browser can show (TIFF becomes PNG), as Media."""
+    access.require_user()
+    image = get_row(prediction_id)["image"]
+    if image is None:
+        raise errors.NotFound("This prediction has no stored image")
+    data, content_type = previews.preview(image)
+    return anvil.BlobMedia(content_type, data, name="preview." + content_type.split("/")[-1])
 
 
 def delete_for_user(user, prediction_id):

@@ -207,6 +207,26 @@ def test_detail_includes_the_image(rt, people):
     assert type(e.value).__name__ == "NotFound"
 
 
+def test_image_preview_for_the_browser(rt, people):
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, (1000 + np.arange(64, dtype=np.uint16).reshape(8, 8) * 7))  # 16-bit, as IFC exports
+    tiff = anvil.BlobMedia("image/tiff", buf.getvalue(), name="cell.tif")
+    png_result, tiff_result = rt.call("classify_cell_images", [images(1)[0], tiff], session=people["ann"])
+    shown = rt.call("get_image_preview", tiff_result["id"], session=people["bob"])
+    assert shown.content_type == "image/png"
+    pixels = np.asarray(Image.open(io.BytesIO(shown.get_bytes())))
+    assert pixels.shape == (8, 8) and pixels.min() == 0 and pixels.max() == 255  # contrast-stretched
+    same = rt.call("get_image_preview", png_result["id"], session=people["ann"])
+    assert same.content_type == "image/png" and same.get_bytes() == png_bytes(0)  # browsers show PNG as it is
+    with pytest.raises(Exception) as e:
+        rt.call("get_image_preview", tiff_result["id"])
+    assert type(e.value).__name__ == "NotSignedIn"
+
+
 def test_delete_permissions(rt, people):
     r1, r2 = rt.call("classify_cell_images", images(2), session=people["ann"])
     image_path = rt.run(lambda: rt.db.media.path(rt.db.app_tables.predictions.get_by_id(r1["id"])["image_sha256"]))

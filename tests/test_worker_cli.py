@@ -43,3 +43,25 @@ def test_defaults_point_at_hosted_anvil():
     args = build_parser().parse_args([])
     assert args.url == "wss://anvil.works/uplink"
     assert (args.max_batch, args.max_wait_ms, args.model) == (32, 5.0, [])
+
+
+def test_thread_settings_default_to_one_batch_at_a_time_and_are_checked(monkeypatch):
+    from uplink.__main__ import main
+
+    args = build_parser().parse_args([])
+    assert (args.intra_op_threads, args.inter_op_threads) == (0, 1)
+    monkeypatch.setenv("ANVIL_UPLINK_KEY", "server_XYZ")
+    with pytest.raises(SystemExit, match="--intra-op-threads and --inter-op-threads must be 0"):
+        main(["--inter-op-threads", "-1"])
+
+
+def test_set_cpu_threads_sizes_tensorflows_pools():
+    import subprocess
+    import sys
+
+    code = ("from nscfate.predictor import set_cpu_threads; set_cpu_threads(intra_op=1, inter_op=1); "
+            "import tensorflow as tf; t = tf.config.threading; "
+            "print(t.get_intra_op_parallelism_threads(), t.get_inter_op_parallelism_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert out.stdout.split() == ["1", "1"], out.stderr[-2000:]

@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--settle-seconds", type=float, default=1.0,
         help="on SIGTERM, seconds to keep accepting calls already on the wire before refusing new ones",
     )
+    parser.add_argument("--intra-op-threads", type=int, default=0,
+                        help="TensorFlow threads inside one operation (default 0: the cores this process may use)")
+    parser.add_argument("--inter-op-threads", type=int, default=1,
+                        help="TensorFlow operations run side by side (default 1: batches run one at a time)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return parser
 
@@ -94,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     key = read_key(args.key_file)
     if args.max_batch < 1 or args.max_wait_ms < 0:
         raise SystemExit("--max-batch must be at least 1 and --max-wait-ms at least 0")
+    if args.intra_op_threads < 0 or args.inter_op_threads < 0:
+        raise SystemExit("--intra-op-threads and --inter-op-threads must be 0 (TensorFlow's default) or more")
 
     stop = threading.Event()
 
@@ -126,6 +132,9 @@ def _serve(args: argparse.Namespace, key: str, stop: threading.Event, server) ->
     from uplink.callables import CALLABLES, register_callables
     from uplink.service import InferenceService, load_predictors
 
+    from nscfate.predictor import set_cpu_threads
+
+    set_cpu_threads(args.intra_op_threads, args.inter_op_threads)
     try:
         predictors = load_predictors(args.model)
         service = InferenceService(

@@ -2,7 +2,7 @@ from ._anvil_designer import ResultCardTemplate
 from anvil import *
 import anvil.server
 
-from ... import charts
+from ... import charts, images
 
 
 class ResultCard(ResultCardTemplate):
@@ -12,11 +12,9 @@ class ResultCard(ResultCardTemplate):
         self.init_components(**properties)
         result = self.item
         self.filename_label.text = result["filename"]
-        image = result.get("image")
-        name = (result["filename"] or "").lower()
-        # Browsers cannot show TIFF; the prediction still used the full image.
-        self.image.visible = image is not None and not (name.endswith(".tif") or name.endswith(".tiff"))
-        if self.image.visible:
+        image = images.displayable(result) if result["ok"] else None
+        self.image.visible = image is not None
+        if image is not None:
             self.image.source = image
         if not result["ok"]:
             self.show_rejection(result["error"])

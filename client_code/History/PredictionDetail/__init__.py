@@ -2,7 +2,7 @@ from ._anvil_designer import PredictionDetailTemplate
 from anvil import *
 import anvil.server
 
-from ... import charts
+from ... import charts, images
 
 
 class PredictionDetail(PredictionDetailTemplate):
@@ -11,10 +11,10 @@ class PredictionDetail(PredictionDetailTemplate):
     def __init__(self, **properties):
         self.init_components(**properties)
         p = self.item
-        name = (p["filename"] or "").lower()
-        self.image.visible = not (name.endswith(".tif") or name.endswith(".tiff"))
-        if self.image.visible:
-            self.image.source = p["image"]
+        image = images.displayable(p)
+        self.image.visible = image is not None
+        if image is not None:
+            self.image.source = image
         self.condition_label.text = "%s (%s)" % (p["predicted_display_name"], charts.percent(p["confidence"]))
         self.meta_label.text = "%s by %s, experiment %s, model %s %s" % (
             p["created"].strftime("%Y-%m-%d %H:%M UTC"), p["user"], p["experiment"] or "-",
