@@ -105,6 +105,13 @@ def main(argv: list[str] | None = None) -> int:
                     page.click(f"#nav [data-view={view}]")
                     expect(page.locator(f"#view-{view}")).to_be_visible()
                     page.wait_for_load_state("networkidle")
+                    for img in page.locator(f"#view-{view} img").all():  # lazy images load once in view
+                        img.scroll_into_view_if_needed()
+                        expect(img).to_have_js_property("complete", True)
+                        if not img.evaluate("i => i.naturalWidth"):
+                            raise SystemExit(f"an image of the {view} page did not load: {img.get_attribute('src')}")
+                    page.evaluate("window.scrollTo(0, 0)")
+                    page.wait_for_timeout(500)
                     page.screenshot(path=str(args.out / name), full_page=True)
                 browser.close()
             log.info("wrote %s", ", ".join(str(args.out / n) for n in ("screenshot.png", "screenshot-history.png",
