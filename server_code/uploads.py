@@ -42,6 +42,9 @@ _OTHER_SIGNATURES = (
     (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
     (b"\xff\x4f\xff\x51", "JPEG 2000"),
     (b"\x00\x00\x01\x00", "ICO"),
+    (b"\x93NUMPY", "NumPy .npy"),
+    (b"\x89HDF", "HDF5"),
+    (b"qoif", "QOI"),
 )
 _UNSAFE_NAME_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
