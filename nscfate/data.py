@@ -27,6 +27,7 @@ import csv
 import hashlib
 import json
 import logging
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -53,7 +54,7 @@ SPLIT_KINDS = ("random", "grouped")
 MANIFEST_VERSION = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a 600,000-image index is 600,000 of these
 class Sample:
     """One image: its file, its label (a medium key), its group (acquisition batch) and, for IFC
     exports, its channel number (None when the file name carries none)."""
@@ -357,29 +358,51 @@ def file_sha256(path: str | Path) -> str:
 def manifest_hash(entries: Iterable[dict]) -> str:
     """SHA-256 over (subset, label, group, file hash) of every entry, sorted: it names the data and
     the split, wherever the files lie."""
-    lines = sorted(f"{e['subset']}\t{e['label']}\t{e['group']}\t{e['sha256']}" for e in entries)
+    lines = sorted(_hash_line(e) for e in entries)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def write_split_manifest(split: Split, path: str | Path) -> str:
-    """Write ``split`` as JSON with every file's SHA-256; returns the manifest hash. Paths are stored
-    relative to the manifest's folder when they lie under it."""
+def _hash_line(e: dict) -> str:
+    return f"{e['subset']}\t{e['label']}\t{e['group']}\t{e['sha256']}"
+
+
+def write_manifest_file(path: str | Path, parts: dict[str, Sequence[Sample]], header: dict) -> str:
+    """Write a split manifest: ``header`` (kind, seed, fractions...), the counts, then one JSON line per
+    image (subset, path, label, group, channel, SHA-256 of the file) and the manifest hash last; returns
+    the hash. Paths are stored relative to the manifest's folder when they lie under it. Entries are
+    streamed to the file (a 600,000-image manifest never sits in memory whole); only the short lines
+    the hash is made of are kept."""
     path = Path(path)
     base = path.parent.resolve()
-    entries = []
-    for subset, items in (("train", split.train), ("test", split.test)):
-        for s in items:
-            file = Path(s.path).resolve()
-            stored = str(file.relative_to(base)) if file.is_relative_to(base) else str(file)
-            entries.append({"subset": subset, "path": stored, "label": s.label, "group": s.group,
-                            "channel": s.channel, "sha256": file_sha256(file)})
-    digest = manifest_hash(entries)
-    doc = {"version": MANIFEST_VERSION, "kind": split.kind, "seed": split.seed, "test_fraction": split.test_fraction,
-           "subsample": split.subsample, "counts": {"train": len(split.train), "test": len(split.test)},
-           "manifest_sha256": digest, "samples": entries}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    head = {"version": MANIFEST_VERSION, **header, "counts": {k: len(v) for k, v in parts.items()}}
+    hash_lines = []
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(json.dumps(head)[:-1] + ', "samples": [\n')
+        first = True
+        for subset, items in parts.items():
+            for s in items:
+                file = Path(s.path).resolve()
+                stored = str(file.relative_to(base)) if file.is_relative_to(base) else str(file)
+                entry = {"subset": subset, "path": stored, "label": s.label, "group": s.group,
+                         "channel": s.channel, "sha256": file_sha256(file)}
+                f.write(("" if first else ",\n") + json.dumps(entry))
+                first = False
+                hash_lines.append(_hash_line(entry))
+        hash_lines.sort()
+        digest = hashlib.sha256("\n".join(hash_lines).encode()).hexdigest()
+        f.write(f'\n], "manifest_sha256": "{digest}"}}\n')
+    os.replace(tmp, path)
     return digest
+
+
+def write_split_manifest(split: Split, path: str | Path) -> str:
+    """Write ``split`` as JSON with every file's SHA-256 (:func:`write_manifest_file`); returns the
+    manifest hash."""
+    return write_manifest_file(path, {"train": split.train, "test": split.test},
+                               {"kind": split.kind, "seed": split.seed, "test_fraction": split.test_fraction,
+                                "subsample": split.subsample})
 
 
 def read_split_manifest(path: str | Path, *, verify: bool = True) -> tuple[Split, str]:

@@ -97,25 +97,14 @@ def load_splits(cfg: RunConfig) -> Splits:
 
 
 def write_manifest(path: Path, parts: dict[str, list], cfg: RunConfig) -> str:
-    """The split manifest of a run: ``nscfate.data``'s JSON format and hash (subset, label, group, file
-    SHA-256 per image), with four subsets: train, val, test, grouped_test. Returns the manifest hash."""
+    """The split manifest of a run (:func:`nscfate.data.write_manifest_file`: subset, label, group and
+    file SHA-256 per image), with four subsets: train, val, test, grouped_test. Returns the manifest hash."""
     from nscfate import data as D
 
-    base = path.parent.resolve()
-    entries = []
-    for subset, items in parts.items():
-        for s in items:
-            file = Path(s.path).resolve()
-            entries.append({"subset": subset, "path": str(file.relative_to(base)) if file.is_relative_to(base)
-                            else str(file), "label": s.label, "group": s.group, "channel": s.channel,
-                            "sha256": D.file_sha256(file)})
-    digest = D.manifest_hash(entries)
-    doc = {"version": D.MANIFEST_VERSION, "kind": cfg.data.split, "seed": cfg.data.seed,
-           "test_fraction": cfg.data.test_fraction, "val_fraction": cfg.data.val_fraction,
-           "grouped_holdout": cfg.data.grouped_holdout, "subsample": cfg.data.subsample,
-           "counts": {k: len(v) for k, v in parts.items()}, "manifest_sha256": digest, "samples": entries}
-    path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    return digest
+    return D.write_manifest_file(path, parts, {
+        "kind": cfg.data.split, "seed": cfg.data.seed, "test_fraction": cfg.data.test_fraction,
+        "val_fraction": cfg.data.val_fraction, "grouped_holdout": cfg.data.grouped_holdout,
+        "subsample": cfg.data.subsample})
 
 
 def read_manifest(path: str | Path, subset: str, *, verify: bool = True) -> list:
