@@ -17,7 +17,8 @@ Sections and fields (YAML keys are the same names)::
       grouped_holdout: fraction of the images, in whole acquisition batches, kept out of training
                        entirely and reported as ``grouped_test`` next to the test set (0 = none)
       subsample: fraction of images used (1.0 = all)    seed: 0
-      shuffle_buffer: 4096        augment: true (random flips; also 90-degree turns when square)
+      shuffle_buffer: 0 (the whole set, reshuffled every epoch; k = a window of k files)
+      augment: true (random flips; also 90-degree turns when square)
     model:
       arch: cnn | mobilenet | vgg19 | inceptionv3 | resnet18 | resnet50
       input_size: [75, 75]        pretrained: null | imagenet | PATH    dropout: 0.2
@@ -57,7 +58,7 @@ class DataConfig:
     grouped_holdout: float = 0.0
     subsample: float = 1.0
     seed: int = 0
-    shuffle_buffer: int = 4096
+    shuffle_buffer: int = 0
     augment: bool = True
 
     def validate(self) -> None:
@@ -70,8 +71,8 @@ class DataConfig:
             raise ConfigError("data.val_fraction and data.test_fraction must each be in (0, 0.5), together < 0.8")
         if not 0.0 < self.subsample <= 1.0:
             raise ConfigError(f"data.subsample must be in (0, 1], got {self.subsample}")
-        if not 0.0 <= self.grouped_holdout < 0.5 or self.shuffle_buffer < 1:
-            raise ConfigError("data.grouped_holdout must be in [0, 0.5) and data.shuffle_buffer >= 1")
+        if not 0.0 <= self.grouped_holdout < 0.5 or self.shuffle_buffer < 0:
+            raise ConfigError("data.grouped_holdout must be in [0, 0.5) and data.shuffle_buffer >= 0 (0: the whole set)")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -162,9 +163,10 @@ def _read_tree(root: Path, channel: int | None) -> list[Sample]:
                     skipped[ch] += 1
                     continue
                 prefix_mismatch += prefix.lower() != label
-                samples.append(Sample(str(f), label, batch, ch))
+                # interned: a handful of batch names shared by every image of a 600,000-image index
+                samples.append(Sample(str(f), label, sys.intern(batch), ch))
             elif len(rel_parts) > 1:  # root/<class>/<group>/file
-                samples.append(Sample(str(f), label, "/".join(rel_parts[:-1]), None))
+                samples.append(Sample(str(f), label, sys.intern("/".join(rel_parts[:-1])), None))
             else:  # no batch information: the file is its own group
                 samples.append(Sample(str(f), label, f"{label}/{f.name}", None))
         if len(samples) == before:  # images, but all of other channels

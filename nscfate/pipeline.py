@@ -49,19 +49,20 @@ def label_indices(samples: Sequence[Sample], classes: Sequence[str]) -> np.ndarr
 
 
 def _map_load(ds: tf.data.Dataset, input_size: tuple[int, int], limits: DecodeLimits, skip_bad: bool, *,
-              from_path: bool) -> tf.data.Dataset:
-    """Map ``(path or encoded bytes, label)`` to ``(prepared image, label)`` in parallel workers,
-    dropping (and logging) unreadable images when ``skip_bad``."""
+              paths: Sequence[str] | None = None) -> tf.data.Dataset:
+    """Map ``(x, label)`` to ``(prepared image, label)`` in parallel workers, dropping (and logging)
+    unreadable images when ``skip_bad``. ``x`` is an index into ``paths`` (image files), or with no
+    ``paths`` the encoded image bytes (shard records)."""
     h, w = input_size
 
-    def load(x: bytes) -> tuple[np.ndarray, bool]:
-        source = x.decode() if from_path else bytes(x)
+    def load(x) -> tuple[np.ndarray, bool]:
+        source = paths[int(x)] if paths is not None else bytes(x)
         try:
             return load_prepared(source, input_size, limits), np.bool_(True)
         except ImageError as exc:
             if not skip_bad:
                 raise
-            log.warning("skipping unreadable image %s: %s", source if from_path else "(shard record)", exc)
+            log.warning("skipping unreadable image %s: %s", source if paths is not None else "(shard record)", exc)
             return np.zeros((h, w, 1), np.float32), np.bool_(False)
 
     def tf_load(x, y):
@@ -94,7 +95,7 @@ def make_dataset(
     input_size: tuple[int, int] = DEFAULT_INPUT_SIZE,
     batch_size: int = 32,
     shuffle: bool = True,
-    shuffle_buffer: int = 2048,
+    shuffle_buffer: int = 0,
     seed: int = 0,
     repeat: bool = False,
     augment: Callable | None = None,
@@ -104,12 +105,17 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """Batches ``(images float32 (B, h, w, 1), labels int32 (B,))`` streamed from image files.
 
+    The stream carries sample indices, not paths: the file names stay in the Python list the caller
+    already holds, TensorFlow holds 8 bytes per image, and each parallel map call looks its file up.
+    So the whole dataset can be shuffled every epoch at no memory cost.
+
     Args:
         samples: what to read (``nscfate.data.read_dataset`` or a split).
         classes: ordered class names; labels become indices into it.
         input_size: model input (height, width).
-        shuffle, shuffle_buffer, seed: shuffle the file order (a bounded buffer; reshuffled every
-            epoch, reproducibly from ``seed``).
+        shuffle, shuffle_buffer, seed: shuffle the file order, reshuffled every epoch, reproducibly from
+            ``seed``; ``shuffle_buffer`` 0 (default) shuffles the whole set, ``k`` draws from a window of
+            ``k`` files.
         repeat: loop forever (for ``steps_per_epoch`` training).
         augment: optional ``fn(image, label) -> (image, label)`` applied per image before batching.
         skip_bad: drop images that fail to decode (logged) instead of failing the run.
@@ -117,13 +123,21 @@ def make_dataset(
     """
     if not samples:
         raise DatasetError("no samples to build a pipeline from")
-    labels = label_indices(samples, classes)
-    ds = tf.data.Dataset.from_tensor_slices(([s.path for s in samples], labels))
+    labels = tf.constant(label_indices(samples, classes))
+    paths = [s.path for s in samples]  # references to the samples' strings, not copies
+    n = len(samples)
+    ds = tf.data.Dataset.range(n)
     if shuffle:
-        ds = ds.shuffle(min(shuffle_buffer, len(samples)), seed=seed, reshuffle_each_iteration=True)
+        window = n if shuffle_buffer <= 0 else min(shuffle_buffer, n)
+        ds = ds.shuffle(window, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    ds = _map_load(ds, input_size, limits, skip_bad, from_path=True)
+
+    def with_label(i):
+        return i, tf.gather(labels, i)
+
+    ds = ds.map(with_label)
+    ds = _map_load(ds, input_size, limits, skip_bad, paths=paths)
     return _finish(ds, batch_size, augment, drop_remainder)
 
 
@@ -263,6 +277,6 @@ def make_tfrecord_dataset(
         images = parsed.map(unpack, num_parallel_calls=AUTOTUNE)
     else:
         pairs = parsed.map(lambda e: (e["data"], tf.cast(e["label"], tf.int32)))
-        images = _map_load(pairs, input_size, limits, skip_bad, from_path=False)
+        images = _map_load(pairs, input_size, limits, skip_bad)
     return _finish(images, batch_size, augment, drop_remainder)
 

@@ -70,6 +70,18 @@ def test_shuffle_is_seeded_and_complete(files):
     assert sorted(a.tolist()) == sorted(c.tolist())  # same images, other order
 
 
+def test_shuffle_draws_from_the_whole_set_unless_given_a_window(files):
+    # 200 samples sorted by label, as a reader returns them (only the first file's pixels matter here)
+    ordered = [Sample(files[0].path, CLASSES[i // 50], "g", None) for i in range(200)]
+
+    def first_batch_labels(**kw):
+        ds = make_dataset(ordered, CLASSES, input_size=SIZE, batch_size=20, seed=3, **kw)
+        return set(next(iter(ds))[1].numpy().tolist())
+
+    assert len(first_batch_labels()) == 4  # every class in the first batch: drawn from all 200
+    assert first_batch_labels(shuffle_buffer=10) == {0}  # a window of 10 files stays within the first class
+
+
 def test_bad_image_skipped_or_raised(files, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(cv2_png(cell_array())[:100])
