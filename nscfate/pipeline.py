@@ -2,8 +2,10 @@
 
 The training path decodes and prepares images with exactly the functions serving uses
 (:func:`nscfate.io.decode_image` then :func:`nscfate.preprocessing.prepare_image`), called through
-``tf.numpy_function`` in parallel map workers. Only file paths are held in memory; images stream
-through a bounded shuffle buffer and prefetch queue, so memory does not grow with the dataset.
+``tf.numpy_function`` in parallel map workers. TensorFlow holds only sample indices (8 bytes per
+image; the whole set is shuffled every epoch) and the file paths stay in the caller's list of samples;
+images stream through the parallel map and a bounded prefetch queue, so the pixels in memory do not
+grow with the dataset (the index of paths and labels does, by a few hundred bytes per image).
 
 TFRecord shards (:func:`write_tfrecord_shards`) store either the raw file bytes (decoded and prepared
 when read, through the same two functions) or the prepared float32 arrays (fixed input size, no
