@@ -7,8 +7,9 @@ Steps of :func:`train`:
    rest is split into train / val / test at random or by group (``data.split``); ``data.subsample``
    thins the training set. The split manifest (with file hashes) is written to the run folder and its
    hash goes into the model's metadata.
-2. stream the images with ``nscfate.pipeline`` (decode + ``prepare_image`` in parallel, shuffle buffer,
-   batches, prefetch): memory does not grow with the dataset. Training images get random flips (and
+2. stream the images with ``nscfate.pipeline`` (the whole set shuffled every epoch, decode +
+   ``prepare_image`` in parallel, batches, prefetch): no pixels are held beyond the batches in flight,
+   only an index of paths and labels grows with the dataset. Training images get random flips (and
    90-degree turns for square inputs): cells in suspension have no orientation.
 3. build the model (:func:`nscfate.architectures.build_model`) under ``MirroredStrategy`` and with
    mixed precision when GPUs are present (``train.distribute``/``train.mixed_precision`` = auto), AdamW
