@@ -1,6 +1,5 @@
 import json
 
-import numpy as np
 import pytest
 
 from nscfate.config import load_config
