@@ -707,7 +707,9 @@ class Table(anvil.tables.Table):
                 pk = conn.execute(sa.insert(self._sql).values(**sql_values)).inserted_primary_key[0]
         finally:
             self._db._unpin_once()
-        return Row(self, int(pk), None)  # values are read back on first access
+        # The row's values as a read would give them, from what was just written (no SELECT per add).
+        written = _Written({c: sql_values.get(c) for c in self._sql.c.keys()})
+        return Row(self, int(pk), self._db.from_sql(self.spec, written))
 
     def get(self, *queries: Any, **kwargs: Any) -> Row | None:
         """The single row matching the query, None if none; TableError if several match."""
@@ -752,6 +754,16 @@ class Table(anvil.tables.Table):
 
     def to_csv(self, escape_for_excel: bool = False) -> anvil.BlobMedia:
         return self.search().to_csv(escape_for_excel)
+
+
+class _Written:
+    """What :meth:`Database.from_sql` reads from a fetched record (``_mapping``), for values just
+    inserted (columns not given are NULL, as in the database)."""
+
+    __slots__ = ("_mapping",)
+
+    def __init__(self, mapping: dict[str, Any]):
+        self._mapping = mapping
 
 
 class Row(anvil.tables.Row):
