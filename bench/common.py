@@ -225,11 +225,15 @@ def command_line() -> str:
     return " ".join(["python", shlex.quote(script_text), *map(shlex.quote, sys.argv[1:])])
 
 
-def write_section(name: str, markdown: str, doc: Path = PERF_DOC) -> None:
-    """Replace the text between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in ``doc`` (or
-    append the section when the markers are missing)."""
+def write_section(name: str, title: str, body: str, before: Load, after: Load, *, level: int = 3,
+                  doc: Path = PERF_DOC) -> None:
+    """Write one script's section of ``doc``: the heading, when and by which command it was measured,
+    ``body`` (Markdown), and the machine and its load. Replaces the text between ``<!-- bench:NAME -->``
+    and ``<!-- /bench:NAME -->`` (or appends the section when the markers are missing)."""
+    markdown = (f"{'#' * level} {title}\n\nMeasured {stamp()}:\n\n`{command_line()}`\n\n{body.strip()}\n\n"
+                f"{machine_line(before, after)}")
     begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    block = f"{begin}\n{markdown.strip()}\n{end}"
+    block = f"{begin}\n{markdown}\n{end}"
     text = doc.read_text(encoding="utf-8") if doc.is_file() else "# Performance\n"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     if pattern.search(text):

@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import command_line, machine_line, report_load, setup_logging, stamp, write_section  # noqa: E402
+from bench.common import report_load, setup_logging, write_section  # noqa: E402
 
 log = logging.getLogger("bench.gpu_training")
 SIZE = (75, 75)
@@ -185,13 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.write_doc:
         rows = "\n".join(f"| {e['epoch']} | {e['wall_s']:.1f} | {e['images_per_s']:.0f} |" for e in epochs)
-        write_section("gpu_training", f"""
-### ResNet50 training with mixed precision and XLA
-
-Measured {stamp()}:
-
-`{command_line()}`
-
+        write_section("gpu_training", "ResNet50 training with mixed precision and XLA", f"""
 Device: {device}. Mixed precision {'on' if args.mixed_precision else 'off'}, XLA {'on' if args.xla else 'off'},
 {n_images:,} images (prepared 75x75 TFRecord shards), batch {args.batch_size}. Input pipeline alone:
 {pipeline_rate:.0f} images/s.
@@ -201,8 +195,8 @@ Device: {device}. Mixed precision {'on' if args.mixed_precision else 'off'}, XLA
 {rows}
 
 **{args.target_epochs} epochs over {args.target_images:,} images at {steady:.0f} images/s: {target_s / 60:.1f} min**
-(goal: under 10 min). {machine_line(before, after)}
-""")
+(goal: under 10 min).
+""", before, after)
     return 0
 
 

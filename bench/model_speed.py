@@ -32,8 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (command_line, machine_line, median, report_load, setup_logging,  # noqa: E402
-                          stamp, write_section)
+from bench.common import median, report_load, setup_logging, write_section  # noqa: E402
 
 log = logging.getLogger("bench.model_speed")
 SIZES = ((45, 60), (60, 60), (75, 75))
@@ -189,21 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         if sweep:
             extra += "\nThread settings, ResNet50 at 75x75, fresh process each:\n\n| intra-op | inter-op | images/s |\n|---|---|---|\n"
             extra += "\n".join(f"| {i} | {j} | {v:.1f} |" for (i, j), v in sweep.items()) + "\n"
-        write_section("model_speed", f"""
-### Model speed per architecture
-
-Measured {stamp()}:
-
-`{command_line()}`
-
+        write_section("model_speed", "Model speed per architecture", f"""
 Inference images/s through `Predictor.predict_prepared` (the fixed-signature compiled function), batches
 of {args.batch}, random weights, median of {args.repeats} rotating rounds; TensorFlow threads: {threads}
 (default = sized to the cores the process may use).
 
 {table}
-{extra}
-{machine_line(before, after)}
-""")
+{extra}""", before, after)
     return 0
 
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (DEFAULT_WORK, command_line, machine_line, median, report_load, sample_images,  # noqa: E402
-                          setup_logging, shipped_or_random_model, stamp, write_section)
+from bench.common import (DEFAULT_WORK, median, report_load, sample_images,  # noqa: E402
+                          setup_logging, shipped_or_random_model, write_section)
 from bench.serving_throughput import rest_rate  # noqa: E402
 from bench.stack import ServingStack  # noqa: E402
 
@@ -117,13 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.write_doc:
         table = "\n".join(lines)
-        write_section("scale_out", f"""
-### Scale-out: workers pinned to their own cores
-
-Measured {stamp()}:
-
-`{command_line()}`
-
+        write_section("scale_out", "Scale-out: workers pinned to their own cores", f"""
 Model: {model_note}. {args.images} images per measurement, {args.clients} concurrent callers,
 {args.files_per_call} images per call/request, {args.cores_per_worker} core(s) per worker, medians of
 {args.rounds} rounds. "hub" = `predict_cell_fate_batch` through the host's hub (no web tier); "REST" = the
@@ -131,10 +125,7 @@ whole path incl. history rows. The host and the callers are not pinned: they sha
 
 | workers | cores (one set per worker) | hub images/s | vs 1 | REST images/s | vs 1 |
 |---|---|---|---|---|---|
-{table}
-
-{machine_line(before, after)}
-""")
+{table}""", before, after)
     return 0
 
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (DEFAULT_WORK, Stats, command_line, machine_line, report_load, sample_images,  # noqa: E402
-                          setup_logging, shipped_or_random_model, stamp, write_section)
+from bench.common import (DEFAULT_WORK, Stats, report_load, sample_images,  # noqa: E402
+                          setup_logging, shipped_or_random_model, write_section)
 from bench.stack import ServingStack  # noqa: E402
 
 log = logging.getLogger("bench.serving_latency")
@@ -104,13 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = "\n".join(
             f"| {n} | {stats[n].median:.1f} | {stats[n].p90:.1f} | {stats[n].minimum:.1f} | "
             f"{stats[n].median / stats['bare'].median:.2f}x |" for n in names)
-        write_section("serving_latency", f"""
-### Single-image latency
-
-Measured {stamp()}:
-
-`{command_line()}`
-
+        write_section("serving_latency", "Single-image latency", f"""
 Model: {model_note}. {args.images} distinct synthetic crops (OME-TIFF), each through the three paths in
 rotating order; REST client authenticated with {'HTTP Basic' if args.auth == 'basic' else 'a session cookie'}.
 
@@ -119,8 +113,7 @@ rotating order; REST client authenticated with {'HTTP Basic' if args.auth == 'ba
 {rows}
 
 **REST end to end / bare Predictor: {ratio:.2f}x** (target <= {TARGET}x; per-image ratio median
-{per_image_ratio[len(per_image_ratio) // 2]:.2f}x). {machine_line(before, after)}
-""")
+{per_image_ratio[len(per_image_ratio) // 2]:.2f}x).""", before, after)
     return 0
 
 

@@ -36,8 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (DEFAULT_WORK, command_line, cpu_seconds, machine_line, median, report_load,  # noqa: E402
-                          sample_images, setup_logging, shipped_or_random_model, stamp, write_section)
+from bench.common import (DEFAULT_WORK, cpu_seconds, median, report_load,  # noqa: E402
+                          sample_images, setup_logging, shipped_or_random_model, write_section)
 from bench.stack import ServingStack  # noqa: E402
 
 log = logging.getLogger("bench.serving_throughput")
@@ -163,13 +163,7 @@ def main(argv: list[str] | None = None) -> int:
               else f"everything sharing the machine's {before.cpus} cores")
     section = "serving_throughput_pinned" if worker_cores else "serving_throughput"
     if args.write_doc:
-        write_section(section, f"""
-#### {"Worker on its own core" if worker_cores else "All on shared cores"}
-
-Measured {stamp()}:
-
-`{command_line()}`
-
+        write_section(section, "Worker on its own core" if worker_cores else "All on shared cores", f"""
 Model: {model_note}. {args.images} synthetic crops per round, {args.clients} concurrent clients,
 {args.files_per_request} files per request; worker `--max-batch {args.max_batch} --max-wait-ms {args.max_wait_ms:g}`;
 bare = `predict_prepared` on batches of {args.max_batch}. {args.rounds} rounds, alternating which runs first.
@@ -181,9 +175,7 @@ Layout: {layout}.
 
 **REST / bare: {ratio:.0%}** (median of the rounds; target >= {TARGET:.0%}). Worker batches during the
 timed rounds: {n_batches}, mean size {mean_batch:.1f} (histogram {dict(sorted(sizes.items()))}).
-CPU time per image during the REST rounds (from /proc): {cpu_text}.
-{machine_line(before, after)}
-""")
+CPU time per image during the REST rounds (from /proc): {cpu_text}.""", before, after, level=4)
     return 0
 
 

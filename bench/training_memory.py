@@ -31,8 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (DEFAULT_WORK, command_line, machine_line, median, report_load, setup_logging,  # noqa: E402
-                          stamp, write_section)
+from bench.common import DEFAULT_WORK, median, report_load, setup_logging, write_section  # noqa: E402
 
 log = logging.getLogger("bench.training_memory")
 
@@ -219,23 +218,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.write_doc:
         body = "\n".join(lines)
-        write_section("training_memory", f"""
-### Training memory and the input pipeline
-
-Measured {stamp()}:
-
-`{command_line()}`
-
+        write_section("training_memory", "Training memory and the input pipeline", f"""
 Memory runs: `nscfate train --arch {args.arch} --image-size {args.image_size} --epochs 1 --steps-per-epoch
 {args.steps} --batch-size {args.batch_size} --patience 0 --set train.eval_bootstrap=0` on each set (the
 whole command: read, split, manifest with file hashes, training, evaluation of val + test, export).
 Pipeline runs: {args.pipeline_images} images of the small set, `model.fit` steps fed by
 `nscfate.pipeline.make_dataset` vs the same images prepared once in memory, {args.rounds} interleaved rounds.
 
-{body}
-
-{machine_line(before, after)}
-""")
+{body}""", before, after)
     return 0
 
 

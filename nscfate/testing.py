@@ -7,6 +7,7 @@ tests rely on it.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -48,6 +49,37 @@ def to_png_bytes(image: np.ndarray, bits: int = 8) -> bytes:
     ok, buf = cv2.imencode(".png", np.round(np.clip(image, 0, 1) * top).astype(dtype))
     assert ok
     return buf.tobytes()
+
+
+def pil_bytes(arr_or_image, fmt: str, **save_kwargs) -> bytes:
+    """``arr_or_image`` (array or PIL image) encoded by Pillow as ``fmt`` (e.g. "JPEG", "BMP", "GIF")."""
+    from PIL import Image
+
+    im = arr_or_image if isinstance(arr_or_image, Image.Image) else Image.fromarray(arr_or_image)
+    buf = io.BytesIO()
+    im.save(buf, fmt, **save_kwargs)
+    return buf.getvalue()
+
+
+def cv2_png(arr: np.ndarray) -> bytes:
+    """PNG through OpenCV (keeps 16 bits, also in colour); colour arrays are RGB(A)."""
+    import cv2
+
+    if arr.ndim == 3:
+        arr = arr[:, :, [2, 1, 0, 3][: arr.shape[2]]]
+    ok, buf = cv2.imencode(".png", arr)
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a PNG")
+    return buf.tobytes()
+
+
+def tiff_bytes(arr: np.ndarray, **kwargs) -> bytes:
+    """TIFF written by tifffile (``kwargs`` as ``tifffile.imwrite``: ome, photometric, ...)."""
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr, **kwargs)
+    return buf.getvalue()
 
 
 #: Training epochs of the tiny fixture model (~280 steps of 16 images: about 3 s on one CPU core).

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nscfate.testing import cell_image, cv2_png, pil_bytes, tiff_bytes
+
 log = logging.getLogger("make_bad_inputs")
 
 MANIFEST = "manifest.json"
@@ -63,8 +65,6 @@ class Case:
 
 
 def _cell(h: int = 47, w: int = 60, seed: int = 0) -> np.ndarray:
-    from nscfate.testing import cell_image
-
     return cell_image(np.random.default_rng(seed), (h, w))
 
 
@@ -76,33 +76,10 @@ def _u16(img: np.ndarray) -> np.ndarray:
     return np.round(np.clip(img, 0, 1) * 65535).astype(np.uint16)
 
 
-def _pil(arr_or_image, fmt: str, **kwargs) -> bytes:
-    from PIL import Image
-
-    im = arr_or_image if isinstance(arr_or_image, Image.Image) else Image.fromarray(arr_or_image)
-    buf = io.BytesIO()
-    im.save(buf, fmt, **kwargs)
-    return buf.getvalue()
 
 
-def _png(arr: np.ndarray) -> bytes:
-    """PNG through OpenCV (keeps 16 bits); colour arrays are RGB(A)."""
-    import cv2
-
-    if arr.ndim == 3:
-        arr = arr[:, :, [2, 1, 0, 3][: arr.shape[2]]]
-    ok, buf = cv2.imencode(".png", arr)
-    if not ok:
-        raise RuntimeError("OpenCV could not encode a PNG")
-    return buf.tobytes()
 
 
-def _tiff(arr: np.ndarray, **kwargs) -> bytes:
-    import tifffile
-
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, arr, **kwargs)
-    return buf.getvalue()
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
@@ -117,7 +94,7 @@ def _png_header_only(width: int, height: int) -> bytes:
 
 def _jpeg_with_size(width: int, height: int) -> bytes:
     """A small real JPEG whose frame header (SOF0) is rewritten to claim ``width`` x ``height``."""
-    data = bytearray(_pil(_u8(_cell()), "JPEG", quality=90))
+    data = bytearray(pil_bytes(_u8(_cell()), "JPEG", quality=90))
     sof = data.index(b"\xff\xc0")
     data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
@@ -129,13 +106,13 @@ def _exif_rotated_jpeg() -> bytes:
     im = Image.fromarray(_u8(_cell(40, 64)))
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
-    return _pil(im, "JPEG", exif=exif.tobytes(), quality=92)
+    return pil_bytes(im, "JPEG", exif=exif.tobytes(), quality=92)
 
 
 def _cmyk_jpeg() -> bytes:
     from PIL import Image
 
-    return _pil(Image.fromarray(_u8(_cell())).convert("CMYK"), "JPEG", quality=92)
+    return pil_bytes(Image.fromarray(_u8(_cell())).convert("CMYK"), "JPEG", quality=92)
 
 
 def _animated_gif() -> bytes:
@@ -152,19 +129,19 @@ def _rgba_transparent_background() -> bytes:
     h, w = grey.shape
     yy, xx = np.mgrid[:h, :w]
     alpha = np.where(np.hypot(yy - h / 2, xx - w / 2) < 15, 255, 0).astype(np.uint8)
-    return _png(np.dstack([grey, grey, grey, alpha]))
+    return cv2_png(np.dstack([grey, grey, grey, alpha]))
 
 
 def _fully_transparent() -> bytes:
     grey = _u8(_cell())
-    return _png(np.dstack([grey, grey, grey, np.zeros_like(grey)]))
+    return cv2_png(np.dstack([grey, grey, grey, np.zeros_like(grey)]))
 
 
 def _float_tiff(bad: float | None = None) -> bytes:
     arr = _cell().astype(np.float32)
     if bad is not None:
         arr[20, 30] = bad
-    return _tiff(arr)
+    return tiff_bytes(arr)
 
 
 def _zip() -> bytes:
@@ -172,25 +149,25 @@ def _zip() -> bytes:
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("cell.png", _png(_u8(_cell())))
+        zf.writestr("cell.png", cv2_png(_u8(_cell())))
     return buf.getvalue()
 
 
 def _over_byte_limit() -> bytes:
     """A real PNG padded after its end to one byte over the limit."""
-    head = _png(_u8(_cell()))
+    head = cv2_png(_u8(_cell()))
     return head + b"\x00" * (MAX_BYTES + 1 - len(head))
 
 
 def _bad_crc_png() -> bytes:
-    data = bytearray(_png(_u8(_cell())))
+    data = bytearray(cv2_png(_u8(_cell())))
     start = data.index(b"IDAT") + 4
     data[start + 4:start + 20] = bytes(16)  # pixel data changed, CRC not
     return bytes(data)
 
 
 def _wrong_magic() -> bytes:
-    data = bytearray(_png(_u8(_cell())))
+    data = bytearray(cv2_png(_u8(_cell())))
     data[0:4] = b"\x00\x00\x00\x00"
     return bytes(data)
 
@@ -205,8 +182,7 @@ def _truncated(data: bytes) -> bytes:
 
 def _specs(include_big: bool) -> list[tuple[str, str, Callable[[], bytes], str, str, str, str | None, dict]]:
     """(id, kind, make bytes, disk suffix, upload name, content type, expected code or None, extras)."""
-    png8 = lambda: _png(_u8(_cell()))  # noqa: E731
-    c = "classified"
+    png8 = lambda: cv2_png(_u8(_cell()))  # noqa: E731
     specs: list = [
         # --- not images at all
         ("empty", "empty file (0 bytes)", lambda: b"", ".png", "empty.png", "image/png", "empty", {}),
@@ -226,7 +202,7 @@ def _specs(include_big: bool) -> list[tuple[str, str, Callable[[], bytes], str, 
         ("zip", "ZIP archive holding a PNG", _zip, ".zip", "cells.zip", "application/zip", "unsupported_format", {}),
         ("gif-animated", "animated GIF (3 frames)", _animated_gif, ".gif", "cell.gif", "image/gif",
          "unsupported_format", {}),
-        ("webp", "WebP image", lambda: _pil(_u8(_cell()), "WEBP"), ".webp", "cell.webp", "image/webp",
+        ("webp", "WebP image", lambda: pil_bytes(_u8(_cell()), "WEBP"), ".webp", "cell.webp", "image/webp",
          "unsupported_format", {}),
         ("heic-header", "HEIC header", lambda: b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64),
          ".heic", "cell.heic", "image/heic", "unsupported_format", {}),
@@ -234,33 +210,33 @@ def _specs(include_big: bool) -> list[tuple[str, str, Callable[[], bytes], str, 
          "not_an_image", {}),
         # --- broken images
         ("png-truncated", "truncated PNG", lambda: _truncated(png8()), ".png", "cell.png", "image/png", "corrupt", {}),
-        ("jpeg-truncated", "truncated JPEG", lambda: _truncated(_pil(_u8(_cell(200, 200)), "JPEG")), ".jpg",
+        ("jpeg-truncated", "truncated JPEG", lambda: _truncated(pil_bytes(_u8(_cell(200, 200)), "JPEG")), ".jpg",
          "cell.jpg", "image/jpeg", "corrupt", {}),
-        ("tiff-truncated", "truncated TIFF", lambda: _truncated(_tiff(_u16(_cell()))), ".tif", "cell.tif",
+        ("tiff-truncated", "truncated TIFF", lambda: _truncated(tiff_bytes(_u16(_cell()))), ".tif", "cell.tif",
          "image/tiff", "corrupt", {}),
-        ("bmp-truncated", "truncated BMP", lambda: _truncated(_pil(_u8(_cell()), "BMP")), ".bmp", "cell.bmp",
+        ("bmp-truncated", "truncated BMP", lambda: _truncated(pil_bytes(_u8(_cell()), "BMP")), ".bmp", "cell.bmp",
          "image/bmp", "corrupt", {}),
         ("png-bad-crc", "PNG with pixel data that fails its CRC", _bad_crc_png, ".png", "cell.png", "image/png",
          "corrupt", {}),
         ("png-header-garbage", "PNG signature then garbage", lambda: b"\x89PNG\r\n\x1a\n" + bytes(40), ".png",
          "cell.png", "image/png", "corrupt", {}),
-        ("tiff-complex", "TIFF with complex-valued samples", lambda: _tiff(_cell().astype(np.complex64)), ".tif",
+        ("tiff-complex", "TIFF with complex-valued samples", lambda: tiff_bytes(_cell().astype(np.complex64)), ".tif",
          "cell.tif", "image/tiff", "unsupported_format", {}),
         # --- images outside the limits
-        ("png-1x1", "1x1 pixel PNG", lambda: _png(np.array([[128]], np.uint8)), ".png", "dot.png", "image/png",
+        ("png-1x1", "1x1 pixel PNG", lambda: cv2_png(np.array([[128]], np.uint8)), ".png", "dot.png", "image/png",
          "too_small", {}),
-        ("png-thin-strip", "4x300 pixel strip", lambda: _png(_u8(_cell(4, 300))), ".png", "strip.png", "image/png",
+        ("png-thin-strip", "4x300 pixel strip", lambda: cv2_png(_u8(_cell(4, 300))), ".png", "strip.png", "image/png",
          "too_small", {}),
-        ("png-bomb", "decompression bomb: 6000x6000 PNG in a few kB", lambda: _png(np.zeros((6000, 6000), np.uint8)),
+        ("png-bomb", "decompression bomb: 6000x6000 PNG in a few kB", lambda: cv2_png(np.zeros((6000, 6000), np.uint8)),
          ".png", "bomb.png", "image/png", "too_many_pixels", {}),
         ("png-bomb-header", "PNG header claiming 100000x100000 pixels", lambda: _png_header_only(100_000, 100_000),
          ".png", "bomb2.png", "image/png", "too_many_pixels", {}),
         ("tiff-bomb", "decompression bomb: 6000x6000 zlib TIFF",
-         lambda: _tiff(np.zeros((6000, 6000), np.uint8), compression="zlib"), ".tif", "bomb.tif", "image/tiff",
+         lambda: tiff_bytes(np.zeros((6000, 6000), np.uint8), compression="zlib"), ".tif", "bomb.tif", "image/tiff",
          "too_many_pixels", {}),
         ("jpeg-bomb-header", "JPEG frame header claiming 60000x60000 pixels", lambda: _jpeg_with_size(60000, 60000),
          ".jpg", "bomb.jpg", "image/jpeg", "too_many_pixels", {}),
-        ("tiff-5-channel", "5-channel TIFF", lambda: _tiff(np.dstack([_u8(_cell())] * 5), photometric="minisblack",
+        ("tiff-5-channel", "5-channel TIFF", lambda: tiff_bytes(np.dstack([_u8(_cell())] * 5), photometric="minisblack",
                                                            planarconfig="contig"),
          ".tif", "cell5.tif", "image/tiff", "too_many_channels", {}),
         ("tiff-nan", "float TIFF with a NaN pixel", lambda: _float_tiff(np.nan), ".tif", "nan.tif", "image/tiff",
@@ -271,36 +247,36 @@ def _specs(include_big: bool) -> list[tuple[str, str, Callable[[], bytes], str, 
          "image/png", "invalid_values", {}),
         # --- odd but valid: must be classified
         ("png-8bit", "plain 8-bit grey PNG (reference)", png8, ".png", "cell.png", "image/png", None, {}),
-        ("png-16bit", "16-bit grey PNG", lambda: _png(_u16(_cell())), ".png", "cell16.png", "image/png", None, {}),
-        ("png-palette", "palette PNG", lambda: _pil(_pil_image(_u8(_cell())).convert("P"), "PNG"), ".png",
+        ("png-16bit", "16-bit grey PNG", lambda: cv2_png(_u16(_cell())), ".png", "cell16.png", "image/png", None, {}),
+        ("png-palette", "palette PNG", lambda: pil_bytes(_pil_image(_u8(_cell())).convert("P"), "PNG"), ".png",
          "palette.png", "image/png", None, {}),
-        ("png-grey-alpha", "grey+alpha PNG, opaque", lambda: _pil(_pil_image(_u8(_cell())).convert("LA"), "PNG"),
+        ("png-grey-alpha", "grey+alpha PNG, opaque", lambda: pil_bytes(_pil_image(_u8(_cell())).convert("LA"), "PNG"),
          ".png", "la.png", "image/png", None, {}),
         ("png-rgba-transparent-bg", "RGBA PNG with a transparent background", _rgba_transparent_background, ".png",
          "rgba.png", "image/png", None, {"warning": "transparent"}),
-        ("tiff-16bit", "16-bit grey TIFF", lambda: _tiff(_u16(_cell())), ".tif", "cell16.tif", "image/tiff", None, {}),
+        ("tiff-16bit", "16-bit grey TIFF", lambda: tiff_bytes(_u16(_cell())), ".tif", "cell16.tif", "image/tiff", None, {}),
         ("tiff-float32", "32-bit float TIFF", lambda: _float_tiff(), ".tif", "float.tif", "image/tiff", None, {}),
         ("tiff-float64-scaled", "64-bit float TIFF in camera units (0..4000)",
-         lambda: _tiff(_cell().astype(np.float64) * 4000.0), ".tif", "float64.tif", "image/tiff", None, {}),
-        ("tiff-int16-signed", "signed 16-bit TIFF", lambda: _tiff((_cell() * 20000 - 5000).astype(np.int16)), ".tif",
+         lambda: tiff_bytes(_cell().astype(np.float64) * 4000.0), ".tif", "float64.tif", "image/tiff", None, {}),
+        ("tiff-int16-signed", "signed 16-bit TIFF", lambda: tiff_bytes((_cell() * 20000 - 5000).astype(np.int16)), ".tif",
          "signed.tif", "image/tiff", None, {}),
-        ("tiff-1bit", "1-bit TIFF", lambda: _tiff(_cell() > 0.4, photometric="minisblack"), ".tif", "mask.tif",
+        ("tiff-1bit", "1-bit TIFF", lambda: tiff_bytes(_cell() > 0.4, photometric="minisblack"), ".tif", "mask.tif",
          "image/tiff", None, {}),
-        ("tiff-multipage", "3-page TIFF", lambda: _tiff(np.stack([_u16(_cell(seed=s)) for s in range(3)]), photometric="minisblack"),
+        ("tiff-multipage", "3-page TIFF", lambda: tiff_bytes(np.stack([_u16(_cell(seed=s)) for s in range(3)]), photometric="minisblack"),
          ".tif",
          "stack.tif", "image/tiff", None, {"warning": "multi-page"}),
-        ("bigtiff", "BigTIFF", lambda: _tiff(_u16(_cell()), bigtiff=True), ".tif", "big.tif", "image/tiff", None, {}),
+        ("bigtiff", "BigTIFF", lambda: tiff_bytes(_u16(_cell()), bigtiff=True), ".tif", "big.tif", "image/tiff", None, {}),
         ("jpeg-cmyk", "CMYK JPEG", _cmyk_jpeg, ".jpg", "cmyk.jpg", "image/jpeg", None, {"warning": "CMYK"}),
         ("jpeg-exif-rotated", "EXIF-rotated JPEG (orientation 6)", _exif_rotated_jpeg, ".jpg", "rotated.jpg",
          "image/jpeg", None, {"warning": "EXIF orientation"}),
-        ("bmp-24bit", "24-bit BMP", lambda: _pil(np.dstack([_u8(_cell())] * 3), "BMP"), ".bmp", "cell.bmp",
+        ("bmp-24bit", "24-bit BMP", lambda: pil_bytes(np.dstack([_u8(_cell())] * 3), "BMP"), ".bmp", "cell.bmp",
          "image/bmp", None, {}),
-        ("flat-image", "a flat image (one grey level)", lambda: _png(np.full((47, 60), 120, np.uint8)), ".png",
+        ("flat-image", "a flat image (one grey level)", lambda: cv2_png(np.full((47, 60), 120, np.uint8)), ".png",
          "flat.png", "image/png", None, {}),
-        ("field-of-view", "a 1024x1024 field of view instead of a crop", lambda: _png(_u8(_cell(1024, 1024))),
+        ("field-of-view", "a 1024x1024 field of view instead of a crop", lambda: cv2_png(_u8(_cell(1024, 1024))),
          ".png", "field.png", "image/png", None, {}),
         ("jpeg-named-png", "JPEG content named .png and sent as image/png",
-         lambda: _pil(_u8(_cell()), "JPEG", quality=92), ".png", "really-a-jpeg.png", "image/png", None, {}),
+         lambda: pil_bytes(_u8(_cell()), "JPEG", quality=92), ".png", "really-a-jpeg.png", "image/png", None, {}),
         ("wrong-content-type", "PNG sent as text/plain", png8, ".png", "cell.png", "text/plain", None, {}),
         ("no-content-type", "PNG sent as application/octet-stream", png8, ".png", "cell.png",
          "application/octet-stream", None, {}),

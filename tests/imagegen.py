@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import io
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+from nscfate.testing import cv2_png, pil_bytes, tiff_bytes  # noqa: F401 - the encoders tests import from here
 
 
 def cell_array(h: int = 47, w: int = 60, dtype=np.uint8, seed: int = 0) -> np.ndarray:
@@ -30,32 +31,10 @@ def expected_float(arr: np.ndarray) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def pil_bytes(arr_or_image, fmt: str, **save_kwargs) -> bytes:
-    from PIL import Image
-
-    im = arr_or_image if isinstance(arr_or_image, Image.Image) else Image.fromarray(arr_or_image)
-    buf = io.BytesIO()
-    im.save(buf, fmt, **save_kwargs)
-    return buf.getvalue()
 
 
-def cv2_png(arr: np.ndarray) -> bytes:
-    """PNG via OpenCV (the way to write 16-bit colour PNG); ``arr`` colour order is RGB(A)."""
-    import cv2
-
-    if arr.ndim == 3:
-        arr = arr[:, :, [2, 1, 0, 3][: arr.shape[2]]]
-    ok, buf = cv2.imencode(".png", arr)
-    assert ok
-    return buf.tobytes()
 
 
-def tiff_bytes(arr: np.ndarray, **kwargs) -> bytes:
-    import tifffile
-
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, arr, **kwargs)
-    return buf.getvalue()
 
 
 def skimage_data(name: str) -> Path:
