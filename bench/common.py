@@ -20,7 +20,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -100,20 +99,6 @@ def _tf_version() -> str:
         return "not installed"
 
 
-def rss_mb() -> float:
-    """This process's resident set size now, in MB (from /proc)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, in MB (VmHWM)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -246,7 +231,3 @@ def write_section(name: str, title: str, body: str, before: Load, after: Load, *
 
 def stamp() -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-
-
-def fmt(value: Any, digits: int = 1) -> str:
-    return f"{value:,.{digits}f}" if isinstance(value, (int, float)) else str(value)

@@ -30,7 +30,6 @@ from bench.common import ROOT  # noqa: E402
 log = logging.getLogger("bench.stack")
 
 ADMIN_EMAIL = "bench@lab.org"
-READY = "worker ready"
 
 
 def free_port() -> int:
@@ -49,19 +48,17 @@ class ServingStack:
         cores: ``cores[i]`` is the CPU set worker ``i`` is pinned to (``None``: not pinned).
         host_cores: the CPU set of the host process (``None``: not pinned).
         worker_args: extra ``python -m uplink`` options (e.g. ``--max-batch 32 --max-wait-ms 5``).
-        worker_env: extra environment of the workers (e.g. TensorFlow thread settings).
     """
 
     def __init__(self, model_dir: Path, data_dir: Path, *, workers: int = 1,
                  cores: Sequence[set[int] | None] | None = None, host_cores: set[int] | None = None,
-                 worker_args: Sequence[str] = (), worker_env: dict[str, str] | None = None) -> None:
+                 worker_args: Sequence[str] = ()) -> None:
         self.model_dir = Path(model_dir)
         self.data_dir = Path(data_dir)
         self.n_workers = workers
         self.cores = list(cores) if cores is not None else [None] * workers
         self.host_cores = host_cores
         self.worker_args = list(worker_args)
-        self.worker_env = dict(worker_env or {})
         self.key = secrets.token_urlsafe(24)
         self.client_key = secrets.token_urlsafe(24)  # for a client uplink measuring hub + worker alone
         self.password = secrets.token_urlsafe(16)
@@ -93,7 +90,7 @@ class ServingStack:
                                  "--port", str(self.port)], env, "host", self.host_cores)
         self._wait(lambda: self._health() is not None, timeout, "the host to answer")
         for i in range(self.n_workers):
-            wenv = {**env, **self.worker_env}
+            wenv = dict(env)
             del wenv["NSCFATE_ADMIN_PASSWORD"], wenv["ANVIL_CLIENT_UPLINK_KEY"]
             cmd = [sys.executable, "-m", "uplink", "--url", f"ws://127.0.0.1:{self.port}/_/uplink",
                    "--model", str(self.model_dir), "--log-level", "WARNING", *self.worker_args]

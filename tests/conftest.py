@@ -117,6 +117,18 @@ def engine_url(request, tmp_path):
 
 
 @pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """The bad-input corpus of scripts/make_bad_inputs.py, built once: cases by id (with their bytes and
+    path) and the whole-request cases."""
+    from scripts.make_bad_inputs import build_corpus
+
+    out = tmp_path_factory.mktemp("corpus")
+    manifest = build_corpus(out)
+    cases = {c["id"]: dict(c, data=(out / c["file"]).read_bytes(), path=out / c["file"]) for c in manifest["cases"]}
+    return {"dir": out, "cases": cases, "requests": {r["id"]: r for r in manifest["requests"]}}
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A tiny trained 4-class model directory with card plots (a few seconds to make, shared by the session)."""
     from nscfate.testing import make_tiny_model_dir

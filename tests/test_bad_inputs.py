@@ -12,7 +12,6 @@ One host and one worker serve the whole module; the model is the session's ``tin
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import socket
@@ -23,12 +22,10 @@ from pathlib import Path
 import anvil
 import pytest
 
+from scripts import make_bad_inputs as corpus_script
 from tests.livehost import LiveHost
 
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("make_bad_inputs", ROOT / "scripts" / "make_bad_inputs.py")
-corpus_script = sys.modules.setdefault("make_bad_inputs", importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(corpus_script)
 
 CASE_IDS = corpus_script.case_ids()
 KEY = "bad-inputs-test-key-" + "q" * 12
@@ -41,14 +38,6 @@ REQUIRED_KINDS = ["empty", "text-named-png", "html", "svg", "pdf", "png-truncate
                   "tiff-5-channel", "tiff-nan", "tiff-inf", "tiff-16bit", "tiff-float32", "jpeg-cmyk",
                   "jpeg-exif-rotated", "tiff-multipage", "png-rgba-transparent-bg", "unicode-name",
                   "traversal-name", "wrong-content-type"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    out = tmp_path_factory.mktemp("corpus")
-    manifest = corpus_script.build_corpus(out)
-    cases = {c["id"]: dict(c, data=(out / c["file"]).read_bytes(), path=out / c["file"]) for c in manifest["cases"]}
-    return {"dir": out, "cases": cases, "requests": {r["id"]: r for r in manifest["requests"]}}
 
 
 @pytest.fixture(scope="module")
@@ -233,11 +222,15 @@ def test_request_declaring_a_huge_body_is_refused_before_reading_it(corpus, live
                    f"Content-Type: image/png\r\nContent-Length: {1 << 30}\r\n\r\n").encode() + b"\x89PNG")
         reply = b""
         while b"\r\n\r\n" not in reply:
-            reply += s.recv(65536)
+            chunk = s.recv(65536)
+            assert chunk, f"the host closed the connection without a full reply: {reply[:200]!r}"
+            reply += chunk
         head, _, body = reply.partition(b"\r\n\r\n")
         length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))
         while len(body) < length:
-            body += s.recv(65536)
+            chunk = s.recv(65536)
+            assert chunk, "the host closed the connection before the whole body"
+            body += chunk
     assert int(head.split(b" ", 2)[1]) == req["status"]
     assert json.loads(body)["error"]["code"] == req["code"]
 

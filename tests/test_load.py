@@ -4,14 +4,8 @@ its latency and throughput figures, is the script: see docs/RELIABILITY.md.)"""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
-from tests.livehost import ROOT_DIR, LiveHost
-
-_spec = importlib.util.spec_from_file_location("load_test", ROOT_DIR / "bench" / "load_test.py")
-load_test = sys.modules.setdefault("load_test", importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(load_test)
+from bench import load_test
+from tests.livehost import LiveHost
 
 ANN = "ann@lab.org"
 

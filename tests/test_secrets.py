@@ -20,6 +20,7 @@ import sys
 import httpx
 import pytest
 
+from apphost.http_api import COOKIE_NAME
 from apphost.testing import png_bytes
 from tests.hostproc import Host
 from tests.livehost import ROOT_DIR, wait_until
@@ -115,11 +116,12 @@ def test_no_secret_in_the_logs_of_a_session(tmp_path, tiny_model):
                 assert key not in basic.get(route).text
         with httpx.Client(base_url=url, timeout=60, headers={"X-Requested-With": "fetch"}) as browser:
             r = browser.post("/_/auth/login", json={"email": email, "password": password})
-            seen += [browser.cookies.get("nscfate_session"), r.json()["csrf_token"]]
+            seen += [browser.cookies.get(COOKIE_NAME), r.json()["csrf_token"]]
             r = browser.post("/_/auth/password", json={"old_password": password, "new_password": new_password},
                              headers={"X-CSRF-Token": r.json()["csrf_token"]})
             assert r.status_code == 200, r.text
-            seen += [browser.cookies.get("nscfate_session"), r.json()["csrf_token"]]
+            seen += [browser.cookies.get(COOKIE_NAME), r.json()["csrf_token"]]
+            assert all(seen) and len(seen) == 4  # the session tokens really are among the secrets looked for
             assert browser.post("/_/api/predictions", files=[("file", ("b.png", png_bytes(2), "image/png"))],
                                 headers={"X-CSRF-Token": r.json()["csrf_token"]}).status_code == 200
             assert browser.post("/_/auth/login", json={"email": email, "password": "wrong " + new_password}
@@ -132,7 +134,7 @@ def test_no_secret_in_the_logs_of_a_session(tmp_path, tiny_model):
     # everything was logged: the worker's and the host's DEBUG lines, uvicorn's access log (on stdout)
     assert "worker ready" in logs and " DEBUG " in logs and "POST /_/api/predictions" in logs + out
     secrets_used = {"uplink key": key, "wrong uplink key": wrong_key, "password": password,
-                    "new password": new_password, **{f"session value {i}": v for i, v in enumerate(seen) if v}}
+                    "new password": new_password, **{f"session value {i}": v for i, v in enumerate(seen)}}
     leaks = [f"{what} in the {where}" for where, text in (("host and worker log", logs), ("host's output", out),
                                                            ("wrong-key uplink's output", intruder.output()))
              for what, value in secrets_used.items() if value in text]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 
 import pytest
 from anvil.tables import TransactionConflict
@@ -43,7 +44,9 @@ def test_a_write_waits_for_an_open_transaction_then_runs(db):
     assert opened.wait(30)
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(db.app_tables.notes.add_row, text="after it")
-        assert not waiting.done() and texts(db) == []  # waits its turn; nothing visible before the commit
+        with pytest.raises(FuturesTimeout):  # waits its turn while the transaction holds the write lock
+            waiting.result(0.3)
+        assert texts(db) == []  # nothing visible before the commit
         committed.set()
         waiting.result(30)
     holder.join(30)

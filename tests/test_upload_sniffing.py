@@ -8,7 +8,6 @@ import pytest
 
 from nscfate import io as nio
 from server_code import uploads
-from tests.test_bad_inputs import corpus  # noqa: F401 - the bad-input corpus fixture
 
 PROBES = [magic + b"\x00" * 64 for magic, _ in nio._MAGIC] + [
     b"RIFF\x00\x00\x00\x00WEBPVP8 ", b"\x00\x00\x00\x18ftypavif", b"\x00\x00\x00\x18ftypheic",
@@ -26,6 +25,6 @@ def test_every_signature_is_named_alike(data):
     assert _server_view(data) == nio.sniff_format(data)
 
 
-def test_the_bad_input_corpus_is_sorted_alike(corpus):  # noqa: F811
+def test_the_bad_input_corpus_is_sorted_alike(corpus):
     for case_id, case in corpus["cases"].items():
         assert _server_view(case["data"]) == nio.sniff_format(case["data"]), case_id
