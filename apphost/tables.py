@@ -707,9 +707,15 @@ class Table(anvil.tables.Table):
                 pk = conn.execute(sa.insert(self._sql).values(**sql_values)).inserted_primary_key[0]
         finally:
             self._db._unpin_once()
-        # The row's values as a read would give them, from what was just written (no SELECT per add).
-        written = _Written({c: sql_values.get(c) for c in self._sql.c.keys()})
-        return Row(self, int(pk), self._db.from_sql(self.spec, written))
+        # The row's values as a read would give them, from what was just written (no SELECT per add);
+        # linked rows are the ones the caller passed, with whatever values they already hold.
+        written = self._db.from_sql(self.spec, _Written({c: sql_values.get(c) for c in self._sql.c.keys()}))
+        for c in self.spec.columns:
+            if c.type == "link_single" and isinstance(values.get(c.name), Row):
+                written[c.name] = values[c.name]
+            elif c.type == "link_multiple" and values.get(c.name):
+                written[c.name] = list(values[c.name])
+        return Row(self, int(pk), written)
 
     def get(self, *queries: Any, **kwargs: Any) -> Row | None:
         """The single row matching the query, None if none; TableError if several match."""

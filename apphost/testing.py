@@ -111,7 +111,7 @@ class FakeWorker:
             result["gradcam"] = anvil.BlobMedia("image/png", png_bytes(99), name="gradcam.png")
         return result
 
-    def list_models(self) -> list[dict[str, Any]]:
+    def list_models(self, plots: bool = False) -> list[dict[str, Any]]:
         return [{"name": self.model_name, "version": self.model_version, "task": "medium4",
                  "classes": [{"key": k, "display_name": d} for k, d in CLASSES],
                  "trained_on": "synthetic IFC-like benchmark", "metrics": {"accuracy": 0.9}}]
@@ -146,8 +146,8 @@ def serve_fake_worker(url: str) -> None:
         return worker.predict(image, model, explain)
 
     @anvil.server.callable("list_models")
-    def list_models() -> list[dict[str, Any]]:
-        return worker.list_models()
+    def list_models(plots: bool = False) -> list[dict[str, Any]]:
+        return worker.list_models(plots)
 
     anvil.server.connect(os.environ["ANVIL_UPLINK_KEY"], url=url, quiet=True)
     anvil.server.wait_forever()

@@ -234,7 +234,7 @@ def _plot_title(plot, n):
 @_api
 def model_plot(name, index, **params):
     _user()
-    for card in predictions.worker_models():
+    for card in predictions.worker_models(plots=True):
         if isinstance(card, dict) and str(card.get("name")) == name:
             plots = card.get("plots") or []
             n = int(index) if str(index).isdigit() else -1

@@ -154,8 +154,16 @@ def _record(user, f, out, experiment, notes):
         result = prediction_to_dict(row, user)
     except Exception:  # stored, but reading it back failed: still report it as stored
         log.exception("stored prediction %s could not be read back", row.get_id())
-        result = {"id": row.get_id(), "filename": f.filename, "predicted_class": out["predicted_class"],
-                  "confidence": float(out["confidence"]), "probabilities": dict(out["probabilities"])}
+        # the same fields from what was written, so the caller's result card still works
+        probabilities = {k: float(v) for k, v in out["probabilities"].items()}
+        result = {"id": row.get_id(), "created": None, "user": user["email"], "filename": f.filename,
+                  "image_sha256": f.sha256, "model": {"name": model.get("name"), "version": model.get("version")},
+                  "predicted_class": out["predicted_class"],
+                  "predicted_display_name": class_names.get(out["predicted_class"], out["predicted_class"]),
+                  "confidence": float(out["confidence"]), "probabilities": probabilities,
+                  "classes": [{"key": k, "display_name": class_names.get(k, k)} for k in probabilities],
+                  "warnings": list(out.get("warnings") or []), "experiment": experiment, "notes": notes,
+                  "can_delete": True}
     result.update(index=f.index, ok=True)
     return result
 
@@ -451,9 +459,10 @@ def experiment_summary(experiment, model=None):
 # Models and explanations
 
 
-def worker_models():
+def worker_models(plots=False):
+    """The worker's model cards; with ``plots``, each plot's PNG (Media) too, not only its title."""
     try:
-        models = anvil.server.call("list_models")
+        models = anvil.server.call("list_models", plots=plots)
     except Exception as e:
         raise errors.WorkerUnavailable("The prediction service is not available right now (%s)" % type(e).__name__)
     return models if isinstance(models, list) else []
@@ -464,7 +473,7 @@ def get_model_cards():
     """The model cards of the models the connected workers serve (the worker's ``list_models``; named
     differently because on Anvil an uplink function shadows a server function of the same name)."""
     access.require_user()
-    return worker_models()
+    return worker_models(plots=True)
 
 
 @anvil.server.callable

@@ -43,8 +43,8 @@ def main() -> None:
         return worker.predict_batch(images, model)
 
     @anvil.server.callable("list_models")
-    def list_models() -> list[dict[str, Any]]:
-        return worker.list_models()
+    def list_models(plots: bool = False) -> list[dict[str, Any]]:
+        return worker.list_models(plots)
 
     anvil.server.connect(os.environ["ANVIL_UPLINK_KEY"], url=args.url, quiet=True)
     anvil.server.wait_forever()

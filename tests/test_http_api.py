@@ -275,12 +275,14 @@ def test_model_card_plots_become_urls(client, worker):
     plot = anvil.BlobMedia("image/png", png_bytes(7), name="confusion_matrix.png")
     cards = worker.list_models()
     cards[0]["plots"] = [{"title": "Confusion matrix", "image": plot}, plot]
-    worker.list_models = lambda: cards
+    worker.list_models = lambda plots=False: cards
     listed = client.get("/_/api/models", auth=ANN).json()["models"][0]
+    assert worker.calls[-1] == ("list_models", (), {"plots": False})  # a listing does not fetch the images
     assert listed["plots"] == [
         {"title": "Confusion matrix", "url": "/_/api/models/tiny-medium4/plots/0"},
         {"title": "confusion_matrix.png", "url": "/_/api/models/tiny-medium4/plots/1"}]
     r = client.get(listed["plots"][1]["url"], auth=ANN)
+    assert worker.calls[-1] == ("list_models", (), {"plots": True})
     assert r.status_code == 200 and r.content == png_bytes(7) and r.headers["content-type"] == "image/png"
     assert client.get("/_/api/models/tiny-medium4/plots/2", auth=ANN).status_code == 404
     assert client.get("/_/api/models/other/plots/0", auth=ANN).status_code == 404

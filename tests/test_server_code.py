@@ -81,6 +81,23 @@ def test_classify_stores_one_row_per_success_and_reports_rejections(rt, people, 
     assert email == "ann@lab.org"
 
 
+def test_a_stored_prediction_that_cannot_be_read_back_is_still_reported_whole(rt, people, monkeypatch):
+    normal = rt.call("classify_cell_images", images(1), session=people["ann"])[0]
+
+    def broken(row, viewer):
+        raise RuntimeError("read-back failed")
+
+    monkeypatch.setattr(module(rt, "predictions"), "prediction_to_dict", broken)
+    result = rt.call("classify_cell_images", images(1, start=1), session=people["ann"])[0]
+    assert result["ok"] and n_rows(rt) == 2  # stored, and said so
+    assert result.keys() == normal.keys()  # every field a result card reads
+    assert (result["user"], result["model"], result["can_delete"]) == (normal["user"], normal["model"], True)
+    assert result["filename"] == "cell1.png"
+    assert [c["key"] for c in result["classes"]] == [c["key"] for c in normal["classes"]]
+    names = {c["key"]: c["display_name"] for c in normal["classes"]}
+    assert result["predicted_display_name"] == names[result["predicted_class"]]
+
+
 def test_worker_down_stores_nothing(rt, people, worker):
     worker.fail = True
     results = rt.call("classify_cell_images", images(3), session=people["ann"])

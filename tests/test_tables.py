@@ -66,6 +66,7 @@ def test_round_trip_of_every_column_type(db):
     statements = []
     sa.event.listen(db.engine, "before_cursor_execute", lambda *a, **k: statements.append(a[2]))
     returned = dict(row)
+    assert returned["friend"]["name"] == "Fay" and returned["groups"][1]["title"] == "b"  # linked rows as passed
     assert statements == []
     assert returned.keys() == fresh.keys()
     for key in fresh:

@@ -197,9 +197,11 @@ def test_list_models(server, worker_a, model_classes):
 def test_list_models_sends_the_card_plots_as_png_media(server, worker_a, tiny_model):
     from nscfate.modeldir import read_model_dir
 
-    (card,) = server.hub.call_sync("list_models")
+    (listed,) = server.hub.call_sync("list_models")  # a listing: titles only, no images
+    (card,) = server.hub.call_sync("list_models", plots=True)
     stored = read_model_dir(tiny_model).plots
     assert len(stored) == 3
+    assert listed["plots"] == [{"title": title} for title, _ in stored]
     assert [p["title"] for p in card["plots"]] == [title for title, _ in stored]
     assert card["plots"][0]["title"].startswith("Confusion matrix, test split (n=")
     for plot, (_, path) in zip(card["plots"], stored):

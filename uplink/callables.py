@@ -51,9 +51,9 @@ def register_callables(service: InferenceService) -> None:
 
     @anvil.server.callable("list_models")
     @_logged
-    def list_models():
-        """Short model cards of the models this worker serves, default first."""
-        return service.list_models()
+    def list_models(plots=False):
+        """Short model cards of the models this worker serves, default first (``plots``: with the PNGs)."""
+        return service.list_models(plots=bool(plots))
 
     @anvil.server.callable("worker_stats")
     @_logged

@@ -151,13 +151,17 @@ class InferenceService:
                 results[index] = result
             return results  # type: ignore[return-value]
 
-    def list_models(self) -> list[dict[str, Any]]:
-        """The model cards in short with their plots (PNG Media), the default model first."""
+    def list_models(self, plots: bool = False) -> list[dict[str, Any]]:
+        """The model cards in short, the default model first; each card's ``plots`` are their titles, with
+        the PNGs as Media (``image``) only when ``plots`` is true (a few hundred KB: not for listings)."""
         cards = []
         for name, p in sorted(self.predictors.items(), key=lambda kv: kv[0] != self.default_model):
-            plots = [{"title": title, "image": anvil.BlobMedia("image/png", png, name=file)}
-                     for file, title, png in p.plots()]
-            cards.append({**p.card(), "default": name == self.default_model, "plots": plots})
+            if plots:
+                plots_out = [{"title": title, "image": anvil.BlobMedia("image/png", png, name=file)}
+                             for file, title, png in p.plots()]
+            else:
+                plots_out = [{"title": title} for title, _ in p.info.plots]
+            cards.append({**p.card(), "default": name == self.default_model, "plots": plots_out})
         return cards
 
     def stats(self) -> dict[str, Any]:
