@@ -407,30 +407,47 @@ def write_split_manifest(split: Split, path: str | Path) -> str:
                                 "subsample": split.subsample})
 
 
-def read_split_manifest(path: str | Path, *, verify: bool = True) -> tuple[Split, str]:
-    """Read a manifest written by :func:`write_split_manifest`; returns (split, manifest hash).
-    With ``verify``, every file must exist and still have its recorded SHA-256."""
+def read_manifest_file(path: str | Path, subsets: Iterable[str] | None = None, *,
+                       verify: bool = True) -> tuple[dict, dict[str, list[Sample]]]:
+    """Read a split manifest (:func:`write_manifest_file`): its header and the samples of each subset
+    (only ``subsets`` when given). The manifest hash must match its entries (a hand-edited manifest is
+    refused); with ``verify``, every file returned must exist and still have its recorded SHA-256.
+
+    Raises:
+        DatasetError: not a manifest, edited, or files missing or changed.
+    """
     path = Path(path)
+    wanted = None if subsets is None else set(subsets)
+    parts: dict[str, list[Sample]] = {}
+    bad = []
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_text(encoding="utf-8"))
         entries = doc["samples"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(f"{path}: not a split manifest ({exc})") from None
-    base = path.parent
-    train, test, bad = [], [], []
-    for e in entries:
-        file = Path(e["path"]) if Path(e["path"]).is_absolute() else base / e["path"]
-        if verify and (not file.is_file() or file_sha256(file) != e["sha256"]):
-            bad.append(e["path"])
-        (train if e["subset"] == "train" else test).append(Sample(str(file), e["label"], e["group"], e.get("channel")))
+        digest = manifest_hash(entries)
+        for e in entries:
+            if wanted is not None and e["subset"] not in wanted:
+                continue
+            file = Path(e["path"]) if Path(e["path"]).is_absolute() else path.parent / e["path"]
+            if verify and (not file.is_file() or file_sha256(file) != e["sha256"]):
+                bad.append(e["path"])
+            parts.setdefault(e["subset"], []).append(Sample(str(file), e["label"], e["group"], e.get("channel")))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DatasetError(f"{path}: not a split manifest ({type(exc).__name__}: {exc})") from None
+    if digest != doc.get("manifest_sha256"):
+        raise DatasetError(f"{path}: manifest hash mismatch (the file was edited)")
     if bad:
         raise DatasetError(f"{path}: {len(bad)} file(s) missing or changed since the manifest was written, "
                            f"e.g. {', '.join(bad[:3])}")
-    digest = manifest_hash(entries)
-    if digest != doc.get("manifest_sha256"):
-        raise DatasetError(f"{path}: manifest hash mismatch (the file was edited)")
-    split = Split(train, test, doc["kind"], doc["seed"], doc["test_fraction"], doc.get("subsample"))
-    return split, digest
+    return doc, parts
+
+
+def read_split_manifest(path: str | Path, *, verify: bool = True) -> tuple[Split, str]:
+    """Read a manifest written by :func:`write_split_manifest`; returns (split, manifest hash).
+    With ``verify``, every file must exist and still have its recorded SHA-256."""
+    doc, parts = read_manifest_file(path, verify=verify)
+    split = Split(parts.get("train", []), parts.get("test", []), doc["kind"], doc["seed"], doc["test_fraction"],
+                  doc.get("subsample"))
+    return split, doc["manifest_sha256"]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -109,10 +109,18 @@ def evaluate(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: 
     from nscfate.predictor import Predictor
 
     predictor = Predictor.load(model, batch_size=batch_size)
-    if os.fspath(data).endswith(".json"):
+    from_manifest = os.fspath(data).endswith(".json")
+    if from_manifest:
+        from nscfate.errors import DatasetError
         from nscfate.training import read_manifest
 
-        samples = [s for s in read_manifest(data, subset) if s.label in predictor.classes]
+        listed = read_manifest(data, subset)
+        # a binary model on a 4-medium run's split: its own classes only
+        samples = [s for s in listed if s.label in predictor.classes]
+        if not samples:
+            raise DatasetError(f"{os.fspath(data)} ({subset}) has no images of {predictor.name}'s classes "
+                               f"({', '.join(predictor.classes)}); its labels: "
+                               f"{', '.join(sorted({s.label for s in listed}))}")
     else:
         samples = read_dataset(data, task=predictor.task, channel=channel)
     if limit is not None:
@@ -132,9 +140,9 @@ def evaluate(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: 
         labels, probs, predictor.classes, out_dir, groups=groups, display_names=predictor.display_names,
         model_card=card, model_metrics=predictor.info.metrics, n_boot=n_boot,
         title=f"Evaluation of {predictor.name} {predictor.version} on {os.fspath(data)}"
-              + (f" ({subset})" if os.fspath(data).endswith(".json") else ""),
+              + (f" ({subset})" if from_manifest else ""),
         extra={"model": {"name": predictor.name, "version": predictor.version}, "data": os.fspath(data),
-               "subset": subset if os.fspath(data).endswith(".json") else None, "refused": len(refused)},
+               "subset": subset if from_manifest else None, "refused": len(refused)},
     )
 
 

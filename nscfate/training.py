@@ -109,26 +109,16 @@ def write_manifest(path: Path, parts: dict[str, list], cfg: RunConfig) -> str:
 
 
 def read_manifest(path: str | Path, subset: str, *, verify: bool = True) -> list:
-    """The samples of one subset (train, val, test, grouped_test) of a run's split manifest; with
-    ``verify`` every file must still have its recorded SHA-256."""
+    """The samples of one subset (train, val, test, grouped_test) of a run's split manifest
+    (:func:`nscfate.data.read_manifest_file`: hash checked; with ``verify`` every file of the subset
+    must still have its recorded SHA-256)."""
     from nscfate import data as D
 
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        entries = [e for e in doc["samples"] if e["subset"] == subset]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(f"{path}: not a split manifest ({exc})") from None
-    if not entries:
-        known = sorted({e.get("subset") for e in doc["samples"]})
+    doc, parts = D.read_manifest_file(path, [subset], verify=verify)
+    if not parts.get(subset):
+        known = sorted({str(e.get("subset")) for e in doc["samples"] if isinstance(e, dict)})
         raise DatasetError(f"{path} has no {subset!r} images; subsets: {', '.join(known)}")
-    samples = []
-    for e in entries:
-        file = Path(e["path"]) if Path(e["path"]).is_absolute() else path.parent / e["path"]
-        if verify and (not file.is_file() or D.file_sha256(file) != e["sha256"]):
-            raise DatasetError(f"{path}: {e['path']} is missing or changed since the manifest was written")
-        samples.append(D.Sample(str(file), e["label"], e["group"], e.get("channel")))
-    return samples
+    return parts[subset]
 
 
 def _dataset(samples: Sequence, cfg: RunConfig, classes: Sequence[str], *, training: bool):

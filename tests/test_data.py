@@ -252,6 +252,30 @@ def test_split_manifest_roundtrip_and_verification(ifc_root, tmp_path):
         (ifc_root / "split.json").unlink()
 
 
+def test_run_manifests_refuse_edits_and_malformed_entries(ifc_root, tmp_path):
+    from nscfate.data import write_manifest_file
+    from nscfate.training import read_manifest
+
+    samples = read_dataset(ifc_root)
+    path = tmp_path / "split.json"
+    write_manifest_file(path, {"train": samples[:10], "test": samples[10:14]}, {"kind": "random", "seed": 0})
+    assert [s.path for s in read_manifest(path, "test")] == [s.path for s in samples[10:14]]
+    with pytest.raises(errors.DatasetError, match="no 'val' images; subsets: test, train"):
+        read_manifest(path, "val")
+    doc = json.loads(path.read_text())
+    doc["samples"][0]["label"] = "oligo" if doc["samples"][0]["label"] != "oligo" else "astro"  # relabelled
+    path.write_text(json.dumps(doc))
+    with pytest.raises(errors.DatasetError, match="manifest hash mismatch"):
+        read_manifest(path, "test")
+    del doc["samples"][0]["sha256"]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(errors.DatasetError, match="not a split manifest"):
+        read_manifest(path, "test")
+    path.write_text("[1, 2]")
+    with pytest.raises(errors.DatasetError, match="not a split manifest"):
+        read_manifest(path, "test")
+
+
 def test_inspect_dataset(ifc_root):
     report = inspect_dataset(ifc_root)
     assert report["images"] == 48 and report["files"] == 192

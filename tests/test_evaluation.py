@@ -50,3 +50,19 @@ def test_evaluate_command_on_a_dataset_through_the_predictor(tmp_path, capsys):
     assert set(m["per_group"]) == {"D3A", "D3B", "D3C"}
     assert "accuracy" in capsys.readouterr().out
     assert (out / "roc.png").is_file() and (out / "report.html").is_file()
+
+
+def test_evaluating_a_split_without_the_models_classes_says_so(tmp_path, tiny_model):
+    import pytest
+
+    from nscfate.data import Sample, write_manifest_file
+    from nscfate.errors import DatasetError
+    from nscfate.evaluation import evaluate
+    from nscfate.testing import cell_image, to_png_bytes
+
+    image = tmp_path / "cell.png"
+    image.write_bytes(to_png_bytes(cell_image(np.random.default_rng(0))))
+    manifest = tmp_path / "split.json"
+    write_manifest_file(manifest, {"test": [Sample(str(image), "bdnf", "D3A")]}, {"kind": "random", "seed": 0})
+    with pytest.raises(DatasetError, match=r"has no images of tiny-medium4's classes \(astro, .*\); its labels: bdnf"):
+        evaluate(tiny_model, manifest, tmp_path / "out", progress=False)
