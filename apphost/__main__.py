@@ -52,6 +52,11 @@ WORKER_STOP_GRACE = 30.0
 WORKER_EXIT_NO_MODEL = 2
 
 
+#: Database driver modules SQLAlchemy imports for a URL (a missing one is a DATABASE_URL problem).
+DB_DRIVER_MODULES = {"psycopg2", "psycopg", "pg8000", "asyncpg", "pymysql", "MySQLdb", "mysqlclient", "oracledb",
+                     "cx_Oracle", "pyodbc", "sqlite3", "pysqlite2"}
+
+
 class HostError(Exception):
     """A start-up problem the operator has to fix; the message says what and how."""
 
@@ -247,10 +252,13 @@ class LocalHost:
             raise HostError(f"cannot open the database ({describe_database(self.db_url)}): "
                             f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}") from None
         except (sqlalchemy.exc.NoSuchModuleError, ImportError) as exc:
+            # only a missing database driver is the URL's fault; any other import error is a bug to show
+            if isinstance(exc, ImportError) and (exc.name or "").split(".")[0] not in DB_DRIVER_MODULES:
+                raise
             raise HostError(f"DATABASE_URL names a database driver that is not installed ({exc}); "
                             "PostgreSQL (postgresql://...) and SQLite are supported") from None
-        except SchemaError as exc:  # e.g. a column's type changed in anvil.yaml
-            raise HostError(f"the database does not match anvil.yaml: {exc}") from None
+        except SchemaError as exc:  # anvil.yaml's db_schema is invalid, or the database has other column types
+            raise HostError(f"the tables of anvil.yaml cannot be used with this database: {exc}") from None
 
     def _ensure_admin(self, env: dict[str, str]) -> str:
         """The first lab admin (see the module docstring); its email for the sign-in message."""

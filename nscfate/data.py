@@ -378,8 +378,18 @@ def write_manifest_file(path: str | Path, parts: dict[str, Sequence[Sample]], he
     base = path.parent.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     head = {"version": MANIFEST_VERSION, **header, "counts": {k: len(v) for k, v in parts.items()}}
-    hash_lines = []
     tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        digest = _stream_manifest(tmp, head, parts, base)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # an unreadable file: no half-written manifest left behind
+        raise
+    os.replace(tmp, path)
+    return digest
+
+
+def _stream_manifest(tmp: Path, head: dict, parts: dict[str, Sequence[Sample]], base: Path) -> str:
+    hash_lines = []
     with tmp.open("w", encoding="utf-8") as f:
         f.write(json.dumps(head)[:-1] + ', "samples": [\n')
         first = True
@@ -395,7 +405,6 @@ def write_manifest_file(path: str | Path, parts: dict[str, Sequence[Sample]], he
         hash_lines.sort()
         digest = hashlib.sha256("\n".join(hash_lines).encode()).hexdigest()
         f.write(f'\n], "manifest_sha256": "{digest}"}}\n')
-    os.replace(tmp, path)
     return digest
 
 

@@ -160,9 +160,10 @@ def check_checksums(path: str | os.PathLike) -> None:
 
 
 def _plot_files(root: Path) -> list[str]:
-    """The plot files present in a model directory, as relative POSIX paths."""
+    """The plot files (PNG) present in a model directory, as relative POSIX paths; other files a copy
+    may bring along (e.g. a desktop's .DS_Store) are not part of the model."""
     folder = root / PLOTS_DIR
-    return sorted(f"{PLOTS_DIR}/{p.name}" for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    return sorted(f"{PLOTS_DIR}/{p.name}" for p in folder.glob("*.png") if p.is_file()) if folder.is_dir() else []
 
 
 def read_model_dir(path: str | os.PathLike, *, check: bool = True) -> ModelInfo:

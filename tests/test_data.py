@@ -274,6 +274,11 @@ def test_run_manifests_refuse_edits_and_malformed_entries(ifc_root, tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(errors.DatasetError, match="not a split manifest"):
         read_manifest(path, "test")
+    # a file that vanished while writing: an error, and neither a manifest nor a temporary file left
+    gone = Sample(str(tmp_path / "gone.png"), "astro", "D3A")
+    with pytest.raises(FileNotFoundError):
+        write_manifest_file(tmp_path / "new" / "split.json", {"train": [samples[0], gone]}, {"kind": "random"})
+    assert list((tmp_path / "new").iterdir()) == []
 
 
 def test_inspect_dataset(ifc_root):

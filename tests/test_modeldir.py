@@ -98,6 +98,8 @@ def test_plots_are_stored_listed_checksummed_and_shown_in_the_card(tmp_path):
     with pytest.raises(ModelError, match="checksum mismatch"):
         read_model_dir(tmp_path / "m")
     (tmp_path / "m" / "plots" / "roc_test.png").write_bytes(plots[1][2])
+    (tmp_path / "m" / "plots" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # a desktop's litter is not the model
+    read_model_dir(tmp_path / "m")
     (tmp_path / "m" / "plots" / "extra.png").write_bytes(plots[1][2])
     with pytest.raises(ModelError, match="does not list plots/extra.png"):
         read_model_dir(tmp_path / "m")
