@@ -28,6 +28,7 @@ import anvil.tables
 import anvil.users
 import sqlalchemy as sa
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -99,7 +100,7 @@ class HttpApi:
 
     def routes(self) -> list[BaseRoute]:
         return [
-            Route("/_/api/{path:path}", _guarded(self.api),
+            Route(API_ROUTE, _guarded(self.api),
                   methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
             Route("/_/auth/login", _guarded(self.login), methods=["POST"]),
             Route("/_/auth/logout", _guarded(self.logout), methods=["POST"]),
@@ -314,6 +315,23 @@ class HttpApi:
             return error(400, "bad_email", str(e))
         return JSONResponse({"message": "Account requested. A lab admin has to enable it before you can sign in."},
                             202)
+
+
+class _AnyPath(Convertor):
+    """Starlette's ``path`` convertor stops at a newline, so ``/_/api/x%0Ay`` matched no route and got
+    Starlette's plain-text 404; every path under /_/api/ is the API's to answer (in JSON)."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anypath", _AnyPath())
+API_ROUTE = "/_/api/{path:anypath}"
 
 
 def api_routes(runtime: AppRuntime, **options: Any) -> list[BaseRoute]:

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from starlette.routing import Mount, Route, WebSocketRoute
 
 from apphost.app import HostSettings, create_app, web_ui_routes
-from apphost.http_api import COOKIE_NAME, api_routes
+from apphost.http_api import API_ROUTE, COOKIE_NAME, api_routes
 from apphost.testing import FakeWorker, make_runtime, png_bytes
 from apphost.users import Accounts, LoginRateLimiter
 
@@ -99,9 +99,9 @@ def test_every_route_refuses_anonymous_access_except_health_and_sign_in(app, rt)
                 r = anon.get(route.path if isinstance(route, Route) else route.path + "/")
                 assert r.status_code < 500 and "image_sha256" not in r.text
                 continue
-            paths = api_paths if route.path == "/_/api/{path:path}" else [route.path]
+            paths = api_paths if route.path == API_ROUTE else [route.path]
             for path in paths:
-                for method in METHODS if route.path == "/_/api/{path:path}" else sorted(route.methods - {"HEAD"}):
+                for method in METHODS if route.path == API_ROUTE else sorted(route.methods - {"HEAD"}):
                     r = anon.request(method, path)
                     checked.add(path)
                     if path in PUBLIC:

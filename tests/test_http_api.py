@@ -107,6 +107,8 @@ def test_post_errors_are_json(client, worker):
     r = client.get("/_/api/predictions/[1,99]", auth=ANN)
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     assert client.get("/_/api/nothing-here", auth=ANN).status_code == 404
+    r = client.get("/_/api/predictions/%0A0", auth=ANN)  # a newline in the path (found by the fuzzer)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
 def test_body_size_limit(rt, client):
