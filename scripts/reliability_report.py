@@ -204,7 +204,8 @@ def render(results: dict[str, dict], fuzz: dict, load: dict | None, corpus: dict
             f"Largest traced allocation of one decode (limits {fuzz['limits']['max_bytes'] / 2**20:g} MiB / "
             f"{fuzz['limits']['max_pixels'] / 1e6:g} Mpx): {fuzz.get('decode_traced_bytes', 0) / 1e6:.1f} MB (bound "
             f"asserted: {fuzz['memory_bound'] / 2**20:g} MiB). REST property: never a 5xx, "
-            "always JSON, history rows added = images reported classified.", ""]
+            "every refusal in JSON (but the plain 405 of Anvil's own endpoint dispatch), history rows added = "
+            "images reported classified.", ""]
 
     out += ["### Faults", "", "| fault | result | what the caller sees |", "|---|---|---|"]
     for what, test in FAULTS.items():
