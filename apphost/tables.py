@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 import zlib
@@ -176,15 +175,21 @@ class MediaStore:
             if target.exists():
                 return sha
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+            # Puts are serialised by self.lock, so one temporary name per process and content is enough
+            # (a stale one left by a crash is overwritten); plain os calls, no buffered file object.
+            tmp = target.parent / f".tmp-{os.getpid()}-{sha}"
             try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
                 os.replace(tmp, target)
             except BaseException:
-                Path(tmp).unlink(missing_ok=True)
+                tmp.unlink(missing_ok=True)
                 raise
         return sha
 
@@ -704,7 +709,8 @@ class Table(anvil.tables.Table):
         try:
             sql_values = self._db.to_sql(self.spec, values)
             with self._db.connect(write=True) as conn:
-                pk = conn.execute(sa.insert(self._sql).values(**sql_values)).inserted_primary_key[0]
+                # bound parameters: SQLAlchemy compiles this INSERT once per set of columns, not per row
+                pk = conn.execute(self._sql.insert(), sql_values).inserted_primary_key[0]
         finally:
             self._db._unpin_once()
         # The row's values as a read would give them, from what was just written (no SELECT per add);

@@ -3,9 +3,10 @@
 Each round runs, back to back on the same machine state:
 
 - **bare**: ``Predictor.predict_prepared`` on batches of ``--max-batch`` prepared images (the model
-  alone, the same compiled function the worker uses) over the same images;
+  alone, the same compiled function the worker uses) over the first round's images;
 - **REST**: ``--images`` synthetic crops (OME-TIFF) sent by ``--clients`` concurrent clients, each
-  request carrying ``--files-per-request`` files (``POST /_/api/predictions``, HTTP Basic): server code
+  request carrying ``--files-per-request`` files; new images every round, as real uploads are (each
+  one's file is written and synced to the media store, not found there from an earlier round) (``POST /_/api/predictions``, HTTP Basic): server code
   -> hub -> worker (micro-batching ``--max-batch`` / ``--max-wait-ms``) -> model -> one history row per
   image -> JSON.
 
@@ -107,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     set_cpu_threads()  # the worker's defaults, so that bare and served run the model alike
 
     model_dir, model_note = (args.model, f"`{args.model}`") if args.model else shipped_or_random_model(args.work)
-    images = sample_images(args.images, seed=11)
+    round_images = [sample_images(args.images, seed=11 + r) for r in range(args.rounds)]
     bare = Predictor.from_directory(model_dir)
-    prepared = [bare.prepare(data, filename=name) for name, data in images]
+    prepared = [bare.prepare(data, filename=name) for name, data in round_images[0]]
     bare_rates, rest_rates = [], []
     worker_args = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
     with tempfile.TemporaryDirectory(dir=args.work) as tmp, \
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         import anvil.server
 
         bare_rate(bare, prepared[:args.max_batch * 2], args.max_batch)  # warm-up
-        rest_rate(stack, images[:64], args.clients, args.files_per_request, "warm-up", other_cores)
+        rest_rate(stack, sample_images(64, seed=10), args.clients, args.files_per_request, "warm-up", other_cores)
         anvil.server.connect(stack.client_key, url=stack.uplink_url, quiet=True)
         stats_before = anvil.server.call("worker_stats")["batches"]
         cpu_rest = {"host": 0.0, "worker": 0.0, "clients": 0.0}  # CPU seconds used during the REST rounds
@@ -130,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                     bare_rates.append(bare_rate(bare, prepared, args.max_batch))
                 else:
                     cpu0 = {k: sum(cpu_seconds(p) for p in pids) for k, pids in procs.items()}
-                    rest_rates.append(rest_rate(stack, images, args.clients, args.files_per_request, f"round{r}",
-                                                other_cores))
+                    rest_rates.append(rest_rate(stack, round_images[r], args.clients, args.files_per_request,
+                                                f"round{r}", other_cores))
                     for k, pids in procs.items():
                         cpu_rest[k] += sum(cpu_seconds(p) for p in pids) - cpu0[k]
                 log.info("round %d %s: %.1f images/s", r, path, (bare_rates if path == "bare" else rest_rates)[-1])
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     section = "serving_throughput_pinned" if worker_cores else "serving_throughput"
     if args.write_doc:
         write_section(section, "Worker on its own core" if worker_cores else "All on shared cores", f"""
-Model: {model_note}. {args.images} synthetic crops per round, {args.clients} concurrent clients,
+Model: {model_note}. {args.images} new synthetic crops per round, {args.clients} concurrent clients,
 {args.files_per_request} files per request; worker `--max-batch {args.max_batch} --max-wait-ms {args.max_wait_ms:g}`;
 bare = `predict_prepared` on batches of {args.max_batch}. {args.rounds} rounds, alternating which runs first.
 Layout: {layout}.

@@ -18,6 +18,7 @@ import time
 
 import anvil
 import anvil.server
+import anvil.tables
 import anvil.tables.query as q
 from anvil.tables import app_tables, order_by
 
@@ -80,10 +81,9 @@ def classify_for_user(user, files, experiment=None, notes=None, model=None, cloc
             break
         slowest_chunk = max(slowest_chunk, clock() - t0)
         try:
-            for i, (f, out) in enumerate(zip(chunk, outputs)):
-                results[f.index] = _record(user, f, out, experiment, notes)
+            results.update(_record_chunk(user, chunk, outputs, experiment, notes))
         except _NotStored as e:  # the database or the media store failed: stop, the rest would fail too
-            _reject_rest(results, [chunk[i:]] + chunks[n + 1:], e.code, e.message)
+            _reject_rest(results, chunks[n:], e.code, e.message)
             break
     return [results[i] for i in sorted(results)]
 
@@ -132,6 +132,20 @@ def _predict_chunk(chunk, model, may_retry=lambda: True):
     return outputs
 
 
+def _record_chunk(user, chunk, outputs, experiment, notes):
+    """Store a chunk's predictions in one transaction: one commit (one disk sync) for the chunk instead
+    of one per image. All or none: if any row or the commit fails, none of the chunk is stored. Relaxed
+    isolation: the transaction only inserts new rows, so it cannot conflict with what others write."""
+    try:
+        with anvil.tables.Transaction(relaxed=True):
+            return {f.index: _record(user, f, out, experiment, notes) for f, out in zip(chunk, outputs)}
+    except _NotStored:
+        raise
+    except Exception as e:  # the commit failed (e.g. the database went away or stayed locked)
+        log.exception("could not store a chunk of predictions")
+        raise _NotStored(e)
+
+
 def _record(user, f, out, experiment, notes):
     """Store one worker result as a history row (only a valid prediction is stored)."""
     if isinstance(out, dict) and isinstance(out.get("error"), dict):
@@ -147,7 +161,7 @@ def _record(user, f, out, experiment, notes):
                    if isinstance(c, dict) and "key" in c}
     try:
         row = _add_prediction_row(user, f, out, model, class_names, experiment, notes)
-    except Exception as e:  # one INSERT (plus the image file): either it is stored or it is not
+    except Exception as e:  # the INSERT (or the image file) failed: the chunk's transaction rolls back
         log.exception("could not store a prediction")
         raise _NotStored(e)
     try:

@@ -28,6 +28,7 @@ import pytest
 import sqlalchemy as sa
 
 from apphost.testing import png_bytes
+from server_code.predictions import CHUNK_SIZE
 from tests.hostproc import Host
 from tests.livehost import ROOT_DIR, LiveHost, free_port, wait_until
 
@@ -294,10 +295,10 @@ def test_database_unavailable_is_a_clear_error_and_nothing_is_written(live):
     browser.close()
 
 
-def test_database_failing_at_the_insert_stores_nothing_of_that_file(live):
-    """The worker answered, then the INSERT fails: that file and the rest are reported as not stored
-    (retryable), the ones before stay, and the image file written just before is an orphan that the
-    maintenance task collects."""
+def test_database_failing_at_the_insert_stores_nothing_of_that_chunk(live):
+    """The worker answered, then an INSERT fails: the files of that chunk (one transaction) and the rest
+    are reported as not stored (retryable), the chunks before stay, and the image files written for the
+    rolled-back rows are orphans that the maintenance task collects."""
     live.start_fake_worker("w")
     live.wait_workers(1)
     engine = live.runtime.db.engine
@@ -306,24 +307,26 @@ def test_database_failing_at_the_insert_stores_nothing_of_that_file(live):
     def fail_third_insert(conn, cursor, statement, params, context, executemany):
         if statement.startswith("INSERT INTO app_predictions"):
             inserts.append(statement)
-            if len(inserts) >= 3:
+            if len(inserts) >= CHUNK_SIZE + 3:
                 raise sqlite3.OperationalError("disk I/O error")
 
+    n_files = CHUNK_SIZE + 5  # a full chunk, then the second chunk's third INSERT fails
     sa.event.listen(engine, "before_cursor_execute", fail_third_insert)
     try:
         with live.client(ANN) as client:
-            r = upload(client, range(5))
+            r = upload(client, range(n_files))
     finally:
         sa.event.remove(engine, "before_cursor_execute", fail_third_insert)
     assert r.status_code == 200, r.text
     results = r.json()["results"]
-    assert [x["ok"] for x in results] == [True, True, False, False, False]
-    assert {x["error"]["code"] for x in results[2:]} == {"storage_unavailable"}
-    assert live.n_rows() == 2
-    assert live.runtime.db.collect_orphan_media(min_age_s=0) == 1  # the third image's file
+    assert [x["ok"] for x in results] == [True] * CHUNK_SIZE + [False] * 5
+    assert {x["error"]["code"] for x in results[CHUNK_SIZE:]} == {"storage_unavailable"}
+    assert live.n_rows() == CHUNK_SIZE
+    # the files of the two rolled-back rows and of the one whose INSERT failed
+    assert live.runtime.db.collect_orphan_media(min_age_s=0) == 3
     with live.client(ANN) as client:
-        assert upload(client, [x["index"] for x in results[2:]]).json()["n_ok"] == 3
-    assert live.n_rows() == 5
+        assert upload(client, [x["index"] for x in results[CHUNK_SIZE:]]).json()["n_ok"] == 5
+    assert live.n_rows() == n_files
 
 
 # --------------------------------------------------------------------------------------------------
@@ -331,25 +334,27 @@ def test_database_failing_at_the_insert_stores_nothing_of_that_file(live):
 
 
 def test_full_disk_for_the_media_store(live, monkeypatch):
-    import apphost.tables
-
     live.start_fake_worker("w")
     live.wait_workers(1)
-    real_mkstemp = apphost.tables.tempfile.mkstemp
+    media_dir = str(live.data_dir / "media")
+    real_open = os.open
 
-    def mkstemp_on_a_full_disk(dir=None, prefix=None, **kwargs):
-        # Writes to /dev/full fail with ENOSPC from the kernel, exactly like a full filesystem.
-        return os.open("/dev/full", os.O_WRONLY), str(Path(dir) / f"{prefix}full")
+    def open_on_a_full_disk(path, flags, *args, **kwargs):
+        # The media store's temporary files go to /dev/full, whose writes fail with ENOSPC from the
+        # kernel, exactly like a full filesystem; every other open is left alone.
+        if str(path).startswith(media_dir) and Path(path).name.startswith(".tmp-"):
+            return real_open("/dev/full", os.O_WRONLY)
+        return real_open(path, flags, *args, **kwargs)
 
     with live.client(ANN) as client:
         assert upload(client, [1]).status_code == 200
-        monkeypatch.setattr(apphost.tables.tempfile, "mkstemp", mkstemp_on_a_full_disk)
+        monkeypatch.setattr(os, "open", open_on_a_full_disk)
         r = upload(client, [2, 3])
         assert r.status_code == 507, r.text
         assert {x["error"]["code"] for x in r.json()["results"]} == {"storage_full"}
         assert "disk is full" in r.json()["results"][0]["error"]["message"]
         assert live.n_rows() == 1
         assert not [p for p in (live.data_dir / "media").rglob("*") if p.name.startswith(".tmp")]
-        monkeypatch.setattr(apphost.tables.tempfile, "mkstemp", real_mkstemp)
+        monkeypatch.setattr(os, "open", real_open)
         assert upload(client, [2, 3]).json()["n_ok"] == 2  # space again: the same files go through
     assert live.n_rows() == 3

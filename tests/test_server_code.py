@@ -9,6 +9,7 @@ import sys
 
 import anvil
 import pytest
+import sqlalchemy as sa
 
 from apphost.testing import FakeWorker, make_runtime, png_bytes
 
@@ -115,6 +116,28 @@ def test_worker_failing_mid_way_keeps_only_finished_chunks(rt, people, worker):
 def test_big_uploads_go_in_chunks(rt, people, worker):
     rt.call("classify_cell_images", images(40), session=people["ann"])
     assert worker.batch_sizes == [16, 16, 8]
+
+
+def test_each_chunk_is_stored_with_one_commit(rt, people):
+    """A chunk's rows go in one transaction (one commit, one disk sync), not one commit per image."""
+    commits = []
+
+    def count(conn):
+        commits.append(conn)
+
+    def n_commits(files):
+        commits.clear()
+        sa.event.listen(rt.db.engine, "commit", count)
+        try:
+            results = rt.call("classify_cell_images", files, session=people["ann"])
+        finally:
+            sa.event.remove(rt.db.engine, "commit", count)
+        assert all(r["ok"] for r in results)
+        return len(commits)
+
+    one = n_commits(images(1))  # the call's own reads (session, user) commit too
+    assert n_commits(images(40, start=1)) == one + 2  # chunks of 16, 16 and 8: two commits more than one image
+    assert n_rows(rt) == 41
 
 
 def test_time_budget_stops_before_the_30s_limit(rt, people, worker, monkeypatch):
