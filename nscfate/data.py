@@ -137,6 +137,22 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+def _image_files(folder: str, rel: tuple[str, ...] = ()) -> Iterable[tuple[str, tuple[str, ...]]]:
+    """(path, sub-folders below the class folder) of every image file under ``folder``, as strings.
+
+    ``os.scandir`` rather than ``Path.rglob``: no Path object per file (a 600,000-image tree made the
+    reading step the peak of a training run's memory), and hidden folders are skipped, not walked.
+    Symlinked folders are not followed (as ``rglob``); symlinked files are read."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                yield from _image_files(entry.path, rel + (entry.name,))
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file():
+                yield entry.path, rel
+
+
 def _read_tree(root: Path, channel: int | None) -> list[Sample]:
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
@@ -147,16 +163,15 @@ def _read_tree(root: Path, channel: int | None) -> list[Sample]:
     prefix_mismatch = 0
     for class_dir in class_dirs:
         label = parse_label(class_dir.name, f"{root}: folder {class_dir.name!r}")
-        files = sorted(p for p in class_dir.rglob("*")
-                       if _is_image(p) and not any(part.startswith(".") for part in p.relative_to(class_dir).parts))
+        files = sorted(_image_files(str(class_dir)))
         if not files:
             raise DatasetError(f"{class_dir}: class folder {class_dir.name!r} holds no images "
                                f"({', '.join(IMAGE_EXTENSIONS)})")
         skipped: Counter[int] = Counter()
         before = len(samples)
-        for f in files:
-            rel_parts = f.relative_to(class_dir).parts
-            ifc = parse_ifc_name(f.name)
+        for f, sub in files:
+            name = os.path.basename(f)
+            ifc = parse_ifc_name(name)
             if ifc is not None:
                 prefix, batch, ch = ifc
                 if channel is not None and ch != channel:
@@ -164,11 +179,11 @@ def _read_tree(root: Path, channel: int | None) -> list[Sample]:
                     continue
                 prefix_mismatch += prefix.lower() != label
                 # interned: a handful of batch names shared by every image of a 600,000-image index
-                samples.append(Sample(str(f), label, sys.intern(batch), ch))
-            elif len(rel_parts) > 1:  # root/<class>/<group>/file
-                samples.append(Sample(str(f), label, sys.intern("/".join(rel_parts[:-1])), None))
+                samples.append(Sample(f, label, sys.intern(batch), ch))
+            elif sub:  # root/<class>/<group>/file
+                samples.append(Sample(f, label, sys.intern("/".join(sub)), None))
             else:  # no batch information: the file is its own group
-                samples.append(Sample(str(f), label, f"{label}/{f.name}", None))
+                samples.append(Sample(f, label, f"{label}/{name}", None))
         if len(samples) == before:  # images, but all of other channels
             raise DatasetError(f"{class_dir}: no Ch{channel} files in class folder {class_dir.name!r}; "
                                f"found only channels {sorted(skipped)}")
@@ -360,8 +375,15 @@ def file_sha256(path: str | Path) -> str:
 def manifest_hash(entries: Iterable[dict]) -> str:
     """SHA-256 over (subset, label, group, file hash) of every entry, sorted: it names the data and
     the split, wherever the files lie."""
-    lines = sorted(_hash_line(e) for e in entries)
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    return _digest_sorted(sorted(_hash_line(e) for e in entries))
+
+
+def _digest_sorted(lines: list[str]) -> str:
+    """SHA-256 of ``"\n".join(lines)``, fed line by line (no second copy of a 600,000-line text)."""
+    h = hashlib.sha256()
+    for i, line in enumerate(lines):
+        h.update((line if i == 0 else "\n" + line).encode())
+    return h.hexdigest()
 
 
 def _hash_line(e: dict) -> str:
@@ -403,7 +425,7 @@ def _stream_manifest(tmp: Path, head: dict, parts: dict[str, Sequence[Sample]], 
                 first = False
                 hash_lines.append(_hash_line(entry))
         hash_lines.sort()
-        digest = hashlib.sha256("\n".join(hash_lines).encode()).hexdigest()
+        digest = _digest_sorted(hash_lines)
         f.write(f'\n], "manifest_sha256": "{digest}"}}\n')
     return digest
 

@@ -1,5 +1,6 @@
 """Dataset readers (three layouts), marker-channel refusal, splits and manifests."""
 
+import hashlib
 import json
 from collections import Counter
 
@@ -236,6 +237,9 @@ def test_split_manifest_roundtrip_and_verification(ifc_root, tmp_path):
     first = doc["samples"][0]
     assert not first["path"].startswith("/")  # relative to the manifest, so the tree can move
     assert first["sha256"] == file_sha256(ifc_root / first["path"])
+    # the hash's definition (shipped models record it): SHA-256 of the sorted subset/label/group/sha lines
+    lines = sorted(f"{e['subset']}\t{e['label']}\t{e['group']}\t{e['sha256']}" for e in doc["samples"])
+    assert digest == hashlib.sha256("\n".join(lines).encode()).hexdigest()
     back, digest2 = read_split_manifest(ifc_root / "split.json")
     assert digest2 == digest and back.kind == "grouped"
     assert [s.path for s in back.test] == [s.path for s in split.test]
