@@ -101,19 +101,28 @@ def evaluate_predictions(labels: np.ndarray, probs: np.ndarray, classes: Sequenc
 
 
 def evaluate(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str | os.PathLike, *,
-             channel: int = 1, batch_size: int = 64, n_boot: int = 1000, limit: int | None = None,
-             subset: str = "test", progress: bool = True) -> dict[str, Any]:
-    """Evaluate a model directory (or registered name) on every image of a labelled dataset, or on one
-    ``subset`` of a training run's split manifest (``split.json``: train, val, test, grouped_test)."""
-    from nscfate.data import read_dataset
+             channel: int | None = None, batch_size: int = 64, n_boot: int = 1000, limit: int | None = None,
+             subset: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Evaluate a model directory (or registered name) on every image of a labelled dataset (IFC
+    ``channel``, default 1), or on one ``subset`` of a training run's split manifest (``split.json``:
+    train, val, test, grouped_test; default test). An option that does not apply to the data given is
+    an error, not silently ignored."""
+    from nscfate.data import BRIGHTFIELD_CHANNEL, read_dataset
+    from nscfate.errors import DatasetError
     from nscfate.predictor import Predictor
 
-    predictor = Predictor.load(model, batch_size=batch_size)
     from_manifest = os.fspath(data).endswith(".json")
+    if from_manifest and channel is not None:
+        raise DatasetError(f"{os.fspath(data)} is a split manifest, which lists its files; a channel applies to a "
+                           "dataset folder only")
+    if not from_manifest and subset is not None:
+        raise DatasetError(f"{os.fspath(data)} is a dataset, not a training run's split.json; a subset "
+                           "(train, val, test, grouped_test) applies to a split manifest only")
+    predictor = Predictor.load(model, batch_size=batch_size)
     if from_manifest:
-        from nscfate.errors import DatasetError
         from nscfate.training import read_manifest
 
+        subset = subset or "test"
         listed = read_manifest(data, subset)
         # a binary model on a 4-medium run's split: its own classes only
         samples = [s for s in listed if s.label in predictor.classes]
@@ -122,7 +131,8 @@ def evaluate(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: 
                                f"({', '.join(predictor.classes)}); its labels: "
                                f"{', '.join(sorted({s.label for s in listed}))}")
     else:
-        samples = read_dataset(data, task=predictor.task, channel=channel)
+        samples = read_dataset(data, task=predictor.task,
+                               channel=BRIGHTFIELD_CHANNEL if channel is None else channel)
     if limit is not None:
         rng = np.random.default_rng(0)
         samples = [samples[i] for i in sorted(rng.permutation(len(samples))[:limit])]

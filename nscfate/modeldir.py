@@ -34,9 +34,9 @@ import logging
 import os
 import platform
 import re
+import secrets
 import shutil
 import subprocess
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -375,7 +375,10 @@ def save_model_dir(
         weights_dtype = "float16" if n_params * 4 > 0.8 * MAX_MODEL_DIR_BYTES else "float32"
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    # os.mkdir applies the process umask, as for any shared directory (mkdtemp would make it private,
+    # and reading the umask means setting it, which is not thread-safe); the random name keeps it unique.
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(8)}"
+    tmp.mkdir()
     try:
         # A clean float32 copy: no optimizer state, no mixed-precision policy in the saved config.
         clean = _float32_copy(model, keras)
@@ -426,9 +429,6 @@ def save_model_dir(
         if size > MAX_MODEL_DIR_BYTES:
             log.warning("model directory is %.1f MB, over the %.0f MB budget of shipped models",
                         size / 1e6, MAX_MODEL_DIR_BYTES / 1e6)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a model directory is for sharing
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

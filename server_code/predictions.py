@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 16  # images per worker call
 TIME_BUDGET_S = 25.0  # stop sending chunks before Anvil kills the call at 30 s
+MAX_PREVIEWS_PER_CALL = 64  # each is at most a 256-pixel PNG
 MAX_PAGE_SIZE = 200
 WORKER_USER_ERRORS = ("UnknownModelError",)  # worker exception types that are the caller's fault
 # The worker went away mid-call or is shutting down: another worker (or a restarted one) may answer. A
@@ -177,7 +178,7 @@ def _record(user, f, out, experiment, notes):
                   "confidence": float(out["confidence"]), "probabilities": probabilities,
                   "classes": [{"key": k, "display_name": class_names.get(k, k)} for k in probabilities],
                   "warnings": list(out.get("warnings") or []), "experiment": experiment, "notes": notes,
-                  "can_delete": True}
+                  "can_delete": True, "image_shown_as_stored": previews.shown_as_stored(f.media())}
     result.update(index=f.index, ok=True)
     return result
 
@@ -235,6 +236,7 @@ def prediction_to_dict(row, viewer):
         "experiment": row["experiment"],
         "notes": row["notes"],
         "can_delete": access.can_delete(viewer, row),
+        "image_shown_as_stored": previews.shown_as_stored(row["image"]),
     }
 
 
@@ -350,10 +352,32 @@ def get_prediction(prediction_id):
 def get_image_preview(prediction_id):
     """A version of a stored prediction's image that a browser can show (TIFF becomes PNG), as Media."""
     access.require_user()
-    image = get_row(prediction_id)["image"]
-    if image is None:
+    return _preview_media(get_row(prediction_id))
+
+
+@anvil.server.callable
+def get_image_previews(prediction_ids):
+    """``get_image_preview`` for several predictions in one call (a form's list of result cards needs
+    one round trip, not one per card): ``{id: Media or None}``, None where there is no preview (an
+    unknown id, an image that cannot be previewed)."""
+    access.require_user()
+    if not isinstance(prediction_ids, list) or not all(isinstance(i, str) for i in prediction_ids):
+        raise errors.InvalidRequest("prediction_ids must be a list of prediction ids")
+    if len(prediction_ids) > MAX_PREVIEWS_PER_CALL:
+        raise errors.InvalidRequest("at most %d previews per call" % MAX_PREVIEWS_PER_CALL)
+    out = {}
+    for prediction_id in prediction_ids:
+        try:
+            out[prediction_id] = _preview_media(get_row(prediction_id))
+        except errors.NotFound:
+            out[prediction_id] = None
+    return out
+
+
+def _preview_media(row):
+    if row["image"] is None:
         raise errors.NotFound("This prediction has no stored image")
-    data, content_type = previews.preview(image)
+    data, content_type = previews.preview(row["image"])
     return anvil.BlobMedia(content_type, data, name="preview." + content_type.split("/")[-1])
 
 

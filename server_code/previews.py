@@ -24,13 +24,22 @@ def _no_preview(reason):
                            code="no_preview")
 
 
+def _mime(media):
+    return (media.content_type or "").split(";")[0].strip().lower()
+
+
+def shown_as_stored(media):
+    """Whether a browser shows this stored image (Media) as it is; if not, it needs a preview."""
+    return media is not None and _mime(media) in BROWSER_TYPES
+
+
 def preview(media):
     """``(bytes, content_type)`` of a browser-displayable version of a stored image (Media).
 
     Raises:
         errors.NotFound: (code ``no_preview``) when the image cannot be turned into a preview.
     """
-    content_type = (media.content_type or "").split(";")[0].strip().lower()
+    content_type = _mime(media)
     data = media.get_bytes()
     if content_type in BROWSER_TYPES:
         return data, content_type

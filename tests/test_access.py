@@ -117,7 +117,8 @@ def test_every_route_refuses_anonymous_access_except_health_and_sign_in(app, rt)
 def test_server_functions_refuse_anonymous_callers(rt):
     """The callables the Anvil forms use (on hosted Anvil they are reached without the REST layer)."""
     args = {"classify_cell_images": ([],), "delete_prediction": ("[1,1]",), "experiment_summary": ("E",),
-            "explain_prediction": ("[1,1]",), "get_image_preview": ("[1,1]",), "get_prediction": ("[1,1]",),
+            "explain_prediction": ("[1,1]",), "get_image_preview": ("[1,1]",), "get_image_previews": (["[1,1]"],),
+            "get_prediction": ("[1,1]",),
             "set_user_enabled": ("[1,1]", True),
             "set_user_role": ("[1,1]", "lab_admin")}
     for name in sorted(rt.callables):

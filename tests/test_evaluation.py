@@ -66,3 +66,24 @@ def test_evaluating_a_split_without_the_models_classes_says_so(tmp_path, tiny_mo
     write_manifest_file(manifest, {"test": [Sample(str(image), "bdnf", "D3A")]}, {"kind": "random", "seed": 0})
     with pytest.raises(DatasetError, match=r"has no images of tiny-medium4's classes \(astro, .*\); its labels: bdnf"):
         evaluate(tiny_model, manifest, tmp_path / "out", progress=False)
+
+
+def test_options_that_do_not_apply_to_the_data_are_refused(tmp_path, tiny_model, caplog):
+    """--subset needs a split.json and --channel a dataset folder: said at once, not silently ignored."""
+    from nscfate.cli import main
+    from nscfate.data import Sample, write_manifest_file
+    from nscfate.synth import SynthConfig, write_dataset
+    from nscfate.testing import cell_image, to_png_bytes
+
+    image = tmp_path / "cell.png"
+    image.write_bytes(to_png_bytes(cell_image(np.random.default_rng(0))))
+    manifest = tmp_path / "split.json"
+    write_manifest_file(manifest, {"test": [Sample(str(image), "astro", "D3A")]}, {"kind": "random", "seed": 0})
+    write_dataset(SynthConfig(per_class=3, seed=2, replicates=2), tmp_path / "data")
+    out = str(tmp_path / "out")
+    assert main(["evaluate", str(tiny_model), "--data", str(tmp_path / "data"), "--out", out,
+                 "--subset", "val"]) == 2
+    assert "applies to a split manifest only" in caplog.text
+    assert main(["evaluate", str(tiny_model), "--data", str(manifest), "--out", out, "--channel", "1"]) == 2
+    assert "a channel applies to a dataset folder only" in caplog.text
+    assert not (tmp_path / "out").exists()  # refused before anything was written

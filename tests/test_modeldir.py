@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -57,6 +58,18 @@ def test_half_precision_weights_load_as_float32_and_golden_reproduces(tmp_path):
     x = _golden()
     np.testing.assert_allclose(np.asarray(reloaded(x)), np.asarray(model(x)), atol=1e-2)
     verify_model_dir(tmp_path / "h")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o077, 0o700)])
+def test_model_directory_permissions_follow_the_umask(tmp_path, umask, mode):
+    """A model directory is for sharing (readable as the umask allows), not private like a temp dir."""
+    old = os.umask(umask)
+    try:
+        _save(tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m").stat().st_mode & 0o777 == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary directory left
 
 
 def test_tampering_is_detected(tmp_path):

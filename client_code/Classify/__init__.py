@@ -2,6 +2,8 @@ from ._anvil_designer import ClassifyTemplate
 from anvil import *
 import anvil.server
 
+from .. import images
+
 # Images per server call: keeps each call well inside Anvil's 30 s server-call limit.
 FILES_PER_CALL = 16
 
@@ -42,6 +44,7 @@ class Classify(ClassifyTemplate):
                 for result in out:
                     result["image"] = chunk[result["index"]]
                     result["index"] = start + result["index"]
+                images.attach_previews(out)  # one call for the chunk's TIFF previews
                 results.extend(out)
                 self.results_panel.items = results
         except Exception as e:

@@ -12,10 +12,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL_DIR", help="model directory or registered name[@version]")
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="labelled dataset (IFC export, folders, CSV), or a training run's split.json")
-    parser.add_argument("--subset", default="test", choices=("train", "val", "test", "grouped_test"),
-                        help="with a split.json: which part to evaluate (default test)")
+    parser.add_argument("--subset", choices=("train", "val", "test", "grouped_test"),
+                        help="with a split.json only: which part to evaluate (default test)")
     parser.add_argument("--out", required=True, metavar="OUT_DIR", help="where metrics.json, plots and report go")
-    parser.add_argument("--channel", type=int, default=1, help="image channel of an IFC export (default 1)")
+    parser.add_argument("--channel", type=int, help="with a dataset folder only: image channel of an IFC export "
+                                                    "(default 1)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     parser.add_argument("--limit", type=int, help="evaluate a seeded random subset of this many images")
