@@ -7,6 +7,7 @@ can be tested without a model; it is deterministic and records what it was asked
 from __future__ import annotations
 
 import hashlib
+import socket
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -115,6 +116,25 @@ class FakeWorker:
         return [{"name": self.model_name, "version": self.model_version, "task": "medium4",
                  "classes": [{"key": k, "display_name": d} for k, d in CLASSES],
                  "trained_on": "synthetic IFC-like benchmark", "metrics": {"accuracy": 0.9}}]
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1 (for tests, benchmarks and scripts that start a host)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def browser_session(base_url: str, email: str, password: str, *, timeout: float = 60.0) -> Any:
+    """An ``httpx.Client`` signed in the way the web UI is: session cookie, and the CSRF token and
+    ``X-Requested-With`` sent with every request."""
+    import httpx
+
+    c = httpx.Client(base_url=base_url, timeout=timeout, headers={"X-Requested-With": "fetch"})
+    r = c.post("/_/auth/login", json={"email": email, "password": password})
+    r.raise_for_status()
+    c.headers["X-CSRF-Token"] = r.json()["csrf_token"]
+    return c
 
 
 def fast_hasher() -> argon2.PasswordHasher:

@@ -167,6 +167,17 @@ def make_random_model_dir(path: Path, arch: str = "resnet50", input_size: tuple[
     return path
 
 
+def add_model_arguments(ap) -> None:
+    """``--model`` and ``--work``, as the serving benchmarks take them (see :func:`chosen_model`)."""
+    ap.add_argument("--model", type=Path, help="model directory (default: the shipped ResNet50, else random weights)")
+    ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"scratch folder (default {DEFAULT_WORK})")
+
+
+def chosen_model(args) -> tuple[Path, str]:
+    """The model of :func:`add_model_arguments`' options, and a phrase saying which it is (for the doc)."""
+    return (args.model, f"`{args.model}`") if args.model else shipped_or_random_model(args.work)
+
+
 def shipped_or_random_model(work: Path, name: str = "resnet50-medium4") -> tuple[Path, str]:
     """The shipped model directory ``models/<name>`` when it exists, else a random-weight ResNet50 at
     75x75 under ``work``. Returns the path and a phrase saying which it is (for the doc)."""

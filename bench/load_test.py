@@ -26,7 +26,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from apphost.testing import free_port
 
 log = logging.getLogger("load_test")
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,17 +152,11 @@ def run_load(base_url: str, email: str, password: str, *, clients: int = 50, upl
 # starting a host
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class StartedHost:
     """``python -m apphost --workers N`` on a free loopback port with a temporary data directory."""
 
     def __init__(self, model: str, workers: int, data_dir: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.email, self.password = "bench@lab.org", secrets.token_urlsafe(18)
         self.log_path = data_dir / "host.log"

@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (DEFAULT_WORK, median, report_load, sample_images,  # noqa: E402
-                          setup_logging, shipped_or_random_model, write_section)
+from bench.common import (add_model_arguments, chosen_model, median, report_load,  # noqa: E402
+                          sample_images, setup_logging, write_section)
 from bench.serving_throughput import rest_rate  # noqa: E402
 from bench.stack import ServingStack  # noqa: E402
 
@@ -69,20 +69,19 @@ def core_sets(n_workers: int, cores_per_worker: int) -> list[set[int]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, help="model directory (default: the shipped ResNet50, else random weights)")
+    add_model_arguments(ap)
     ap.add_argument("--workers", default="1,2", help="worker counts to measure (comma-separated)")
     ap.add_argument("--cores-per-worker", type=int, default=1)
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--files-per-call", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
     ap.add_argument("--write-doc", action="store_true", help="write the section of docs/PERFORMANCE.md")
     args = ap.parse_args(argv)
     setup_logging()
     before = report_load("before")
 
-    model_dir, model_note = (args.model, f"`{args.model}`") if args.model else shipped_or_random_model(args.work)
+    model_dir, model_note = chosen_model(args)
     counts = [int(n) for n in args.workers.split(",")]
     plans = {n: core_sets(n, args.cores_per_worker) for n in counts}
     images = sample_images(args.images, seed=23)

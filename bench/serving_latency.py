@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (DEFAULT_WORK, Stats, report_load, sample_images,  # noqa: E402
-                          setup_logging, shipped_or_random_model, write_section)
+from bench.common import (Stats, add_model_arguments, chosen_model, report_load,  # noqa: E402
+                          sample_images, setup_logging, write_section)
 from bench.stack import ServingStack  # noqa: E402
 
 log = logging.getLogger("bench.serving_latency")
@@ -37,12 +37,11 @@ TARGET = 1.5
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, help="model directory (default: the shipped ResNet50, else random weights)")
+    add_model_arguments(ap)
     ap.add_argument("--images", type=int, default=60, help="distinct images, each sent once per path")
     ap.add_argument("--warmup", type=int, default=5, help="untimed requests per path first")
     ap.add_argument("--auth", choices=("basic", "session"), default="basic", help="how the REST client signs in")
     ap.add_argument("--worker-args", default="", help="extra options for python -m uplink, e.g. '--max-wait-ms 5'")
-    ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
     ap.add_argument("--write-doc", action="store_true", help="write the section of docs/PERFORMANCE.md")
     args = ap.parse_args(argv)
     setup_logging()
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     set_cpu_threads()  # the worker's defaults, so that bare and served run the model alike
 
-    model_dir, model_note = (args.model, f"`{args.model}`") if args.model else shipped_or_random_model(args.work)
+    model_dir, model_note = chosen_model(args)
     images = sample_images(args.images + args.warmup, seed=7)
     bare = Predictor.from_directory(model_dir)
     with tempfile.TemporaryDirectory(dir=args.work) as tmp, \

@@ -37,8 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (DEFAULT_WORK, cpu_seconds, median, report_load,  # noqa: E402
-                          sample_images, setup_logging, shipped_or_random_model, write_section)
+from bench.common import (add_model_arguments, chosen_model, cpu_seconds, median,  # noqa: E402
+                          report_load, sample_images, setup_logging, write_section)
 from bench.stack import ServingStack  # noqa: E402
 
 log = logging.getLogger("bench.serving_throughput")
@@ -81,7 +81,7 @@ def rest_rate(stack: ServingStack, images: list[tuple[str, bytes]], clients: int
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, help="model directory (default: the shipped ResNet50, else random weights)")
+    add_model_arguments(ap)
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--files-per-request", type=int, default=16)
@@ -90,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--worker-cores", help="pin the worker and the bare model to these cores (e.g. '0'), the host "
                                            "and the clients to the rest: the deployed layout")
-    ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
     ap.add_argument("--write-doc", action="store_true", help="write the section of docs/PERFORMANCE.md")
     args = ap.parse_args(argv)
     setup_logging()
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
     set_cpu_threads()  # the worker's defaults, so that bare and served run the model alike
 
-    model_dir, model_note = (args.model, f"`{args.model}`") if args.model else shipped_or_random_model(args.work)
+    model_dir, model_note = chosen_model(args)
     round_images = [sample_images(args.images, seed=11 + r) for r in range(args.rounds)]
     bare = Predictor.from_directory(model_dir)
     prepared = [bare.prepare(data, filename=name) for name, data in round_images[0]]

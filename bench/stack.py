@@ -14,7 +14,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,17 +24,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from apphost.testing import browser_session, free_port  # noqa: E402
 from bench.common import ROOT  # noqa: E402
 
 log = logging.getLogger("bench.stack")
 
 ADMIN_EMAIL = "bench@lab.org"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServingStack:
@@ -123,11 +117,7 @@ class ServingStack:
 
     def session_client(self, timeout: float = 120.0) -> httpx.Client:
         """A client signed in as the web UI is (session cookie + CSRF header)."""
-        c = httpx.Client(base_url=self.base, timeout=timeout, headers={"X-Requested-With": "fetch"})
-        r = c.post("/_/auth/login", json={"email": ADMIN_EMAIL, "password": self.password})
-        r.raise_for_status()
-        c.headers["X-CSRF-Token"] = r.json()["csrf_token"]
-        return c
+        return browser_session(self.base, ADMIN_EMAIL, self.password, timeout=timeout)
 
     def connected_workers(self) -> int:
         health = self._health()

@@ -17,12 +17,13 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from apphost.testing import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -30,12 +31,6 @@ READY = re.compile(r"NSC Fate is running at (http://\S+)")
 EMAIL, PASSWORD = "screenshots@lab.example", "screenshot session only"
 
 log = logging.getLogger("make_screenshots")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cell_files(folder: Path) -> list[Path]:

@@ -22,7 +22,7 @@ from apphost.app import HostSettings, create_app
 from apphost.http_api import api_routes
 from apphost.protocol import MAX_FRAME_BYTES
 from apphost.runtime import AppRuntime
-from apphost.testing import make_runtime
+from apphost.testing import browser_session, free_port, make_runtime
 from tests.uplinkhelpers.harness import UplinkProcess, wait_until
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
@@ -143,11 +143,7 @@ class LiveHost:
     def browser(self, email: str, *, timeout: float = 60.0) -> httpx.Client:
         """A client signed in the way the web UI is: session cookie, and the CSRF token and
         ``X-Requested-With`` sent with every request."""
-        c = httpx.Client(base_url=self.base, timeout=timeout, headers={"X-Requested-With": "fetch"})
-        r = c.post("/_/auth/login", json={"email": email, "password": self.users[email][0]})
-        r.raise_for_status()
-        c.headers["X-CSRF-Token"] = r.json()["csrf_token"]
-        return c
+        return browser_session(self.base, email, self.users[email][0], timeout=timeout)
 
     def n_rows(self) -> int:
         """Rows of the predictions table, counted in the database itself."""
@@ -156,12 +152,6 @@ class LiveHost:
         db = self.runtime.db
         with db.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(db.sql_table("predictions"))).scalar_one()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 __all__ = ["ROOT_DIR", "LiveHost", "free_port", "wait_until"]

@@ -27,7 +27,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from apphost.testing import png_bytes
+from apphost.testing import browser_session, png_bytes
 from server_code.predictions import CHUNK_SIZE
 from tests.hostproc import Host
 from tests.livehost import ROOT_DIR, LiveHost, free_port, wait_until
@@ -189,11 +189,7 @@ def real_host(tmp_path):
 
 
 def signed_in(url: str) -> httpx.Client:
-    c = httpx.Client(base_url=url, timeout=30, headers={"X-Requested-With": "fetch"})
-    r = c.post("/_/auth/login", json={"email": ANN, "password": USERS[ANN][0]})
-    r.raise_for_status()
-    c.headers["X-CSRF-Token"] = r.json()["csrf_token"]
-    return c
+    return browser_session(url, ANN, USERS[ANN][0], timeout=30)
 
 
 def test_host_restarted_during_use_loses_nothing_and_keeps_sessions(real_host):

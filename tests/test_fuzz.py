@@ -15,7 +15,6 @@ the number of cases each test ran is written there as JSON.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tracemalloc
@@ -33,6 +32,7 @@ from apphost.http_api import api_routes
 from apphost.testing import FakeWorker, make_runtime, png_bytes
 from nscfate.errors import ImageError
 from nscfate.io import DecodeLimits, decode_image
+from nscfate.testing import cv2_png, pil_bytes, tiff_bytes
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -74,27 +74,14 @@ def fuzz_report():
 
 def _seeds() -> dict[str, bytes]:
     """One small valid file per format and flavour the decoder reads."""
-    import cv2
-    import tifffile
     from PIL import Image
 
     rng = np.random.default_rng(0)
     grey = (rng.random((24, 30)) * 200 + 20).astype(np.uint8)
-
-    def pil(arr_or_im, fmt, **kw):
-        im = arr_or_im if isinstance(arr_or_im, Image.Image) else Image.fromarray(arr_or_im)
-        buf = io.BytesIO()
-        im.save(buf, fmt, **kw)
-        return buf.getvalue()
-
-    def tif(arr, **kw):
-        buf = io.BytesIO()
-        tifffile.imwrite(buf, arr, **kw)
-        return buf.getvalue()
-
+    pil, tif = pil_bytes, tiff_bytes
     return {
         "png8": pil(grey, "PNG"),
-        "png16": cv2.imencode(".png", grey.astype(np.uint16) * 257)[1].tobytes(),
+        "png16": cv2_png(grey.astype(np.uint16) * 257),
         "png-rgba": pil(Image.fromarray(grey).convert("RGBA"), "PNG"),
         "png-palette": pil(Image.fromarray(grey).convert("P"), "PNG"),
         "jpeg": pil(grey, "JPEG", quality=90),

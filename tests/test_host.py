@@ -18,8 +18,8 @@ from apphost.__main__ import (
     is_loopback,
     load_or_create_key,
 )
-from apphost.testing import png_bytes
-from tests.hostproc import Host, children_of, free_port, kill_pid
+from apphost.testing import free_port, png_bytes
+from tests.hostproc import Host, children_of, kill_pid
 
 
 # ---- settings (in-process)
@@ -208,6 +208,25 @@ def test_database_url_puts_the_data_in_postgresql(tmp_path, postgres_url, hosts)
         engine.dispose()
     assert emails == ["ada@lab.org"]
     assert host.interrupt() == 0
+
+
+def test_only_a_missing_database_driver_is_blamed_on_database_url(monkeypatch):
+    """An ImportError at start-up is the URL's fault only when it names a database driver; any other
+    (a broken install, a bug) is raised as it is, not hidden behind a DATABASE_URL message."""
+    from types import SimpleNamespace
+
+    import apphost.runtime
+    from apphost.__main__ import HostError, LocalHost
+
+    host = SimpleNamespace(db_url="sqlite:///app.db", paths=SimpleNamespace(media="media"), _host_status=dict)
+    for module, expected in (("psycopg", HostError), ("numpy", ImportError), ("apphost.tables", ImportError)):
+        def failing(*args, module=module, **kwargs):
+            raise ImportError(f"No module named {module!r}", name=module)
+
+        monkeypatch.setattr(apphost.runtime, "create_runtime", failing)
+        with pytest.raises(expected) as info:
+            LocalHost._create_runtime(host)
+        assert ("not installed" in str(info.value)) == (expected is HostError)
 
 
 def test_start_up_problems_are_messages_not_tracebacks(tmp_path, hosts):
