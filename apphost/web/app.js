@@ -396,7 +396,7 @@ function resultCard(file) {
       }
       card.dataset.outcome = "ok";
       card.dataset.predictionId = result.id;
-      thumb.append(h("img", {src: result.preview_url, class: "thumb", alt: `Cell image ${result.filename}`}));
+      thumb.append(h("img", {src: result.preview_url, class: "thumb", alt: `Cell image ${result.filename}`, loading: "lazy"}));
       head.append(h("p", {class: "verdict"}, "Predicted condition: ", h("strong", {}, result.predicted_display_name),
                     h("span", {class: "confidence"}, ` ${percent(result.confidence)}`)),
                   modelLine(result.model));
