@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="inference workers to start and keep running (default 1; 0 for none)")
+    parser.add_argument("--worker-threads", type=int, default=0, metavar="T",
+                        help="TensorFlow threads per worker (default 0: every core). On a small machine, one "
+                             "worker per core with --worker-threads 1 gives the most images/s; one worker with "
+                             "every core the shortest wait for a single image (docs/PERFORMANCE.md)")
     parser.add_argument("--no-worker", action="store_true", help="same as --workers 0")
     parser.add_argument("--model", action="append", default=[], metavar="DIR_OR_NAME",
                         help="model for the workers (repeatable; default: every shipped model)")
@@ -193,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             print(f"PORT must be a port number, not {env['PORT']!r}", file=sys.stderr)
             return 2
-    if args.workers < 0:
-        print("--workers must be 0 or more", file=sys.stderr)
+    if args.workers < 0 or args.worker_threads < 0:
+        print("--workers and --worker-threads must be 0 or more", file=sys.stderr)
         return 2
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; ignore that so the workers are
     # still stopped in order and the exit status is ours.
@@ -424,6 +428,8 @@ def worker_command(args: argparse.Namespace, port: int) -> list[str]:
         command += ["--model", model]
     if args.default_model:
         command += ["--default-model", args.default_model]
+    if args.worker_threads:
+        command += ["--intra-op-threads", str(args.worker_threads)]
     return command
 
 

@@ -2,26 +2,31 @@
 
 Each round runs, back to back on the same machine state:
 
-- **bare**: ``Predictor.predict_prepared`` on batches of ``--max-batch`` prepared images (the model
-  alone, the same compiled function the worker uses) over the first round's images;
+- **bare**: the model alone, in the same layout as the served workers: ``--workers`` processes (each
+  with ``--worker-threads`` TensorFlow threads and the same CPU pinning), side by side, each running
+  ``Predictor.predict_prepared`` (the compiled function the worker uses) on batches of ``--max-batch``
+  over its share of the first round's images, prepared beforehand;
 - **REST**: ``--images`` synthetic crops (OME-TIFF) sent by ``--clients`` concurrent clients, each
   request carrying ``--files-per-request`` files; new images every round, as real uploads are (each
-  one's file is written and synced to the media store, not found there from an earlier round) (``POST /_/api/predictions``, HTTP Basic): server code
-  -> hub -> worker (micro-batching ``--max-batch`` / ``--max-wait-ms``) -> model -> one history row per
-  image -> JSON.
+  one's file is written and synced to the media store, not found there from an earlier round)
+  (``POST /_/api/predictions``, HTTP Basic): server code -> hub -> worker(s) (micro-batching
+  ``--max-batch`` / ``--max-wait-ms``) -> model -> one history row per image -> JSON.
 
 The rounds alternate which path runs first; the ratio REST / bare is taken per round and the median
-reported. Target: at least 85%. The worker's batch-size histogram (``worker_stats``) shows how well the
-micro-batcher filled its batches, and the CPU time each process used per image shows where the time went.
+reported. Target: at least 85%. With one worker, its batch-size histogram (``worker_stats``) shows how
+well the micro-batcher filled its batches; the CPU time each process used per image shows where the
+time went.
 
 By default everything shares the machine's cores, so the web tier (host, clients) takes CPU from the
 model. ``--worker-cores 0`` measures the deployed layout instead, where Anvil's servers run the web tier
 and the worker has its machine to itself: the worker and the bare model get the same cores, the host
-and the clients the others (``os.sched_setaffinity``; the bare model runs in this process's main thread,
-pinned before TensorFlow starts, the clients in threads pinned to the other cores).
+and the clients the others (``os.sched_setaffinity``). ``--workers 2 --worker-threads 1`` measures one
+single-threaded worker per core (``python -m apphost --workers 2 --worker-threads 1``) against two
+single-threaded bare models.
 
     python bench/serving_throughput.py --images 512 --clients 8 --files-per-request 16 --write-doc
     python bench/serving_throughput.py --images 512 --clients 8 --files-per-request 16 --worker-cores 0 --write-doc
+    python bench/serving_throughput.py --images 512 --clients 8 --files-per-request 16 --workers 2 --worker-threads 1 --write-doc
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,12 +43,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (add_model_arguments, chosen_model, cpu_seconds, median,  # noqa: E402
+from bench.common import (ROOT, add_model_arguments, chosen_model, cpu_seconds, median,  # noqa: E402
                           report_load, sample_images, setup_logging, write_section)
 from bench.stack import ServingStack  # noqa: E402
 
 log = logging.getLogger("bench.serving_throughput")
 TARGET = 0.85
+FIRST_SEED = 11  # round r sends sample_images(--images, seed=FIRST_SEED + r)
 
 
 def bare_rate(predictor, prepared: list, batch: int) -> float:
@@ -53,6 +60,54 @@ def bare_rate(predictor, prepared: list, batch: int) -> float:
     return len(prepared) / (time.perf_counter() - t0)
 
 
+def bare_child(model_dir: Path, threads: int, share: int, of: int, n_images: int, batch: int) -> None:
+    """A bare-model process (``--bare-child``): prepares its share of the first round's images, says
+    ``ready``, then for each ``go`` line on stdin predicts them all and prints ``start end count``
+    (``time.monotonic``, which is the same clock in every process)."""
+    from nscfate.predictor import Predictor, set_cpu_threads
+
+    set_cpu_threads(threads)  # as `python -m uplink --intra-op-threads` does
+    predictor = Predictor.from_directory(model_dir)
+    images = sample_images(n_images, seed=FIRST_SEED)[share::of]
+    prepared = [predictor.prepare(data, filename=name) for name, data in images]
+    bare_rate(predictor, prepared[:batch * 2], batch)  # warm-up
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "go":
+            break
+        t0 = time.monotonic()
+        bare_rate(predictor, prepared, batch)
+        print(f"{t0} {time.monotonic()} {len(prepared)}", flush=True)
+
+
+class BareModels:
+    """``n`` bare-model processes (:func:`bare_child`), pinned like the workers, run side by side."""
+
+    def __init__(self, model_dir: Path, n: int, threads: int, cores: set[int] | None, n_images: int, batch: int):
+        preexec = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        self.procs = [subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--bare-child", "--model", str(model_dir),
+             "--worker-threads", str(threads), "--share", f"{i}/{n}", "--images", str(n_images),
+             "--max-batch", str(batch)], cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True, preexec_fn=preexec) for i in range(n)]
+        for p in self.procs:
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"a bare-model process failed to start (status {p.wait()})")
+
+    def rate(self) -> float:
+        """Images/s of all processes together: every image, from the first start to the last end."""
+        for p in self.procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        spans = [tuple(float(x) for x in p.stdout.readline().split()) for p in self.procs]
+        return sum(n for _, _, n in spans) / (max(e for _, e, _ in spans) - min(s for s, _, _ in spans))
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.stdin.close()
+                p.wait(timeout=60)
 def rest_rate(stack: ServingStack, images: list[tuple[str, bytes]], clients: int, per_request: int,
               experiment: str, client_cores: set[int] | None = None) -> float:
     """Images/s of all ``images`` through ``POST /_/api/predictions`` from ``clients`` threads."""
@@ -87,11 +142,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--files-per-request", type=int, default=16)
     ap.add_argument("--max-batch", type=int, default=32, help="worker --max-batch, and the bare batch size")
     ap.add_argument("--max-wait-ms", type=float, default=5.0, help="worker --max-wait-ms")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes (and bare-model processes)")
+    ap.add_argument("--worker-threads", type=int, default=0,
+                    help="TensorFlow threads of each worker and bare model (default 0: every core it may use)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--worker-cores", help="pin the worker and the bare model to these cores (e.g. '0'), the host "
-                                           "and the clients to the rest: the deployed layout")
+    ap.add_argument("--worker-cores", help="pin the worker(s) and the bare model(s) to these cores (e.g. '0'), "
+                                           "the host and the clients to the rest: the deployed layout")
     ap.add_argument("--write-doc", action="store_true", help="write the section of docs/PERFORMANCE.md")
+    ap.add_argument("--bare-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--share", default="0/1", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.bare_child:
+        share, of = (int(x) for x in args.share.split("/"))
+        bare_child(args.model, args.worker_threads, share, of, args.images, args.max_batch)
+        return 0
     setup_logging()
     before = report_load("before")
     worker_cores = other_cores = None
@@ -100,56 +164,58 @@ def main(argv: list[str] | None = None) -> int:
         other_cores = os.sched_getaffinity(0) - worker_cores
         if not other_cores or not worker_cores <= os.sched_getaffinity(0):
             raise SystemExit(f"--worker-cores {args.worker_cores} must leave some of {sorted(os.sched_getaffinity(0))}")
-        os.sched_setaffinity(0, worker_cores)  # before TensorFlow sizes its thread pools
-
-    from nscfate.predictor import Predictor, set_cpu_threads
-
-    set_cpu_threads()  # the worker's defaults, so that bare and served run the model alike
 
     model_dir, model_note = chosen_model(args)
-    round_images = [sample_images(args.images, seed=11 + r) for r in range(args.rounds)]
-    bare = Predictor.from_directory(model_dir)
-    prepared = [bare.prepare(data, filename=name) for name, data in round_images[0]]
+    round_images = [sample_images(args.images, seed=FIRST_SEED + r) for r in range(args.rounds)]
     bare_rates, rest_rates = [], []
-    worker_args = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
-    with tempfile.TemporaryDirectory(dir=args.work) as tmp, \
-            ServingStack(model_dir, Path(tmp) / "host", worker_args=worker_args,
-                         cores=[worker_cores], host_cores=other_cores) as stack:
-        import anvil.server
+    worker_args = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+                   "--intra-op-threads", str(args.worker_threads)]
+    bare = BareModels(model_dir, args.workers, args.worker_threads, worker_cores, args.images, args.max_batch)
+    try:
+        with tempfile.TemporaryDirectory(dir=args.work) as tmp, \
+                ServingStack(model_dir, Path(tmp) / "host", workers=args.workers, worker_args=worker_args,
+                             cores=[worker_cores] * args.workers, host_cores=other_cores) as stack:
+            import anvil.server
 
-        bare_rate(bare, prepared[:args.max_batch * 2], args.max_batch)  # warm-up
-        rest_rate(stack, sample_images(64, seed=10), args.clients, args.files_per_request, "warm-up", other_cores)
-        anvil.server.connect(stack.client_key, url=stack.uplink_url, quiet=True)
-        stats_before = anvil.server.call("worker_stats")["batches"]
-        cpu_rest = {"host": 0.0, "worker": 0.0, "clients": 0.0}  # CPU seconds used during the REST rounds
-        procs = {"host": stack.pids()["host"], "worker": stack.pids()["workers"], "clients": [os.getpid()]}
-        for r in range(args.rounds):
-            order = ("bare", "REST") if r % 2 == 0 else ("REST", "bare")
-            for path in order:
-                if path == "bare":
-                    bare_rates.append(bare_rate(bare, prepared, args.max_batch))
-                else:
-                    cpu0 = {k: sum(cpu_seconds(p) for p in pids) for k, pids in procs.items()}
-                    rest_rates.append(rest_rate(stack, round_images[r], args.clients, args.files_per_request,
-                                                f"round{r}", other_cores))
-                    for k, pids in procs.items():
-                        cpu_rest[k] += sum(cpu_seconds(p) for p in pids) - cpu0[k]
-                log.info("round %d %s: %.1f images/s", r, path, (bare_rates if path == "bare" else rest_rates)[-1])
-        stats_after = anvil.server.call("worker_stats")["batches"]
-        anvil.server.disconnect()
+            rest_rate(stack, sample_images(64, seed=10), args.clients, args.files_per_request, "warm-up",
+                      other_cores)
+            anvil.server.connect(stack.client_key, url=stack.uplink_url, quiet=True)
+            stats_before = anvil.server.call("worker_stats")["batches"]
+            cpu_rest = {"host": 0.0, "worker": 0.0, "clients": 0.0}  # CPU seconds used during the REST rounds
+            procs = {"host": stack.pids()["host"], "worker": stack.pids()["workers"], "clients": [os.getpid()]}
+            for r in range(args.rounds):
+                order = ("bare", "REST") if r % 2 == 0 else ("REST", "bare")
+                for path in order:
+                    if path == "bare":
+                        bare_rates.append(bare.rate())
+                    else:
+                        cpu0 = {k: sum(cpu_seconds(p) for p in pids) for k, pids in procs.items()}
+                        rest_rates.append(rest_rate(stack, round_images[r], args.clients, args.files_per_request,
+                                                    f"round{r}", other_cores))
+                        for k, pids in procs.items():
+                            cpu_rest[k] += sum(cpu_seconds(p) for p in pids) - cpu0[k]
+                    log.info("round %d %s: %.1f images/s", r, path, (bare_rates if path == "bare" else rest_rates)[-1])
+            stats_after = anvil.server.call("worker_stats")["batches"]
+            anvil.server.disconnect()
+    finally:
+        bare.close()
     after = report_load("after")
 
-    ((name, b0),) = stats_before.items()
-    b1 = stats_after[name]
-    sizes = {int(k): v - b0["sizes"].get(k, 0) for k, v in b1["sizes"].items() if v - b0["sizes"].get(k, 0)}
-    n_batches = sum(sizes.values())
-    mean_batch = sum(k * v for k, v in sizes.items()) / max(1, n_batches)
+    batches_text = ""
+    if args.workers == 1:  # with several, worker_stats reaches whichever worker the hub picks
+        ((name, b0),) = stats_before.items()
+        b1 = stats_after[name]
+        sizes = {int(k): v - b0["sizes"].get(k, 0) for k, v in b1["sizes"].items() if v - b0["sizes"].get(k, 0)}
+        n_batches = sum(sizes.values())
+        mean_batch = sum(k * v for k, v in sizes.items()) / max(1, n_batches)
+        batches_text = (f"Worker batches during the timed rounds: {n_batches}, mean size {mean_batch:.1f} "
+                        f"(histogram {dict(sorted(sizes.items()))}).")
+        print(batches_text)
     ratios = [r / b for r, b in zip(rest_rates, bare_rates)]
     ratio = median(ratios)
     print(f"bare  : {', '.join(f'{x:.1f}' for x in bare_rates)} images/s")
     print(f"REST  : {', '.join(f'{x:.1f}' for x in rest_rates)} images/s")
     print(f"REST / bare per round: {', '.join(f'{x:.0%}' for x in ratios)}; median {ratio:.0%} (target >= {TARGET:.0%})")
-    print(f"worker batches during the timed rounds: {n_batches}, mean size {mean_batch:.1f}, sizes {dict(sorted(sizes.items()))}")
     n_rest = args.images * len(rest_rates)
     cpu_ms = {k: 1000 * v / n_rest for k, v in cpu_rest.items()}
     cpu_text = ", ".join(f"{k} {v:.1f} ms" for k, v in cpu_ms.items())
@@ -158,23 +224,28 @@ def main(argv: list[str] | None = None) -> int:
           f"{1000 / median(bare_rates) * model_cores:.1f} ms of CPU on {model_cores} core(s) if it keeps them busy)")
     print(str(before), "->", str(after))
 
-    layout = (f"worker and bare model pinned to core(s) {sorted(worker_cores)}, host and clients to "
-              f"{sorted(other_cores)} (the deployed layout: the web tier runs elsewhere)" if worker_cores
-              else f"everything sharing the machine's {before.cpus} cores")
-    section = "serving_throughput_pinned" if worker_cores else "serving_throughput"
+    threads = f"{args.worker_threads} TensorFlow thread(s) each" if args.worker_threads else "TensorFlow's default threads"
+    processes = f"{args.workers} worker(s) and {args.workers} bare-model process(es), {threads}"
+    if worker_cores:
+        layout = (f"worker(s) and bare model(s) pinned to core(s) {sorted(worker_cores)}, host and clients to "
+                  f"{sorted(other_cores)} (the deployed layout: the web tier runs elsewhere)")
+        section, title = "serving_throughput_pinned", "Worker on its own core"
+    else:
+        layout = f"everything sharing the machine's {before.cpus} cores"
+        section, title = (("serving_throughput", "All on shared cores") if args.workers == 1 else
+                          ("serving_throughput_workers", f"{args.workers} workers on shared cores"))
     if args.write_doc:
-        write_section(section, "Worker on its own core" if worker_cores else "All on shared cores", f"""
+        write_section(section, title, f"""
 Model: {model_note}. {args.images} new synthetic crops per round, {args.clients} concurrent clients,
 {args.files_per_request} files per request; worker `--max-batch {args.max_batch} --max-wait-ms {args.max_wait_ms:g}`;
-bare = `predict_prepared` on batches of {args.max_batch}. {args.rounds} rounds, alternating which runs first.
+bare = `predict_prepared` on batches of {args.max_batch}. {processes}. {args.rounds} rounds, alternating which runs first.
 Layout: {layout}.
 
 | round | bare images/s | REST images/s | REST / bare |
 |---|---|---|---|
 """ + "\n".join(f"| {i + 1} | {b:.1f} | {r:.1f} | {r / b:.0%} |" for i, (b, r) in enumerate(zip(bare_rates, rest_rates))) + f"""
 
-**REST / bare: {ratio:.0%}** (median of the rounds; target >= {TARGET:.0%}). Worker batches during the
-timed rounds: {n_batches}, mean size {mean_batch:.1f} (histogram {dict(sorted(sizes.items()))}).
+**REST / bare: {ratio:.0%}** (median of the rounds; target >= {TARGET:.0%}). {batches_text}
 CPU time per image during the REST rounds (from /proc): {cpu_text}.""", before, after, level=4)
     return 0
 

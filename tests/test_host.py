@@ -210,6 +210,18 @@ def test_database_url_puts_the_data_in_postgresql(tmp_path, postgres_url, hosts)
     assert host.interrupt() == 0
 
 
+def test_worker_command_line():
+    from apphost.__main__ import build_parser, worker_command
+
+    plain = worker_command(build_parser().parse_args([]), 3030)
+    assert plain[1:3] == ["-m", "uplink"] and "ws://127.0.0.1:3030/_/uplink" in plain
+    assert "--intra-op-threads" not in plain  # TensorFlow's default: every core
+    args = build_parser().parse_args(["--workers", "2", "--worker-threads", "1", "--model", "models/m"])
+    command = worker_command(args, 3030)
+    assert command[command.index("--intra-op-threads") + 1] == "1"
+    assert command[command.index("--model") + 1] == "models/m"
+
+
 def test_only_a_missing_database_driver_is_blamed_on_database_url(monkeypatch):
     """An ImportError at start-up is the URL's fault only when it names a database driver; any other
     (a broken install, a bug) is raised as it is, not hidden behind a DATABASE_URL message."""
