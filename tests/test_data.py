@@ -297,3 +297,26 @@ def test_inspect_dataset(ifc_root):
     sampled = inspect_dataset(ifc_root, max_images=10)
     assert sampled["decoded"] == 10 and sampled["images"] == 48
     assert np.isfinite(report["height"]["median"])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_manifest_hash_is_the_hash_of_the_sorted_lines_for_any_names(seed):
+    """The compact form of the manifest hash gives exactly SHA-256 of the sorted lines, also for group
+    names that begin one another, hold characters below a tab, non-ASCII or a tab (plain-string
+    fallback), and for file hashes that are not lowercase hex."""
+    from nscfate.data import manifest_hash
+
+    rng = np.random.default_rng(seed)
+    groups = ["D3", "D3A", "D3A2", "d3", "Ä", "x\x01y", "", "a b"] + (["tab\there"] if seed % 2 else [])
+    entries = []
+    for _ in range(int(rng.integers(0, 300))):
+        sha = bytes(rng.integers(0, 256, 32, dtype=np.uint8)).hex()
+        if seed == 5 and rng.random() < 0.05:
+            sha = sha.upper()
+        entries.append({"subset": str(rng.choice(["train", "val", "test", "grouped_test"])),
+                        "label": str(rng.choice(["astro", "oligo", "rashh", "nt3"])),
+                        "group": str(rng.choice(groups)), "sha256": sha})
+    if entries and seed == 3:
+        entries.append(dict(entries[0]))  # the same file listed twice
+    lines = sorted(f"{e['subset']}\t{e['label']}\t{e['group']}\t{e['sha256']}" for e in entries)
+    assert manifest_hash(entries) == hashlib.sha256("\n".join(lines).encode()).hexdigest()
