@@ -3,9 +3,10 @@
 The training path decodes and prepares images with exactly the functions serving uses
 (:func:`nscfate.io.decode_image` then :func:`nscfate.preprocessing.prepare_image`), called through
 ``tf.numpy_function`` in parallel map workers. TensorFlow holds only sample indices (8 bytes per
-image; the whole set is shuffled every epoch) and the file paths stay in the caller's list of samples;
-images stream through the parallel map and a bounded prefetch queue, so the pixels in memory do not
-grow with the dataset (the index of paths and labels does, by a few hundred bytes per image).
+image; the whole set is shuffled every epoch) and the file paths stay in the caller's samples (a
+compact :class:`~nscfate.data.SampleTable` in training); images stream through the parallel map and a
+bounded prefetch queue, so the pixels in memory do not grow with the dataset (the index of paths and
+labels does, by about a hundred bytes per image).
 
 TFRecord shards (:func:`write_tfrecord_shards`) store either the raw file bytes (decoded and prepared
 when read, through the same two functions) or the prepared float32 arrays (fixed input size, no
@@ -51,20 +52,20 @@ def label_indices(samples: Sequence[Sample], classes: Sequence[str]) -> np.ndarr
 
 
 def _map_load(ds: tf.data.Dataset, input_size: tuple[int, int], limits: DecodeLimits, skip_bad: bool, *,
-              paths: Sequence[str] | None = None) -> tf.data.Dataset:
+              samples: Sequence[Sample] | None = None) -> tf.data.Dataset:
     """Map ``(x, label)`` to ``(prepared image, label)`` in parallel workers, dropping (and logging)
-    unreadable images when ``skip_bad``. ``x`` is an index into ``paths`` (image files), or with no
-    ``paths`` the encoded image bytes (shard records)."""
+    unreadable images when ``skip_bad``. ``x`` is an index into ``samples`` (image files), or with no
+    ``samples`` the encoded image bytes (shard records)."""
     h, w = input_size
 
     def load(x) -> tuple[np.ndarray, bool]:
-        source = paths[int(x)] if paths is not None else bytes(x)
+        source = samples[int(x)].path if samples is not None else bytes(x)
         try:
             return load_prepared(source, input_size, limits), np.bool_(True)
         except ImageError as exc:
             if not skip_bad:
                 raise
-            log.warning("skipping unreadable image %s: %s", source if paths is not None else "(shard record)", exc)
+            log.warning("skipping unreadable image %s: %s", source if samples is not None else "(shard record)", exc)
             return np.zeros((h, w, 1), np.float32), np.bool_(False)
 
     def tf_load(x, y):
@@ -107,7 +108,7 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """Batches ``(images float32 (B, h, w, 1), labels int32 (B,))`` streamed from image files.
 
-    The stream carries sample indices, not paths: the file names stay in the Python list the caller
+    The stream carries sample indices, not paths: the file names stay in the samples the caller
     already holds, TensorFlow holds 8 bytes per image, and each parallel map call looks its file up.
     So the whole dataset can be shuffled every epoch at no memory cost.
 
@@ -126,7 +127,6 @@ def make_dataset(
     if not samples:
         raise DatasetError("no samples to build a pipeline from")
     labels = tf.constant(label_indices(samples, classes))
-    paths = [s.path for s in samples]  # references to the samples' strings, not copies
     n = len(samples)
     ds = tf.data.Dataset.range(n)
     if shuffle:
@@ -139,7 +139,7 @@ def make_dataset(
         return i, tf.gather(labels, i)
 
     ds = ds.map(with_label)
-    ds = _map_load(ds, input_size, limits, skip_bad, paths=paths)
+    ds = _map_load(ds, input_size, limits, skip_bad, samples=samples)
     return _finish(ds, batch_size, augment, drop_remainder)
 
 

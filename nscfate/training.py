@@ -30,6 +30,7 @@ import math
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -54,12 +55,12 @@ GOLDEN_COUNT = 8
 class Splits:
     """The samples of each split (``grouped_test`` empty when no batches are held out)."""
 
-    train: list
-    val: list
-    test: list
-    grouped_test: list
+    train: Sequence
+    val: Sequence
+    test: Sequence
+    grouped_test: Sequence
 
-    def parts(self) -> dict[str, list]:
+    def parts(self) -> dict[str, Sequence]:
         return {"train": self.train, "val": self.val, "test": self.test, "grouped_test": self.grouped_test}
 
 
@@ -91,7 +92,8 @@ def load_splits(cfg: RunConfig) -> Splits:
     train = val_split.train
     if cfg.data.subsample < 1.0:
         train = D.subsample(train, cfg.data.subsample, seed=seed)
-    splits = Splits(train, val_split.test, test_split.test, grouped_test)
+    # Compact tables from here on: the lists and Sample objects of the splitting go when this returns.
+    splits = Splits(*(D.SampleTable(part) for part in (train, val_split.test, test_split.test, grouped_test)))
     for name, part in splits.parts().items():
         log.info("%s: %d images, %d groups", name, len(part), len({s.group for s in part}))
     return splits
@@ -154,7 +156,8 @@ def _augment_fn(input_size: tuple[int, int]):
 
 def class_weights(samples: Sequence, classes: Sequence[str]) -> dict[int, float]:
     """Balanced weights ``n / (k * n_c)`` (sklearn's 'balanced'); absent classes get weight 0."""
-    counts = np.array([sum(1 for s in samples if s.label == c) for c in classes], dtype=np.float64)
+    per_label = Counter(s.label for s in samples)
+    counts = np.array([per_label[c] for c in classes], dtype=np.float64)
     total, k = counts.sum(), len(classes)
     return {i: float(total / (k * c)) if c else 0.0 for i, c in enumerate(counts)}
 

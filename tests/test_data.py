@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 from collections import Counter
 
 import numpy as np
@@ -320,3 +321,20 @@ def test_manifest_hash_is_the_hash_of_the_sorted_lines_for_any_names(seed):
         entries.append(dict(entries[0]))  # the same file listed twice
     lines = sorted(f"{e['subset']}\t{e['label']}\t{e['group']}\t{e['sha256']}" for e in entries)
     assert manifest_hash(entries) == hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def test_sample_table_reads_like_the_list_it_was_made_from(tmp_path):
+    """Training keeps its splits as SampleTables: the same samples, in order, also for odd file names."""
+    from nscfate.data import Sample, SampleTable
+
+    odd = os.fsdecode(b"/data/astro/\xff\xfe-not-utf8.tif")  # a file name that is not valid UTF-8
+    samples = [Sample("/data/astro/a_D3A_0_Ch1.ome.tif", "astro", "D3A", 1),
+               Sample("/data/oligo/b.png", "oligo", "oligo/b.png", None),
+               Sample(odd, "astro", "D3A", 1), Sample("/data/nt3/é.tif", "nt3", "D4B", 12)]
+    table = SampleTable(samples)
+    assert len(table) == 4 and list(table) == samples and table[-1] == samples[-1]
+    assert list(table[1:3]) == samples[1:3] and isinstance(table[1:3], SampleTable)
+    assert table[2].path == odd and os.fsencode(table[2].path) == b"/data/astro/\xff\xfe-not-utf8.tif"
+    assert not SampleTable([]) and bool(table)
+    with pytest.raises(IndexError):
+        table[4]
