@@ -70,6 +70,20 @@ def test_shuffle_is_seeded_and_complete(files):
     assert sorted(a.tolist()) == sorted(c.tolist())  # same images, other order
 
 
+def test_every_epoch_is_a_new_complete_permutation():
+    """The whole-set shuffle (no buffer: a keyed permutation per iteration) visits every index once per
+    pass, in a new order each pass, repeated or not."""
+    from nscfate.pipeline import _permuted_range
+
+    ds = _permuted_range(50, seed=4)
+    first, second = [int(i) for i in ds], [int(i) for i in ds]
+    assert sorted(first) == sorted(second) == list(range(50)) and first != second
+    passes = np.array([int(i) for i in ds.repeat(3)]).reshape(3, 50)
+    assert all(sorted(p.tolist()) == list(range(50)) for p in passes) and len({tuple(p) for p in passes}) == 3
+    assert [int(i) for i in _permuted_range(50, seed=4)] == first  # reproducible from the seed
+    assert [int(i) for i in _permuted_range(1, seed=4)] == [0]
+
+
 def test_shuffle_draws_from_the_whole_set_unless_given_a_window(files):
     # 200 samples sorted by label, as a reader returns them (only the first file's pixels matter here)
     ordered = [Sample(files[0].path, CLASSES[i // 50], "g", None) for i in range(200)]
