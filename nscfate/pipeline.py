@@ -2,12 +2,11 @@
 
 The training path decodes and prepares images with exactly the functions serving uses
 (:func:`nscfate.io.decode_image` then :func:`nscfate.preprocessing.prepare_image`), called through
-``tf.numpy_function`` in parallel map workers. TensorFlow holds only sample indices (the whole set is
-shuffled every epoch; ``tf.data``'s shuffle buffer keeps one small tensor per index, ~170 bytes each)
-and the file paths stay in the caller's samples (a compact :class:`~nscfate.data.SampleTable` in
-training); images stream through the parallel map and a bounded prefetch queue, so the pixels in memory
-do not grow with the dataset (the index of paths and labels does, by about 100 bytes per image, and
-the shuffle buffer by about 170).
+``tf.numpy_function`` in parallel map workers. TensorFlow streams sample indices (the whole set is
+shuffled every epoch through a keyed permutation, with no shuffle buffer) and the file paths stay in
+the caller's samples (a compact :class:`~nscfate.data.SampleTable` in training); images stream through
+the parallel map and a bounded prefetch queue, so the pixels in memory do not grow with the dataset
+(the index of paths and labels does, by about 100 bytes per image).
 
 TFRecord shards (:func:`write_tfrecord_shards`) store either the raw file bytes (decoded and prepared
 when read, through the same two functions) or the prepared float32 arrays (fixed input size, no
@@ -129,8 +128,9 @@ def make_dataset(
     """Batches ``(images float32 (B, h, w, 1), labels int32 (B,))`` streamed from image files.
 
     The stream carries sample indices, not paths: the file names stay in the samples the caller
-    already holds, TensorFlow holds the indices (~170 bytes each in the shuffle buffer), and each
-    parallel map call looks its file up. So the whole dataset can be shuffled every epoch cheaply.
+    already holds, TensorFlow streams indices (the whole-set shuffle is a keyed permutation, no
+    buffer), and each parallel map call looks its file up. So the whole dataset is shuffled every epoch
+    at no memory cost.
 
     Args:
         samples: what to read (``nscfate.data.read_dataset`` or a split).
