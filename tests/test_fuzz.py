@@ -32,7 +32,7 @@ from apphost.http_api import api_routes
 from apphost.testing import FakeWorker, make_runtime, png_bytes
 from nscfate.errors import ImageError
 from nscfate.io import DecodeLimits, decode_image
-from nscfate.testing import cv2_png, pil_bytes, tiff_bytes
+from tests.imagegen import cv2_png, pil_bytes, tiff_bytes
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

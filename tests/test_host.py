@@ -222,6 +222,14 @@ def test_worker_command_line():
     assert command[command.index("--model") + 1] == "models/m"
 
 
+def test_negative_worker_counts_are_refused_before_anything_starts(capsys):
+    from apphost.__main__ import main
+
+    for option in ("--workers", "--worker-threads"):
+        assert main([option, "-1", "--data-dir", "/nonexistent/never-created"]) == 2
+        assert "must be 0 or more" in capsys.readouterr().err
+
+
 def test_only_a_missing_database_driver_is_blamed_on_database_url(monkeypatch):
     """An ImportError at start-up is the URL's fault only when it names a database driver; any other
     (a broken install, a bug) is raised as it is, not hidden behind a DATABASE_URL message."""
