@@ -56,19 +56,30 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def infrastructure_error(exc: BaseException) -> JSONResponse | None:
-    """The answer for a failure of the platform rather than the request (database down or locked, disk
-    full), or None for anything else. Nothing was changed when these are raised: every write is one
-    transaction, and a media file without its row is collected later."""
-    if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError,
-                        anvil.tables.TransactionConflict)):
-        return error(503, "database_unavailable",
-                     "The database is not available right now; nothing was changed. Try again in a moment.",
-                     {"Retry-After": "10"})
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+def _is_database_failure(exc: BaseException) -> bool:
+    return isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError,
+                            anvil.tables.TransactionConflict))
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_infrastructure_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure of the platform rather than the request (database down or locked,
+    disk full). Nothing was changed when these are raised: every write is one transaction, and a media
+    file without its row is collected later."""
+    return _is_database_failure(exc) or _is_disk_full(exc)
+
+
+def infrastructure_error(exc: BaseException) -> JSONResponse:
+    """The answer for a platform failure (:func:`is_infrastructure_error`)."""
+    if _is_disk_full(exc):
         return error(507, "storage_full", "The server's disk is full; nothing was changed. Ask the lab admin "
                                           "to free space.")
-    return None
+    return error(503, "database_unavailable",
+                 "The database is not available right now; nothing was changed. Try again in a moment.",
+                 {"Retry-After": "10"})
 
 
 def _guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
@@ -79,9 +90,9 @@ def _guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Req
         try:
             return await handler(request)
         except Exception as e:
-            response = infrastructure_error(e)
-            if response is None:
+            if not is_infrastructure_error(e):
                 raise
+            response = infrastructure_error(e)
             log.warning("%s %s: %s (%s)", request.method, request.url.path, type(e).__name__,
                         str(e).splitlines()[0][:200] if str(e) else "")
             return response
@@ -200,7 +211,7 @@ class HttpApi:
                 remote_address=request.client.host if request.client else None, body=body,
                 username=username, password=password, session=session)
         except Exception as e:
-            if infrastructure_error(e) is not None:
+            if is_infrastructure_error(e):
                 raise  # answered by _guarded
             log.exception("HTTP endpoint %s %s failed", request.method, path)
             return error(500, "internal_error", "The server failed to handle this request")

@@ -182,7 +182,7 @@ def prediction_image(prediction_id, **params):
 @_api
 def prediction_preview(prediction_id, **params):
     _user()
-    image = predictions.get_image_preview(prediction_id)
+    image = predictions.preview_media(predictions.get_row(prediction_id))
     # A prediction's image never changes, so the browser may keep the preview for a while.
     return anvil.server.HttpResponse(200, image, {
         "Content-Type": image.content_type, "Cache-Control": "private, max-age=3600"})

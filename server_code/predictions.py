@@ -178,7 +178,7 @@ def _record(user, f, out, experiment, notes):
                   "confidence": float(out["confidence"]), "probabilities": probabilities,
                   "classes": [{"key": k, "display_name": class_names.get(k, k)} for k in probabilities],
                   "warnings": list(out.get("warnings") or []), "experiment": experiment, "notes": notes,
-                  "can_delete": True, "image_shown_as_stored": previews.shown_as_stored(f.media())}
+                  "can_delete": True, "image_shown_as_stored": previews.browser_shows(f.content_type)}
     result.update(index=f.index, ok=True)
     return result
 
@@ -352,7 +352,7 @@ def get_prediction(prediction_id):
 def get_image_preview(prediction_id):
     """A version of a stored prediction's image that a browser can show (TIFF becomes PNG), as Media."""
     access.require_user()
-    return _preview_media(get_row(prediction_id))
+    return preview_media(get_row(prediction_id))
 
 
 @anvil.server.callable
@@ -368,13 +368,14 @@ def get_image_previews(prediction_ids):
     out = {}
     for prediction_id in prediction_ids:
         try:
-            out[prediction_id] = _preview_media(get_row(prediction_id))
+            out[prediction_id] = preview_media(get_row(prediction_id))
         except errors.NotFound:
             out[prediction_id] = None
     return out
 
 
-def _preview_media(row):
+def preview_media(row):
+    """A version of the row's stored image that a browser can show (TIFF becomes PNG), as Media."""
     if row["image"] is None:
         raise errors.NotFound("This prediction has no stored image")
     data, content_type = previews.preview(row["image"])

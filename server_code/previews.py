@@ -24,13 +24,18 @@ def _no_preview(reason):
                            code="no_preview")
 
 
-def _mime(media):
-    return (media.content_type or "").split(";")[0].strip().lower()
+def _mime(content_type):
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def browser_shows(content_type):
+    """Whether a browser shows an image of this content type as it is; if not, it needs a preview."""
+    return _mime(content_type) in BROWSER_TYPES
 
 
 def shown_as_stored(media):
-    """Whether a browser shows this stored image (Media) as it is; if not, it needs a preview."""
-    return media is not None and _mime(media) in BROWSER_TYPES
+    """``browser_shows`` for a stored image (Media, or None when there is none)."""
+    return media is not None and browser_shows(media.content_type)
 
 
 def preview(media):
@@ -39,7 +44,7 @@ def preview(media):
     Raises:
         errors.NotFound: (code ``no_preview``) when the image cannot be turned into a preview.
     """
-    content_type = _mime(media)
+    content_type = _mime(media.content_type)
     data = media.get_bytes()
     if content_type in BROWSER_TYPES:
         return data, content_type

@@ -93,7 +93,7 @@ def test_a_stored_prediction_that_cannot_be_read_back_is_still_reported_whole(rt
     assert result["ok"] and n_rows(rt) == 2  # stored, and said so
     assert result.keys() == normal.keys()  # every field a result card reads
     assert (result["user"], result["model"], result["can_delete"]) == (normal["user"], normal["model"], True)
-    assert result["filename"] == "cell1.png"
+    assert result["filename"] == "cell1.png" and result["image_shown_as_stored"] is normal["image_shown_as_stored"] is True
     assert [c["key"] for c in result["classes"]] == [c["key"] for c in normal["classes"]]
     names = {c["key"]: c["display_name"] for c in normal["classes"]}
     assert result["predicted_display_name"] == names[result["predicted_class"]]
