@@ -47,11 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     before = report_load("before")
 
-    from nscfate.memory import pin_malloc_thresholds
     from nscfate.predictor import Predictor, set_cpu_threads
 
-    pin_malloc_thresholds()  # the worker's settings, so that bare and served run the model alike
-    set_cpu_threads()
+    set_cpu_threads()  # the worker's defaults, so that bare and served run the model alike
 
     model_dir, model_note = chosen_model(args)
     images = sample_images(args.images + args.warmup, seed=7)

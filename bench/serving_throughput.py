@@ -64,10 +64,8 @@ def bare_child(model_dir: Path, threads: int, share: int, of: int, n_images: int
     """A bare-model process (``--bare-child``): prepares its share of the first round's images, says
     ``ready``, then for each ``go`` line on stdin predicts them all and prints ``start end count``
     (``time.monotonic``, which is the same clock in every process)."""
-    from nscfate.memory import pin_malloc_thresholds
     from nscfate.predictor import Predictor, set_cpu_threads
 
-    pin_malloc_thresholds()  # as `python -m uplink` does
     set_cpu_threads(threads)  # as `python -m uplink --intra-op-threads` does
     predictor = Predictor.from_directory(model_dir)
     images = sample_images(n_images, seed=FIRST_SEED)[share::of]

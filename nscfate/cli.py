@@ -17,7 +17,6 @@ import sys
 
 from nscfate import __version__
 from nscfate.errors import InputError
-from nscfate.memory import pin_malloc_thresholds
 
 #: Subcommands in the order ``--help`` lists them.
 COMMANDS: tuple[str, ...] = ("synth", "inspect", "audit", "train", "evaluate", "predict", "explain", "models")
@@ -56,7 +55,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     configure_logging(args.verbose, args.quiet)
-    pin_malloc_thresholds()  # long training and evaluation passes: RSS must not creep (nscfate.memory)
     try:
         return int(args._run(args) or 0)
     except InputError as exc:

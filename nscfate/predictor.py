@@ -35,7 +35,7 @@ import numpy as np
 from nscfate.errors import ImageError, UnknownModelError
 from nscfate.modeldir import (GOLDEN_INPUT_FILE, GOLDEN_OUTPUT_FILE, DEFAULT_GOLDEN_ATOL, ModelInfo,
                               check_golden, load_keras_model, read_model_dir)
-from nscfate.preprocessing import estimate_background, prepare_image
+from nscfate.preprocessing import estimate_background, median, prepare_image
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +332,7 @@ def single_cell_warnings(pixels: np.ndarray) -> list[str]:
     bg = estimate_background(img)
     b = max(1, min(2, min(h, w) // 4))
     border = np.concatenate([img[:b].ravel(), img[-b:].ravel(), img[:, :b].ravel(), img[:, -b:].ravel()])
-    noise = 1.4826 * float(np.median(np.abs(border - bg)))
+    noise = 1.4826 * median(np.abs(border - bg))
     diff = np.abs(img - bg)
     peak = float(np.percentile(diff, 99.5))
     if peak <= max(5 * noise, 1e-6):

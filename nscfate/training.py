@@ -9,8 +9,9 @@ Steps of :func:`train`:
    hash goes into the model's metadata.
 2. stream the images with ``nscfate.pipeline`` (the whole set shuffled every epoch, decode +
    ``prepare_image`` in parallel, batches, prefetch): no pixels are held beyond the batches in flight,
-   only an index of paths and labels grows with the dataset. Training images get random flips (and
-   90-degree turns for square inputs): cells in suspension have no orientation.
+   only an index of paths and labels grows with the dataset, and glibc's mmap threshold is fixed
+   (``nscfate.memory``) so that freed memory does not pile up in the heap. Training images get random
+   flips (and 90-degree turns for square inputs): cells in suspension have no orientation.
 3. build the model (:func:`nscfate.architectures.build_model`) under ``MirroredStrategy`` and with
    mixed precision when GPUs are present (``train.distribute``/``train.mixed_precision`` = auto), AdamW
    or SGD with warm-up + cosine decay, balanced class weights.
@@ -272,7 +273,9 @@ def train(cfg: RunConfig, *, restart: bool = False, overwrite: bool = False, com
 
     from nscfate.architectures import build_model
     from nscfate.classes import get_task
+    from nscfate.memory import pin_malloc_thresholds
 
+    pin_malloc_thresholds()  # RSS flat through long passes, whatever the dataset's size
     out = Path(cfg.out)
     if out.exists() and not overwrite:
         raise ConfigError(f"{out} already exists; choose another --out or pass --overwrite")

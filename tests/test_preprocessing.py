@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from nscfate.errors import ConfigError, InvalidPixelValuesError
-from nscfate.preprocessing import estimate_background, pad_to_aspect, parse_input_size, prepare_image
+from nscfate.preprocessing import estimate_background, median, pad_to_aspect, parse_input_size, prepare_image
 
 
 def _crop(h=47, w=60, bg=0.4):
@@ -41,3 +41,12 @@ def test_parse_input_size():
     assert parse_input_size("45x60") == (45, 60)
     with pytest.raises(ConfigError):
         parse_input_size("big")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_median_is_numpys_median_exactly(dtype):
+    rng = np.random.default_rng(5)
+    for n in [*range(1, 12), 236, 237, 1000]:
+        for values in (rng.normal(100, 30, n), rng.integers(0, 4, n), rng.uniform(0, 1e-3, n)):
+            values = values.astype(dtype)
+            assert median(values) == float(np.median(values)), (n, values)

@@ -26,13 +26,17 @@ def _cfg(tmp_path, synth_dir, **train):
     })
 
 
-def test_train_exports_a_verified_model_directory(tmp_path, synth_dir):
+def test_train_exports_a_verified_model_directory(tmp_path, synth_dir, monkeypatch):
+    from nscfate import memory
     from nscfate.modeldir import read_model_dir, verify_model_dir
     from nscfate.predictor import Predictor
     from nscfate.training import train
 
+    pinned = []
+    monkeypatch.setattr(memory, "pin_malloc_thresholds", lambda: pinned.append(True) or True)
     cfg = _cfg(tmp_path, synth_dir)
     result = train(cfg, command="nscfate train ...")
+    assert pinned == [True]  # glibc's thresholds fixed for the run (nscfate.memory)
     info = verify_model_dir(result.model_dir)
     assert (info.name, info.version, info.task, info.arch) == ("tiny-run", "0.1.0", "medium4", "cnn")
     assert info.synthetic  # read from the synth.json beside the data

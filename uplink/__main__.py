@@ -132,10 +132,8 @@ def _serve(args: argparse.Namespace, key: str, stop: threading.Event, server) ->
     from uplink.callables import CALLABLES, register_callables
     from uplink.service import InferenceService, load_predictors
 
-    from nscfate.memory import pin_malloc_thresholds
     from nscfate.predictor import set_cpu_threads
 
-    pin_malloc_thresholds()  # a long-lived process decoding images of any size: keep its RSS flat
     set_cpu_threads(args.intra_op_threads, args.inter_op_threads)
     try:
         predictors = load_predictors(args.model)
