@@ -69,9 +69,10 @@ class Sample:
 
 class SampleTable(Sequence[Sample]):
     """Samples stored column by column: every path in one byte string, labels and groups as small
-    integer codes. About 90 bytes per image where a list of :class:`Sample` objects takes about 200, so
-    a 600,000-image training run does not carry 70 MB of index through training. Reads like a list
-    (``len``, indexing, slicing, iteration), each item a :class:`Sample` made on access."""
+    integer codes. About 100 bytes per image (most of it the path) where a list of :class:`Sample`
+    objects takes about 200, so a 600,000-image training run does not carry 70 MB of index through
+    training. Reads like a list (``len``, indexing, slicing, iteration), each item a :class:`Sample`
+    made on access."""
 
     __slots__ = ("_paths", "_ends", "_labels", "_label_names", "_groups", "_group_names", "_channels")
 

@@ -1,17 +1,17 @@
 """Keeping a long training run's memory flat.
 
 glibc's ``malloc`` raises its mmap threshold every time a large mapped block is freed (up to 32 MB).
-After that, blocks of that size (the model's working buffers) come from the heap,
-and in a process whose tf.data threads allocate and free small blocks all the time between them the
-heap's free space stays resident and keeps growing: ``nscfate train`` on 600,000 images rose by
-~1-2 KB of RSS per evaluated image while its live heap stayed flat (heaptrack), and ``malloc_trim``
-gave the memory back. Setting the threshold explicitly turns that adjustment off: large blocks are
-mapped and unmapped again and RSS stays flat (docs/PERFORMANCE.md, training memory). A
-``malloc_trim`` every few seconds instead only halved the growth.
+After that, blocks of that size (the model's working buffers) come from the heap, and in a process whose
+tf.data threads allocate and free small blocks all the time between them the heap's free space stays
+resident and keeps growing: ``nscfate train`` on 600,000 images rose by ~1-2 KB of RSS per evaluated
+image while its live heap stayed flat (heaptrack), and ``malloc_trim`` gave the memory back. Setting the
+threshold explicitly turns that adjustment off: large blocks are mapped and unmapped again and RSS stays
+flat (docs/PERFORMANCE.md, training memory). A ``malloc_trim`` every few seconds instead only halved the
+growth.
 
-Training calls :func:`pin_malloc_thresholds`; the serving worker does not: mapping a large block
-afresh on every operation cost batched ResNet50 inference 10-20% of its speed on this CPU, while
-training steps showed no difference beyond the run-to-run noise.
+Training calls :func:`pin_malloc_thresholds`; the serving worker does not: mapping a large block afresh
+on every operation cost batched ResNet50 inference 10-20% of its speed on this CPU, while training steps
+showed no difference beyond the run-to-run noise.
 """
 
 from __future__ import annotations
