@@ -14,7 +14,10 @@ Prints one JSON object (also written to ``--out``): requests, errors, status cou
 percentiles (ms), throughput (uploads/s), rows found, duplicates, missing, workers, model.
 
 Without ``--url`` the real host is started here - ``python -m apphost --workers N`` on a free loopback
-port with a temporary data directory and a lab admin account for the clients - and stopped afterwards.
+port with a temporary data directory and a lab admin account for the clients - and stopped afterwards;
+the workers' resident memory is then sampled through the run (``worker_rss_mb``, Linux): its growth
+over the second half, per image, shows whether serving keeps memory per call (``growth_bytes_per_image``;
+the first half includes the model's warm-up for each new batch size).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -149,6 +153,63 @@ def run_load(base_url: str, email: str, password: str, *, clients: int = 50, upl
 
 
 # --------------------------------------------------------------------------------------------------
+# workers' memory
+
+
+def _children_rss_mb(parent: int) -> float:
+    """Resident memory of ``parent``'s child processes (the host's workers), in MB; Linux /proc."""
+    page, total = os.sysconf("SC_PAGE_SIZE"), 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])  # the name may hold spaces
+            if ppid == parent:
+                with open(f"/proc/{entry.name}/statm", "rb") as f:
+                    total += int(f.read().split()[1]) * page
+        except (OSError, ValueError, IndexError):
+            continue  # it exited meanwhile
+    return total / 2**20
+
+
+class MemorySampler:
+    """Samples the workers' RSS every ``interval`` seconds while the load runs."""
+
+    def __init__(self, host_pid: int, interval: float = 2.0) -> None:
+        self.host_pid, self.interval = host_pid, interval
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append(_children_rss_mb(self.host_pid))
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> "MemorySampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(_children_rss_mb(self.host_pid))
+
+    def figures(self, images: int) -> dict | None:
+        """First, middle and last sample, 8 points of the run, and the growth per image over the second half."""
+        s = self.samples
+        if len(s) < 3 or not s[-1]:
+            return None
+        middle = s[len(s) // 2]
+        points = [round(s[round(i * (len(s) - 1) / 7)], 1) for i in range(8)]
+        return {"start": round(s[0], 1), "middle": round(middle, 1), "end": round(s[-1], 1), "max": round(max(s), 1),
+                "points": points,
+                "growth_bytes_per_image": round((s[-1] - middle) * 2**20 / (images / 2)) if images else None}
+
+
+# --------------------------------------------------------------------------------------------------
 # starting a host
 
 
@@ -227,7 +288,13 @@ def main(argv: list[str] | None = None) -> int:
             base, email, password = host.url, host.email, host.password
         try:
             log.info("%d clients x %d uploads against %s", args.clients, args.uploads, base)
-            figures = run_load(base, email, password, clients=args.clients, uploads=args.uploads, auth=args.auth)
+            if host is None:
+                figures = run_load(base, email, password, clients=args.clients, uploads=args.uploads, auth=args.auth)
+            else:
+                with MemorySampler(host.proc.pid) as memory:
+                    figures = run_load(base, email, password, clients=args.clients, uploads=args.uploads,
+                                       auth=args.auth)
+                figures["worker_rss_mb"] = memory.figures(figures["ok"])
         finally:
             if host is not None:
                 host.close()

@@ -105,6 +105,11 @@ class Predictor:
     def __init__(self, info: ModelInfo, model, *, batch_size: int = DEFAULT_BATCH):
         import tensorflow as tf
 
+        from nscfate.memory import serial_opencv
+
+        # Servers call prepare() from a new thread per request (anvil-uplink does): OpenCV's thread pool
+        # would keep ~0.9 KB for each of them (nscfate.memory).
+        serial_opencv()
         self.info = info
         self.model = model
         self.batch_size = int(batch_size)

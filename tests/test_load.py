@@ -26,3 +26,30 @@ def test_concurrent_clients_each_get_exactly_one_row_per_upload(tmp_path):
         assert f["errors"] == 0 and f["duplicate_rows"] == 0 and f["missing_rows"] == 0 and f["rows_match_uploads"]
         assert f["statuses"] == {"200": n} and f["workers"] == 2
         assert 0 < f["latency_ms"]["p50"] <= f["latency_ms"]["p99"] <= f["latency_ms"]["max"]
+
+
+def test_memory_sampler_reads_the_children_resident_memory():
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    if not os.path.exists("/proc/self/statm"):
+        pytest.skip("reads Linux /proc")
+    # a child holding 64 MB it has written (so resident)
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time; b = bytearray(64 << 20); "
+                              "sys.stdout.write('ready\\n'); sys.stdout.flush(); time.sleep(30)"],
+                             stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline() == b"ready\n"
+        with load_test.MemorySampler(os.getpid(), interval=0.05) as memory:
+            pass
+        assert len(memory.samples) >= 2 and all(64 <= s < 1024 for s in memory.samples), memory.samples
+    finally:
+        child.kill()
+        child.wait()
+    memory.samples = [800.0, 810.0, 820.0, 820.0, 821.0]
+    f = memory.figures(images=2048)
+    assert (f["start"], f["middle"], f["end"], f["max"]) == (800.0, 820.0, 821.0, 821.0)
+    assert f["growth_bytes_per_image"] == 1024  # 1 MB over the second half's 1,024 images

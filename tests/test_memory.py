@@ -1,4 +1,5 @@
-"""nscfate.memory: glibc's mmap threshold stays fixed, so large freed blocks leave the process."""
+"""nscfate.memory: glibc's mmap threshold stays fixed, so large freed blocks leave the process; and
+preparing images on many short-lived threads (one per uplink call) keeps no memory per thread."""
 
 import os
 import subprocess
@@ -7,14 +8,14 @@ import textwrap
 
 import pytest
 
-from nscfate.memory import pin_malloc_thresholds
+from nscfate.memory import pin_malloc_thresholds, serial_opencv
 
 # Run in a fresh interpreter: the threshold is process-wide and only moves the first time a large
 # block is freed. Reports whether a 512 KiB block is its own mapping (mallinfo2's hblks) after a
 # 4 MiB mapped block was freed - glibc's dynamic threshold would have risen to 4 MiB by then.
 PROBE = textwrap.dedent("""
     import ctypes, sys
-    from nscfate.memory import pin_malloc_thresholds
+    from nscfate.memory import pin_malloc_thresholds, serial_opencv
     libc = ctypes.CDLL("libc.so.6")
     class MallInfo2(ctypes.Structure):
         _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
@@ -63,3 +64,69 @@ def test_thresholds_from_the_environment_win(monkeypatch):
     assert _probe("pin", env) == ("False", 0)  # 512 KiB is under the user's 8 MiB: from the heap
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
     assert pin_malloc_thresholds() is False
+
+
+# Bytes of the C heap still in use after preparing a synthetic cell on each of 2,000 short-lived threads,
+# the way the worker serves anvil-uplink calls (decode, prepare_image, the single-cell check).
+THREADS_PROBE = textwrap.dedent("""
+    import ctypes, sys, threading
+    import numpy as np
+    from nscfate.io import decode_image
+    from nscfate.memory import serial_opencv
+    from nscfate.predictor import single_cell_warnings
+    from nscfate.preprocessing import prepare_image
+    from nscfate.testing import cell_image, to_png_bytes
+    libc = ctypes.CDLL("libc.so.6")
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                    "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    libc.mallinfo2.restype = MallInfo2
+    png = to_png_bytes(cell_image(np.random.default_rng(0), (47, 60)))
+    serial = serial_opencv() if sys.argv[1] == "serial" else False
+    def serve():
+        pixels = decode_image(png, name="cell.png").pixels
+        prepare_image(pixels, (75, 75)), single_cell_warnings(pixels)
+    serve()
+    before = libc.mallinfo2().uordblks
+    for _ in range(2000):
+        t = threading.Thread(target=serve)
+        t.start(), t.join()
+    print(serial, libc.mallinfo2().uordblks - before)
+""")
+
+
+def _threads_probe(mode: str, env: dict | None = None) -> tuple[str, int]:
+    out = subprocess.run([sys.executable, "-c", THREADS_PROBE, mode], capture_output=True, text=True, check=True,
+                         env={**os.environ, **(env or {})}, cwd=os.path.dirname(os.path.dirname(__file__)))
+    serial, grown = out.stdout.split()
+    return serial, int(grown)
+
+
+@needs_glibc
+def test_serial_opencv_keeps_no_memory_per_calling_thread():
+    serial, grown = _threads_probe("serial")
+    assert serial == "True"
+    assert grown < 200_000, f"{grown} bytes kept after 2,000 threads"
+    _, grown_by_default = _threads_probe("default")
+    if grown_by_default < 1_000_000:
+        pytest.skip(f"this OpenCV keeps no memory per thread any more ({grown_by_default} bytes after 2,000 "
+                    "threads): nscfate.memory.serial_opencv may be dropped")
+
+
+def test_opencv_threads_from_the_environment_win(monkeypatch):
+    monkeypatch.setenv("OPENCV_FOR_THREADS_NUM", "2")
+    assert serial_opencv() is False
+
+
+def test_a_predictor_makes_opencv_serial(tiny_model):
+    import cv2
+
+    from nscfate.predictor import Predictor
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        Predictor.from_directory(tiny_model)
+        assert cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(threads)
