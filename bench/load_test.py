@@ -15,15 +15,16 @@ percentiles (ms), throughput (uploads/s), rows found, duplicates, missing, worke
 
 Without ``--url`` the real host is started here - ``python -m apphost --workers N`` on a free loopback
 port with a temporary data directory and a lab admin account for the clients - and stopped afterwards;
-the workers' resident memory is then sampled through the run (``worker_rss_mb``, Linux): its growth
-over the second half, per image, shows whether serving keeps memory per call (``growth_bytes_per_image``;
-the first half includes the model's warm-up for each new batch size).
+the resident memory of the host and of its workers is then sampled through the run (``rss_mb``, Linux):
+the growth over the second half, per image, shows whether serving keeps memory per call
+(``growth_bytes_per_image``; the first half includes the model's warm-up for each new batch size).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -117,8 +118,9 @@ def history_of(base_url: str, email: str, password: str, experiment: str) -> lis
 
 
 def run_load(base_url: str, email: str, password: str, *, clients: int = 50, uploads: int = 20,
-             auth: str = "session", timeout: float = 120.0) -> dict:
-    """Run the load and check the history; returns the figures."""
+             auth: str = "session", timeout: float = 120.0, host_pid: int | None = None) -> dict:
+    """Run the load and check the history; returns the figures. With ``host_pid`` (a host started here),
+    the host's and its workers' memory is sampled while the uploads run (``rss_mb``)."""
     experiment = f"load-{uuid.uuid4().hex[:10]}"
     out = Outcome()
 
@@ -127,9 +129,11 @@ def run_load(base_url: str, email: str, password: str, *, clients: int = 50, upl
                                        out, timeout) for c in range(clients)))
 
     cell_png(0)  # imports outside the timed part
-    started = time.perf_counter()
-    asyncio.run(all_clients())
-    wall = time.perf_counter() - started
+    memory = MemorySampler(host_pid) if host_pid else contextlib.nullcontext()
+    with memory:
+        started = time.perf_counter()
+        asyncio.run(all_clients())
+        wall = time.perf_counter() - started
     rows = history_of(base_url, email, password, experiment)
     row_ids = [r["id"] for r in rows]
     row_shas = [r["image_sha256"] for r in rows]
@@ -149,6 +153,7 @@ def run_load(base_url: str, email: str, password: str, *, clients: int = 50, upl
         "missing_rows": len(set(out.stored_ids) - set(row_ids)),
         "rows_match_uploads": sorted(row_shas) == sorted(out.sent_shas) and sorted(row_ids) == sorted(out.stored_ids),
         "workers": health.get("workers"), "models": health.get("models"),
+        "rss_mb": memory.figures(len(out.stored_ids)) if host_pid else None,
     }
 
 
@@ -156,35 +161,47 @@ def run_load(base_url: str, email: str, password: str, *, clients: int = 50, upl
 # workers' memory
 
 
-def _children_rss_mb(parent: int) -> float:
-    """Resident memory of ``parent``'s child processes (the host's workers), in MB; Linux /proc."""
-    page, total = os.sysconf("SC_PAGE_SIZE"), 0
+def _rss_mb(pid: int) -> float:
+    """Resident memory of one process in MB (Linux /proc); 0 when it has exited."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _children(parent: int) -> list[int]:
+    """The child processes of ``parent`` (the host's workers)."""
+    pids = []
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])  # the name may hold spaces
-            if ppid == parent:
-                with open(f"/proc/{entry.name}/statm", "rb") as f:
-                    total += int(f.read().split()[1]) * page
-        except (OSError, ValueError, IndexError):
-            continue  # it exited meanwhile
-    return total / 2**20
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == parent:  # the name may hold ")"
+                        pids.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue  # it exited meanwhile
+    return pids
 
 
 class MemorySampler:
-    """Samples the workers' RSS every ``interval`` seconds while the load runs."""
+    """Samples the resident memory of the host and of its workers (together) every ``interval`` seconds
+    while the load runs."""
 
     def __init__(self, host_pid: int, interval: float = 2.0) -> None:
         self.host_pid, self.interval = host_pid, interval
-        self.samples: list[float] = []
+        self.host: list[float] = []
+        self.workers: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
+    def _sample(self) -> None:
+        self.host.append(_rss_mb(self.host_pid))
+        self.workers.append(sum(_rss_mb(pid) for pid in _children(self.host_pid)))
+
     def _run(self) -> None:
         while True:
-            self.samples.append(_children_rss_mb(self.host_pid))
+            self._sample()
             if self._stop.wait(self.interval):
                 return
 
@@ -195,18 +212,21 @@ class MemorySampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.samples.append(_children_rss_mb(self.host_pid))
+        self._sample()
 
-    def figures(self, images: int) -> dict | None:
-        """First, middle and last sample, 8 points of the run, and the growth per image over the second half."""
-        s = self.samples
-        if len(s) < 3 or not s[-1]:
-            return None
-        middle = s[len(s) // 2]
-        points = [round(s[round(i * (len(s) - 1) / 7)], 1) for i in range(8)]
-        return {"start": round(s[0], 1), "middle": round(middle, 1), "end": round(s[-1], 1), "max": round(max(s), 1),
-                "points": points,
-                "growth_bytes_per_image": round((s[-1] - middle) * 2**20 / (images / 2)) if images else None}
+    def figures(self, images: int) -> dict:
+        """For the host and the workers: first, middle and last sample, 8 points of the run, and the growth
+        per image over the second half (the first includes each new batch size's warm-up)."""
+        return {"host": _series(self.host, images), "workers": _series(self.workers, images)}
+
+
+def _series(s: list[float], images: int) -> dict | None:
+    if len(s) < 3 or not s[-1]:
+        return None
+    middle = s[len(s) // 2]
+    return {"start": round(s[0], 1), "middle": round(middle, 1), "end": round(s[-1], 1), "max": round(max(s), 1),
+            "points": [round(s[round(i * (len(s) - 1) / 7)], 1) for i in range(8)],
+            "growth_bytes_per_image": round((s[-1] - middle) * 2**20 / (images / 2)) if images else None}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -288,13 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             base, email, password = host.url, host.email, host.password
         try:
             log.info("%d clients x %d uploads against %s", args.clients, args.uploads, base)
-            if host is None:
-                figures = run_load(base, email, password, clients=args.clients, uploads=args.uploads, auth=args.auth)
-            else:
-                with MemorySampler(host.proc.pid) as memory:
-                    figures = run_load(base, email, password, clients=args.clients, uploads=args.uploads,
-                                       auth=args.auth)
-                figures["worker_rss_mb"] = memory.figures(figures["ok"])
+            figures = run_load(base, email, password, clients=args.clients, uploads=args.uploads, auth=args.auth,
+                               host_pid=host.proc.pid if host else None)
         finally:
             if host is not None:
                 host.close()
