@@ -180,3 +180,57 @@ def test_concurrent_requests_do_not_lock_each_other_out_of_sqlite(rt, accounts):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_argon2_runs_at_most_hash_slots_at_once(tmp_path):
+    # Each argon2 call takes 64 MiB: a burst of sign-ins must queue for the slots, not all hash at once
+    # (16 at once took the host to ~1 GB).
+    import threading
+    import time
+
+    import argon2
+
+    from apphost.runtime import create_runtime
+    from apphost.testing import REPO_ROOT
+
+    class CountingHasher(argon2.PasswordHasher):
+        def __init__(self):
+            super().__init__(time_cost=1, memory_cost=1024, parallelism=1)  # fast; the count is the point
+            self.lock, self.running, self.most = threading.Lock(), 0, 0
+
+        def verify(self, stored, password):
+            with self.lock:
+                self.running += 1
+                self.most = max(self.most, self.running)
+            time.sleep(0.05)  # long enough for every thread to be waiting at once
+            try:
+                return super().verify(stored, password)
+            finally:
+                with self.lock:
+                    self.running -= 1
+
+    hasher = CountingHasher()
+    runtime = create_runtime(REPO_ROOT, db_url=f"sqlite:///{tmp_path / 'app.db'}", media_dir=tmp_path / "media",
+                             call=FakeWorker(), accounts_options={"hasher": hasher, "hash_slots": 2}, max_workers=4)
+    try:
+        emails = [f"user{i}@lab.org" for i in range(8)]
+        for email in emails:
+            runtime.accounts.create_user(email, PASSWORD)
+        signed_in, errors = [], []
+
+        def sign_in(email):
+            try:
+                signed_in.append(runtime.accounts.authenticate(email, PASSWORD))
+            except Exception as exc:  # noqa: BLE001 - asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=sign_in, args=(e,)) for e in emails]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        runtime.close()
+        runtime.db.dispose()
+    assert errors == [] and len(signed_in) == 8
+    assert hasher.most == 2
