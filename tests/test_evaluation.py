@@ -87,3 +87,26 @@ def test_options_that_do_not_apply_to_the_data_are_refused(tmp_path, tiny_model,
     assert main(["evaluate", str(tiny_model), "--data", str(manifest), "--out", out, "--channel", "1"]) == 2
     assert "a channel applies to a dataset folder only" in caplog.text
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_predict_samples_skips_unusable_images_and_keeps_the_rest_aligned(tmp_path, tiny_model):
+    from nscfate.data import Sample
+    from nscfate.errors import ImageError
+    from nscfate.evaluation import predict_samples
+    from nscfate.predictor import Predictor
+    from nscfate.testing import cell_image, to_png_bytes
+
+    predictor = Predictor.from_directory(tiny_model)
+    samples = []
+    for i, label in enumerate(["astro", "nt3", "oligo", "rashh", "astro"]):
+        path = tmp_path / f"cell{i}.png"
+        path.write_bytes(b"not an image" if i == 2 else to_png_bytes(cell_image(np.random.default_rng(i))))
+        samples.append(Sample(str(path), label, f"D3{'AB'[i % 2]}"))
+    labels, probs, groups, refused = predict_samples(predictor, samples, batch_size=2)
+    kept = [s for i, s in enumerate(samples) if i != 2]
+    assert [path for path, _ in refused] == [samples[2].path] and isinstance(refused[0][1], ImageError)
+    assert labels.tolist() == [predictor.classes.index(s.label) for s in kept]
+    assert groups == [s.group for s in kept]
+    expected = np.stack([predictor.predict(s.path).probabilities for s in kept])
+    assert probs.dtype == np.float32 and probs.shape == (4, 4)
+    np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
