@@ -49,6 +49,8 @@ def median(values: np.ndarray) -> float:
     """``np.median`` of a 1-D array of finite floats, the same value without its any-axis, NaN-checking
     machinery, which costs more than the work on a crop's border (the worker takes three per image)."""
     n = values.size
+    if not n:
+        raise ValueError("median of an empty array")
     k = n // 2
     if n % 2:
         return float(np.partition(values, k)[k])

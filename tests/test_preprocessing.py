@@ -50,3 +50,8 @@ def test_median_is_numpys_median_exactly(dtype):
         for values in (rng.normal(100, 30, n), rng.integers(0, 4, n), rng.uniform(0, 1e-3, n)):
             values = values.astype(dtype)
             assert median(values) == float(np.median(values)), (n, values)
+
+
+def test_median_of_nothing_is_an_error():
+    with pytest.raises(ValueError, match="empty"):
+        median(np.array([], np.float32))
