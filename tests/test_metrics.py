@@ -75,10 +75,58 @@ def test_bootstrap_interval_contains_the_estimate_and_is_deterministic():
     y = rng.integers(0, 2, 300)
     probs = np.where(rng.random(300) < 0.8, y, 1 - y)
     probs = _onehot(probs, 2)
-    lo, hi = M.bootstrap_ci(M.accuracy, y, probs, n_boot=300, seed=3)
+
+    def interval():
+        return M.bootstrap_intervals(lambda w: {"accuracy": M.accuracy(y, probs, w)}, y.size, n_boot=300,
+                                     seed=3)["accuracy"]
+
+    lo, hi = interval()
     acc = M.accuracy(y, probs)
     assert lo < acc < hi and hi - lo < 0.15
-    assert (lo, hi) == M.bootstrap_ci(M.accuracy, y, probs, n_boot=300, seed=3)
+    assert (lo, hi) == interval()
+
+
+def _tied_predictions(n=400, k=4, seed=0):
+    """Labels and probabilities rounded to 0.05, so that many scores tie."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    logits = rng.normal(0, 1, (n, k))
+    logits[np.arange(n), y] += 1.0
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return y, np.round(p / 0.05) * 0.05
+
+
+def test_aucs_equal_the_trapezoidal_area_under_the_roc_curve_with_ties():
+    y, p = _tied_predictions()
+    expected = [M.auc(*M.roc_curve(y == c, p[:, c])[:2]) for c in range(p.shape[1])]
+    np.testing.assert_allclose(M.roc_auc_ovr(y, p), expected, rtol=1e-12)
+    assert np.isnan(M.roc_auc_ovr(np.zeros(5, int), _onehot([0, 1, 0, 1, 0], 2))).all()
+
+
+def test_weighted_metrics_equal_the_metrics_of_the_repeated_samples():
+    y, p = _tied_predictions(seed=1)
+    w = np.random.default_rng(2).integers(0, 4, y.size)  # zeros too: samples left out of a resample
+    yr, pr = np.repeat(y, w), np.repeat(p, w, axis=0)
+    for metric in (M.accuracy, M.balanced_accuracy, M.macro_f1, M.macro_auc):
+        assert metric(y, p, w.astype(float)) == pytest.approx(metric(yr, pr), rel=1e-12), metric.__name__
+    np.testing.assert_allclose(M.roc_auc_ovr(y, p, w), M.roc_auc_ovr(yr, pr), rtol=1e-12)
+
+
+def test_summary_intervals_are_those_of_resampling_by_index():
+    # the weights are exactly the index resamples the intervals are defined by (same draws)
+    y, p = _tied_predictions(n=120, seed=3)
+    s = M.summarize(y, p, ["astro", "oligo", "rashh", "nt3"], n_boot=40, seed=7)
+    rng = np.random.default_rng(7)
+    draws = [rng.integers(0, y.size, y.size) for _ in range(40)]
+    for name, metric in (("accuracy", M.accuracy), ("balanced_accuracy", M.balanced_accuracy),
+                         ("macro_f1", M.macro_f1), ("macro_auc", M.macro_auc)):
+        values = [metric(y[i], p[i]) for i in draws]
+        np.testing.assert_allclose(s[f"{name}_ci95"], np.quantile(values, [0.025, 0.975]), rtol=1e-12)
+
+
+def test_summary_of_no_samples_has_undefined_intervals():
+    s = M.summarize(np.zeros(0, int), np.zeros((0, 2)), ["astro", "oligo"], n_boot=10)
+    assert s["n"] == 0 and s["accuracy"] is None and s["macro_auc_ci95"] == [None, None]
 
 
 def test_summarize_is_json_ready():
