@@ -13,14 +13,16 @@ from nscfate.memory import pin_malloc_thresholds, serial_opencv
 # Run in a fresh interpreter: the threshold is process-wide and only moves the first time a large
 # block is freed. Reports whether a 512 KiB block is its own mapping (mallinfo2's hblks) after a
 # 4 MiB mapped block was freed - glibc's dynamic threshold would have risen to 4 MiB by then.
-PROBE = textwrap.dedent("""
+MALLINFO = textwrap.dedent("""
     import ctypes, sys
-    from nscfate.memory import pin_malloc_thresholds, serial_opencv
     libc = ctypes.CDLL("libc.so.6")
     class MallInfo2(ctypes.Structure):
         _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
                                                     "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
     libc.mallinfo2.restype = MallInfo2
+""")
+PROBE = MALLINFO + textwrap.dedent("""
+    from nscfate.memory import pin_malloc_thresholds
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
     libc.free.argtypes = (ctypes.c_void_p,)
     pinned = pin_malloc_thresholds() if sys.argv[1] == "pin" else False
@@ -32,11 +34,12 @@ PROBE = textwrap.dedent("""
 """)
 
 
-def _probe(mode: str, env: dict | None = None) -> tuple[str, int]:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
+def _probe(mode: str, env: dict | None = None, code: str = PROBE) -> tuple[str, int]:
+    """Run a probe in a fresh interpreter: (what the setting returned, the figure it printed)."""
+    out = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, check=True,
                          env={**os.environ, **(env or {})}, cwd=os.path.dirname(os.path.dirname(__file__)))
-    pinned, mapped = out.stdout.split()
-    return pinned, int(mapped)
+    returned, figure = out.stdout.split()
+    return returned, int(figure)
 
 
 def _has_glibc_mallinfo2() -> bool:
@@ -68,19 +71,14 @@ def test_thresholds_from_the_environment_win(monkeypatch):
 
 # Bytes of the C heap still in use after preparing a synthetic cell on each of 2,000 short-lived threads,
 # the way the worker serves anvil-uplink calls (decode, prepare_image, the single-cell check).
-THREADS_PROBE = textwrap.dedent("""
-    import ctypes, sys, threading
+THREADS_PROBE = MALLINFO + textwrap.dedent("""
+    import threading
     import numpy as np
     from nscfate.io import decode_image
     from nscfate.memory import serial_opencv
     from nscfate.predictor import single_cell_warnings
     from nscfate.preprocessing import prepare_image
     from nscfate.testing import cell_image, to_png_bytes
-    libc = ctypes.CDLL("libc.so.6")
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
-                                                    "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-    libc.mallinfo2.restype = MallInfo2
     png = to_png_bytes(cell_image(np.random.default_rng(0), (47, 60)))
     serial = serial_opencv() if sys.argv[1] == "serial" else False
     def serve():
@@ -95,19 +93,12 @@ THREADS_PROBE = textwrap.dedent("""
 """)
 
 
-def _threads_probe(mode: str, env: dict | None = None) -> tuple[str, int]:
-    out = subprocess.run([sys.executable, "-c", THREADS_PROBE, mode], capture_output=True, text=True, check=True,
-                         env={**os.environ, **(env or {})}, cwd=os.path.dirname(os.path.dirname(__file__)))
-    serial, grown = out.stdout.split()
-    return serial, int(grown)
-
-
 @needs_glibc
 def test_serial_opencv_keeps_no_memory_per_calling_thread():
-    serial, grown = _threads_probe("serial")
+    serial, grown = _probe("serial", code=THREADS_PROBE)
     assert serial == "True"
     assert grown < 200_000, f"{grown} bytes kept after 2,000 threads"
-    _, grown_by_default = _threads_probe("default")
+    _, grown_by_default = _probe("default", code=THREADS_PROBE)
     if grown_by_default < 1_000_000:
         pytest.skip(f"this OpenCV keeps no memory per thread any more ({grown_by_default} bytes after 2,000 "
                     "threads): nscfate.memory.serial_opencv may be dropped")

@@ -160,8 +160,6 @@ def test_concurrent_requests_do_not_lock_each_other_out_of_sqlite(rt, accounts):
     # Each request checks its session (a read, then a write of last_seen) while others write: on SQLite
     # a read-then-write transaction fails at once with "database is locked" unless the write lock is
     # taken up front.
-    import threading
-
     user = accounts.create_user("ann@lab.org", PASSWORD)
     tokens = [accounts.create_session(user).token for _ in range(6)]
     errors = []
@@ -174,12 +172,19 @@ def test_concurrent_requests_do_not_lock_each_other_out_of_sqlite(rt, accounts):
         except Exception as e:  # noqa: BLE001 - collected and asserted below
             errors.append(e)
 
-    threads = [threading.Thread(target=requests, args=(t,)) for t in tokens]
+    _in_threads(requests, tokens)
+    assert errors == []
+
+
+def _in_threads(target, items) -> None:
+    """``target(item)`` for every item, each on its own thread, all at once; returns when all are done."""
+    import threading
+
+    threads = [threading.Thread(target=target, args=(item,)) for item in items]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert errors == []
 
 
 def test_argon2_runs_at_most_hash_slots_at_once(tmp_path):
@@ -224,11 +229,7 @@ def test_argon2_runs_at_most_hash_slots_at_once(tmp_path):
             except Exception as exc:  # noqa: BLE001 - asserted below
                 errors.append(exc)
 
-        threads = [threading.Thread(target=sign_in, args=(e,)) for e in emails]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _in_threads(sign_in, emails)
     finally:
         runtime.close()
         runtime.db.dispose()
