@@ -108,7 +108,7 @@ def evaluate(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: 
     ``channel``, default 1), or on one ``subset`` of a training run's split manifest (``split.json``:
     train, val, test, grouped_test; default test). An option that does not apply to the data given is
     an error, not silently ignored."""
-    from nscfate.data import BRIGHTFIELD_CHANNEL, read_dataset
+    from nscfate.data import BRIGHTFIELD_CHANNEL, SampleTable, read_dataset
     from nscfate.errors import DatasetError
     from nscfate.predictor import Predictor
 
@@ -132,8 +132,9 @@ def evaluate(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: 
                                f"({', '.join(predictor.classes)}); its labels: "
                                f"{', '.join(sorted({s.label for s in listed}))}")
     else:
-        samples = read_dataset(data, task=predictor.task,
-                               channel=BRIGHTFIELD_CHANNEL if channel is None else channel)
+        # compact: ~100 bytes an image where the list of Samples takes ~200 (600,000 images: 60 MB less)
+        samples = SampleTable(read_dataset(data, task=predictor.task,
+                                           channel=BRIGHTFIELD_CHANNEL if channel is None else channel))
     if limit is not None:
         rng = np.random.default_rng(0)
         samples = [samples[i] for i in sorted(rng.permutation(len(samples))[:limit])]
