@@ -16,7 +16,7 @@ showed no difference beyond the run-to-run noise.
 **Serving.** OpenCV's own thread pool keeps ~0.9 KB for every thread that ever called one of its
 parallel functions (``cv2.resize``, ``cv2.connectedComponentsWithStats``; per-thread state it frees only
 at exit, opencv/opencv#9745 and #23912), and anvil-uplink runs every call on a new thread: the worker's
-RSS grew ~0.8 KB per image, without bound (heaptrack: the growth was all in cv2, ~5 blocks per call).
+RSS grew ~0.8 KB per image, without bound (heaptrack: the unbounded part was cv2's, ~5 blocks per call).
 The Predictor therefore calls :func:`serial_opencv`: a single-cell image is tens of pixels a side, so
 OpenCV's pool never helped (preparation took the same time with it off) and the callers already run in
 parallel.
