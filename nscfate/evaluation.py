@@ -241,7 +241,8 @@ def plot_roc(labels: np.ndarray, probs: np.ndarray, names: Sequence[str], path: 
         positive = labels == k
         if 0 < positive.sum() < labels.size:
             fpr, tpr, _ = M.roc_curve(positive, probs[:, k])
-            ax.plot(fpr, tpr, label=f"{name} (AUC {M.auc(fpr, tpr):.3f})")
+            drawn = M.roc_corners(fpr, tpr)
+            ax.plot(fpr[drawn], tpr[drawn], label=f"{name} (AUC {M.auc(fpr, tpr):.3f})")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")

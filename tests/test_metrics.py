@@ -140,3 +140,21 @@ def test_summarize_is_json_ready():
     assert np.asarray(s["confusion_matrix"]).sum() == 8
     assert s["per_class"]["astro"]["recall"] == pytest.approx(0.5)
     assert len(s["accuracy_ci95"]) == 2
+
+
+def test_roc_corners_draw_the_same_curve_with_fewer_points():
+    y, p = _tied_predictions(n=3000, seed=4)
+    y = np.repeat(y, 2)  # long straight runs of positives and negatives too
+    p = np.repeat(p, 2, axis=0) + np.random.default_rng(5).uniform(0, 1e-6, (y.size, p.shape[1]))
+    fpr, tpr, _ = M.roc_curve(y == 0, p[:, 0])
+    kept = M.roc_corners(fpr, tpr)
+    assert kept[0] == 0 and kept[-1] == fpr.size - 1 and kept.size < fpr.size / 2
+    assert M.auc(fpr[kept], tpr[kept]) == pytest.approx(M.auc(fpr, tpr), abs=1e-12)
+    # every point left out lies on the segment between the kept points around it
+    for i in np.setdiff1d(np.arange(fpr.size), kept):
+        j = np.searchsorted(kept, i)
+        a, b = kept[j - 1], kept[j]
+        t = (i - a) / (b - a)  # evenly stepped runs: the point is that far along the segment
+        assert fpr[i] == pytest.approx(fpr[a] + t * (fpr[b] - fpr[a]), abs=1e-9)
+        assert tpr[i] == pytest.approx(tpr[a] + t * (tpr[b] - tpr[a]), abs=1e-9)
+    assert M.roc_corners(np.array([0.0, 1.0]), np.array([0.0, 1.0])).tolist() == [0, 1]
