@@ -158,7 +158,7 @@ def run_load(base_url: str, email: str, password: str, *, clients: int = 50, upl
 
 
 # --------------------------------------------------------------------------------------------------
-# workers' memory
+# memory of the host and its workers
 
 
 def _rss_mb(pid: int) -> float:

@@ -128,15 +128,17 @@ class RankedScores:
         for k in range(p.shape[1]):
             order = np.argsort(p[:, k], kind="mergesort")
             scores = p[order, k]
-            starts = np.r_[0, np.flatnonzero(np.diff(scores)) + 1] if self.n else np.zeros(0, np.int64)
+            starts = np.r_[0, np.flatnonzero(np.diff(scores)) + 1]
             self.classes.append((order, starts, y[order] == k))
 
     def aucs(self, weights: np.ndarray | None = None) -> np.ndarray:
         out = np.full(len(self.classes), np.nan)
+        if not self.n:
+            return out
         for k, (order, starts, positive) in enumerate(self.classes):
             w = np.ones(self.n) if weights is None else np.asarray(weights, np.float64)[order]
-            pos = np.add.reduceat(np.where(positive, w, 0.0), starts) if self.n else np.zeros(0)
-            neg = np.add.reduceat(np.where(positive, 0.0, w), starts) if self.n else np.zeros(0)
+            pos = np.add.reduceat(np.where(positive, w, 0.0), starts)  # weight of each tied run's positives
+            neg = np.add.reduceat(w, starts) - pos  # exact: the weights are counts
             n_pos, n_neg = pos.sum(), neg.sum()
             if n_pos > 0 and n_neg > 0:
                 negatives_below = np.cumsum(neg) - neg

@@ -83,12 +83,14 @@ THREADS_PROBE = MALLINFO + textwrap.dedent("""
     serial = serial_opencv() if sys.argv[1] == "serial" else False
     def serve():
         pixels = decode_image(png, name="cell.png").pixels
-        prepare_image(pixels, (75, 75)), single_cell_warnings(pixels)
+        prepare_image(pixels, (75, 75))
+        single_cell_warnings(pixels)
     serve()
     before = libc.mallinfo2().uordblks
     for _ in range(2000):
         t = threading.Thread(target=serve)
-        t.start(), t.join()
+        t.start()
+        t.join()
     print(serial, libc.mallinfo2().uordblks - before)
 """)
 
