@@ -23,7 +23,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = ROOT / "test-artifacts"
-ADMIN = ("ada@lab.org", "correct horse battery")
+ADMIN = ("ada.lovelace@stemcell-lab.example.org", "correct horse battery")
 EXPERIMENT = "E-browser-1"
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -86,7 +86,7 @@ def images(tmp_path_factory):
     d = tmp_path_factory.mktemp("cells")
     rng = np.random.default_rng(7)
     cells = [cell_image(rng, radius=r) for r in (7.0, 10.0, 13.0, 9.0)]
-    (d / "cell-a.png").write_bytes(to_png_bytes(cells[0]))
+    (d / "astro_D3B_000123_Ch1-brightfield.png").write_bytes(to_png_bytes(cells[0]))
     Image.fromarray((cells[1] * 255).astype(np.uint8)).save(d / "cell-b.jpg", quality=95)
     Image.fromarray((cells[2] * 255).astype(np.uint8)).save(d / "cell-c.bmp")
     tifffile.imwrite(d / "cell-d-16bit.tif", (1000 + cells[3] * 3000).astype(np.uint16))  # dim 16-bit
@@ -159,7 +159,7 @@ def test_a_researchers_session(page, host, images):
         img = card.locator("img.thumb")
         expect(img).to_have_attribute("alt", f"Cell image {name}")
         _wait_for_image(page, img)
-    assert set(predicted) == {"cell-a.png", "cell-b.jpg", "cell-c.bmp", "cell-d-16bit.tif"}
+    assert set(predicted) == {"astro_D3B_000123_Ch1-brightfield.png", "cell-b.jpg", "cell-c.bmp", "cell-d-16bit.tif"}
 
     # Grad-CAM on request.
     tiff_card = ok.filter(has_text="cell-d-16bit.tif")
@@ -175,6 +175,8 @@ def test_a_researchers_session(page, host, images):
     expect(rows).to_have_count(4)
     expect(page.locator("#history-caption")).to_have_text("Predictions 1–4 of 4, newest first")
     shot(page, "03-history")
+    # every column, View and Delete included, in sight on a laptop screen without scrolling sideways
+    assert page.locator("#view-history .table-wrap").evaluate("e => e.scrollWidth <= e.clientWidth")
 
     condition = predicted["cell-d-16bit.tif"]
     page.select_option("#f-condition", label=condition)
@@ -226,6 +228,9 @@ def test_a_researchers_session(page, host, images):
     expect(card).to_contain_text("Held-out test accuracy")
     expect(card.locator(".accuracy-chart .bar-row")).to_have_count(2)  # held-out test vs chance (1/4)
     expect(card.locator(".accuracy-chart")).to_contain_text("25.0%")
+    plot = card.locator(".plots figure a").first  # each plot opens full size (its labels are small in the card)
+    expect(plot).to_have_attribute("target", "_blank")
+    assert page.request.get(host + plot.get_attribute("href")).headers["content-type"] == "image/png"
     shot(page, "06-models")
 
     page.set_viewport_size({"width": 800, "height": 1100})  # a tablet

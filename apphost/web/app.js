@@ -573,10 +573,16 @@ function historyRow(r) {
            h("td", {}, r.predicted_display_name),
            h("td", {class: "num"}, percent(r.confidence)),
            h("td", {}, r.experiment || ""),
-           h("td", {}, r.user || ""),
+           h("td", {class: "user"}, emailWithBreak(r.user || "")),
            h("td", {}, formatDate(r.created)),
-           h("td", {}, `${r.model.name} ${r.model.version}`),
+           h("td", {class: "model"}, `${r.model.name} ${r.model.version}`),
            actions);
+}
+
+/** An email that may wrap before its "@" (and only there, unless a part is longer than the column). */
+function emailWithBreak(email) {
+  const at = email.indexOf("@");
+  return at > 0 ? [email.slice(0, at), h("wbr"), email.slice(at)] : email;
 }
 
 /** Delete in two steps (no browser dialog): "Delete" then "Confirm delete". */
@@ -731,8 +737,11 @@ async function showModels() {
          typeof m.grouped_test_accuracy === "number" ? percent(m.grouped_test_accuracy) : "not reported");
     fact("Low-confidence warning below", typeof m.low_confidence_threshold === "number" ? percent(m.low_confidence_threshold, 0) : null);
     fact("Created", formatDate(m.created));
+    // small in the card; the link opens the full-size plot (the labels of a confusion matrix need it)
     const plots = (m.plots || []).map((p) => h("figure", {},
-      h("img", {src: p.url, alt: p.title, loading: "lazy"}), h("figcaption", {}, p.title)));
+      h("a", {href: p.url, target: "_blank", rel: "noopener", title: "Open the full-size plot"},
+        h("img", {src: p.url, alt: p.title, loading: "lazy"})),
+      h("figcaption", {}, p.title)));
     const accuracy = accuracyChart(m);
     if (accuracy) plots.unshift(accuracy);
     return h("article", {class: "card model-card"},
