@@ -108,6 +108,63 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# ------------------------------------------------------------------------------------ CPU quotas
+
+class CpuQuota:
+    """A cgroup whose processes may use at most ``cores`` CPUs between them (a CFS quota): a worker with
+    a fixed CPU budget of its own, standing in for a machine of its own on a machine with few cores.
+    Needs root and the cgroup ``cpu`` controller (v2, or v1's ``/sys/fs/cgroup/cpu``).
+
+    A short period (10 ms) keeps a capped process from running long and then stalling long.
+    """
+
+    def __init__(self, name: str, cores: float, period_us: int = 10_000) -> None:
+        if cores <= 0:
+            raise ValueError("a CPU quota must be positive")
+        root, v2 = _cpu_cgroup_root()
+        self.path = root / name
+        self.path.mkdir()
+        quota = max(1000, round(cores * period_us))  # the kernel's smallest quota is 1 ms
+        if v2:
+            (self.path / "cpu.max").write_text(f"{quota} {period_us}")
+        else:
+            (self.path / "cpu.cfs_period_us").write_text(str(period_us))
+            (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+        self.cores = cores
+
+    def add(self, pid: int) -> None:
+        """Move process ``pid`` (all its threads) into the cgroup."""
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Remove the cgroup (once its processes have exited)."""
+        deadline = time.monotonic() + timeout
+        while self.path.exists():
+            try:
+                self.path.rmdir()
+            except OSError:
+                if time.monotonic() > deadline:
+                    log.warning("could not remove %s; remove it once its processes are gone", self.path)
+                    return
+                time.sleep(0.1)
+
+
+def _cpu_cgroup_root() -> tuple[Path, bool]:
+    """The directory new CPU cgroups go in, and whether it is cgroup v2."""
+    unified = Path("/sys/fs/cgroup")
+    controllers = unified / "cgroup.controllers"
+    if controllers.exists() and "cpu" in controllers.read_text().split():
+        control = unified / "cgroup.subtree_control"
+        if "cpu" not in control.read_text().split():
+            control.write_text("+cpu")
+        return unified, True
+    v1 = unified / "cpu"
+    if (v1 / "cpu.cfs_quota_us").exists():
+        return v1, False
+    raise SystemExit("CPU quotas need the cgroup cpu controller (v2 or v1 at /sys/fs/cgroup/cpu) and root; "
+                     "this machine offers neither")
+
+
 # ------------------------------------------------------------------------------------------ stats
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Scale-out: throughput with 1 and 2 workers on the hub, each worker pinned to its own CPU core(s).
+"""Scale-out: throughput with N workers on the hub, each pinned to its own core(s) or capped at its own CPU budget.
 
 For each worker count N the script starts the host and N ``python -m uplink`` workers, worker i pinned
 (``os.sched_setaffinity``) to its own core set; TensorFlow in a worker sizes its thread pools to the
@@ -7,13 +7,20 @@ cores it may use. It then measures, back to back:
 - **hub**: ``predict_cell_fate_batch`` calls of ``--files-per-call`` images from ``--clients`` concurrent
   callers (a client uplink in this process, through the host's hub, which sends each call to the least
   busy worker) - the workers' throughput without the web tier;
-- **REST**: the same images through ``POST /_/api/predictions`` from ``--clients`` concurrent clients.
+- **REST**: the same images through ``POST /_/api/predictions`` from ``--clients`` concurrent clients;
+- **bare**: N bare-model processes pinned (and capped) as the workers are, each predicting its share of
+  the images in batches of 32 (``serving_throughput.BareModels``): what the machine itself gives N
+  models side by side, so that "hub / bare" shows what the hub loses as workers are added.
 
 A machine with C cores can show at most C single-core workers, and the host, the clients and
 anything else running share those cores with them: on 2 cores, 2 pinned workers leave no core for
-the host. The doc section says what the machine allowed.
+the host. ``--cpu-quota Q`` (root; cgroup cpu controller) caps each worker at Q of a core instead: a
+fixed CPU budget of its own, as a worker on a machine of its own has, while the host and the clients
+use what is left. Workers then go round-robin over the cores, as many per core as fit (at most 0.9 of
+a core's time to workers), so a 2-core machine can show 1 to 3 workers at 0.3.
 
-    python bench/scale_out.py --images 256 --write-doc
+    python bench/scale_out.py --images 512 --write-doc
+    python bench/scale_out.py --images 768 --workers 1,2,3 --cpu-quota 0.3 --write-doc
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (add_model_arguments, chosen_model, median, report_load,  # noqa: E402
                           sample_images, setup_logging, write_section)
-from bench.serving_throughput import rest_rate  # noqa: E402
+from bench.serving_throughput import BareModels, rest_rate  # noqa: E402
 from bench.stack import ServingStack  # noqa: E402
 
 log = logging.getLogger("bench.scale_out")
@@ -57,9 +64,16 @@ def hub_rate(images: list[tuple[str, bytes]], clients: int, per_call: int) -> fl
     return done / (time.perf_counter() - t0)
 
 
-def core_sets(n_workers: int, cores_per_worker: int) -> list[set[int]]:
-    """Disjoint core sets for ``n_workers`` workers, from the cores this process may use."""
+def core_sets(n_workers: int, cores_per_worker: int, quota: float | None = None) -> list[set[int]]:
+    """Disjoint core sets for ``n_workers`` workers, from the cores this process may use; with a CPU
+    ``quota`` per worker, one core each, round-robin, as many per core as leave it 10% for the rest."""
     cores = sorted(os.sched_getaffinity(0))
+    if quota:
+        per_core = int(0.9 / quota + 1e-9)
+        if n_workers > per_core * len(cores):
+            raise SystemExit(f"{n_workers} workers at {quota:g} of a core need more than this machine's "
+                             f"{len(cores)} cores can give workers (0.9 of each)")
+        return [{cores[i % len(cores)]} for i in range(n_workers)]
     need = n_workers * cores_per_worker
     if need > len(cores):
         raise SystemExit(f"{n_workers} workers x {cores_per_worker} core(s) need {need} cores; this machine "
@@ -72,10 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     add_model_arguments(ap)
     ap.add_argument("--workers", default="1,2", help="worker counts to measure (comma-separated)")
     ap.add_argument("--cores-per-worker", type=int, default=1)
-    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--files-per-call", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--cpu-quota", type=float, help="cap each worker at this fraction of a core (cgroup; root)")
     ap.add_argument("--write-doc", action="store_true", help="write the section of docs/PERFORMANCE.md")
     args = ap.parse_args(argv)
     setup_logging()
@@ -83,47 +98,63 @@ def main(argv: list[str] | None = None) -> int:
 
     model_dir, model_note = chosen_model(args)
     counts = [int(n) for n in args.workers.split(",")]
-    plans = {n: core_sets(n, args.cores_per_worker) for n in counts}
+    plans = {n: core_sets(n, args.cores_per_worker, args.cpu_quota) for n in counts}
     images = sample_images(args.images, seed=23)
     results: dict[int, dict[str, list[float]]] = {}
     for n in counts:
-        with tempfile.TemporaryDirectory(dir=args.work) as tmp, \
-                ServingStack(model_dir, Path(tmp) / "host", workers=n, cores=plans[n]) as stack:
-            import anvil.server
+        bare = BareModels(model_dir, n, 0, plans[n], args.images, 32, cpu_quota=args.cpu_quota)
+        try:
+            with tempfile.TemporaryDirectory(dir=args.work) as tmp, \
+                    ServingStack(model_dir, Path(tmp) / "host", workers=n, cores=plans[n],
+                                 cpu_quota=args.cpu_quota) as stack:
+                import anvil.server
 
-            anvil.server.connect(stack.client_key, url=stack.uplink_url, quiet=True)
-            hub_rate(images[:64], args.clients, args.files_per_call)  # warm-up of every worker
-            rest_rate(stack, images[:64], args.clients, args.files_per_call, "warm-up")
-            hub, rest = [], []
-            for r in range(args.rounds):
-                hub.append(hub_rate(images, args.clients, args.files_per_call))
-                rest.append(rest_rate(stack, images, args.clients, args.files_per_call, f"n{n}r{r}"))
-                log.info("%d worker(s), round %d: hub %.1f, REST %.1f images/s", n, r, hub[-1], rest[-1])
-            results[n] = {"hub": hub, "REST": rest}
-            anvil.server.disconnect()
+                anvil.server.connect(stack.client_key, url=stack.uplink_url, quiet=True)
+                hub_rate(images[:64], args.clients, args.files_per_call)  # warm-up of every worker
+                rest_rate(stack, images[:64], args.clients, args.files_per_call, "warm-up")
+                runs: dict[str, list[float]] = {"bare": [], "hub": [], "REST": []}
+                for r in range(args.rounds):
+                    runs["bare"].append(bare.rate())
+                    runs["hub"].append(hub_rate(images, args.clients, args.files_per_call))
+                    runs["REST"].append(rest_rate(stack, images, args.clients, args.files_per_call, f"n{n}r{r}"))
+                    log.info("%d worker(s), round %d: %s", n, r,
+                             ", ".join(f"{k} {v[-1]:.1f}" for k, v in runs.items()) + " images/s")
+                results[n] = runs
+                anvil.server.disconnect()
+        finally:
+            bare.close()
     after = report_load("after")
 
     base = counts[0]
     lines = []
     for n in counts:
-        h, r = median(results[n]["hub"]), median(results[n]["REST"])
-        hb, rb = median(results[base]["hub"]), median(results[base]["REST"])
+        m = {k: median(v) for k, v in results[n].items()}
+        vs = {k: m[k] / median(results[base][k]) for k in m}
         cores = ", ".join("{" + ",".join(map(str, sorted(c))) + "}" for c in plans[n])
-        lines.append(f"| {n} | {cores} | {h:.1f} | {h / hb:.2f}x | {r:.1f} | {r / rb:.2f}x |")
-        print(f"{n} worker(s) on cores {cores}: hub {h:.1f} images/s ({h / hb:.2f}x), REST {r:.1f} images/s "
-              f"({r / rb:.2f}x)")
+        lines.append(f"| {n} | {cores} | {m['bare']:.1f} | {vs['bare']:.2f}x | {m['hub']:.1f} | {vs['hub']:.2f}x | "
+                     f"{m['REST']:.1f} | {vs['REST']:.2f}x | {m['hub'] / m['bare']:.0%} |")
+        print(f"{n} worker(s) on cores {cores}: bare {m['bare']:.1f} images/s ({vs['bare']:.2f}x), hub {m['hub']:.1f} "
+              f"({vs['hub']:.2f}x), REST {m['REST']:.1f} ({vs['REST']:.2f}x); hub / bare {m['hub'] / m['bare']:.0%}")
     print(str(before), "->", str(after))
 
     if args.write_doc:
         table = "\n".join(lines)
-        write_section("scale_out", "Scale-out: workers pinned to their own cores", f"""
+        if args.cpu_quota:
+            section, title = "scale_out_quota", "Scale-out: workers with a CPU budget of their own"
+            layout = (f"each worker capped at {args.cpu_quota:g} of a core (its own cgroup CPU quota) and pinned to one "
+                      "core, round-robin; the host and the callers are not capped and use the rest")
+        else:
+            section, title = "scale_out", "Scale-out: workers pinned to their own cores"
+            layout = (f"{args.cores_per_worker} core(s) per worker; the host and the callers are not pinned: they "
+                      "share the workers' cores")
+        write_section(section, title, f"""
 Model: {model_note}. {args.images} images per measurement, {args.clients} concurrent callers,
-{args.files_per_call} images per call/request, {args.cores_per_worker} core(s) per worker, medians of
-{args.rounds} rounds. "hub" = `predict_cell_fate_batch` through the host's hub (no web tier); "REST" = the
-whole path incl. history rows. The host and the callers are not pinned: they share the workers' cores.
+{args.files_per_call} images per call/request, medians of {args.rounds} rounds. "hub" =
+`predict_cell_fate_batch` through the host's hub (no web tier); "REST" = the whole path incl. history
+rows. Layout: {layout}.
 
-| workers | cores (one set per worker) | hub images/s | vs 1 | REST images/s | vs 1 |
-|---|---|---|---|---|---|
+| workers | cores (one set per worker) | bare images/s | vs 1 | hub images/s | vs 1 | REST images/s | vs 1 | hub / bare |
+|---|---|---|---|---|---|---|---|---|
 {table}""", before, after)
     return 0
 

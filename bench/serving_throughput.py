@@ -38,12 +38,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (ROOT, add_model_arguments, chosen_model, cpu_seconds, median,  # noqa: E402
+from bench.common import (ROOT, CpuQuota, add_model_arguments, chosen_model, cpu_seconds, median,  # noqa: E402
                           report_load, sample_images, setup_logging, write_section)
 from bench.stack import ServingStack  # noqa: E402
 
@@ -81,19 +82,27 @@ def bare_child(model_dir: Path, threads: int, share: int, of: int, n_images: int
 
 
 class BareModels:
-    """``n`` bare-model processes (:func:`bare_child`), pinned like the workers, run side by side."""
+    """``n`` bare-model processes (:func:`bare_child`), pinned like the workers (``cores[i]`` for process
+    ``i``; with ``cpu_quota``, capped like them too), run side by side."""
 
-    def __init__(self, model_dir: Path, n: int, threads: int, cores: set[int] | None, n_images: int, batch: int):
-        preexec = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+    def __init__(self, model_dir: Path, n: int, threads: int, cores: Sequence[set[int] | None], n_images: int,
+                 batch: int, cpu_quota: float | None = None):
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        self.procs = [subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--bare-child", "--model", str(model_dir),
-             "--worker-threads", str(threads), "--share", f"{i}/{n}", "--images", str(n_images),
-             "--max-batch", str(batch)], cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            text=True, preexec_fn=preexec) for i in range(n)]
+        self.procs, self.quotas = [], []
+        for i in range(n):
+            preexec = (lambda c=cores[i]: os.sched_setaffinity(0, c)) if cores[i] else None
+            self.procs.append(subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--bare-child", "--model", str(model_dir),
+                 "--worker-threads", str(threads), "--share", f"{i}/{n}", "--images", str(n_images),
+                 "--max-batch", str(batch)], cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                text=True, preexec_fn=preexec))
+            if cpu_quota:
+                self.quotas.append(CpuQuota(f"nscfate-bench-{os.getpid()}-bare{i}", cpu_quota))
+                self.quotas[-1].add(self.procs[-1].pid)
         for p in self.procs:
             if p.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"a bare-model process failed to start (status {p.wait()})")
+                self.close()
+                raise RuntimeError(f"a bare-model process failed to start (status {p.poll()})")
 
     def rate(self) -> float:
         """Images/s of all processes together: every image, from the first start to the last end."""
@@ -108,6 +117,10 @@ class BareModels:
             if p.poll() is None:
                 p.stdin.close()
                 p.wait(timeout=60)
+        for quota in self.quotas:
+            quota.close()
+
+
 def rest_rate(stack: ServingStack, images: list[tuple[str, bytes]], clients: int, per_request: int,
               experiment: str, client_cores: set[int] | None = None) -> float:
     """Images/s of all ``images`` through ``POST /_/api/predictions`` from ``clients`` threads."""
@@ -170,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     bare_rates, rest_rates = [], []
     worker_args = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
                    "--intra-op-threads", str(args.worker_threads)]
-    bare = BareModels(model_dir, args.workers, args.worker_threads, worker_cores, args.images, args.max_batch)
+    bare = BareModels(model_dir, args.workers, args.worker_threads, [worker_cores] * args.workers, args.images,
+                      args.max_batch)
     try:
         with tempfile.TemporaryDirectory(dir=args.work) as tmp, \
                 ServingStack(model_dir, Path(tmp) / "host", workers=args.workers, worker_args=worker_args,

@@ -25,7 +25,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from apphost.testing import browser_session, free_port  # noqa: E402
-from bench.common import ROOT  # noqa: E402
+from bench.common import ROOT, CpuQuota  # noqa: E402
 
 log = logging.getLogger("bench.stack")
 
@@ -42,17 +42,21 @@ class ServingStack:
         cores: ``cores[i]`` is the CPU set worker ``i`` is pinned to (``None``: not pinned).
         host_cores: the CPU set of the host process (``None``: not pinned).
         worker_args: extra ``python -m uplink`` options (e.g. ``--max-batch 32 --max-wait-ms 5``).
+        cpu_quota: cap each worker at this many CPUs (its own cgroup, :class:`bench.common.CpuQuota`;
+            needs root), so that a worker has a fixed budget of its own and the host the rest.
     """
 
     def __init__(self, model_dir: Path, data_dir: Path, *, workers: int = 1,
                  cores: Sequence[set[int] | None] | None = None, host_cores: set[int] | None = None,
-                 worker_args: Sequence[str] = ()) -> None:
+                 worker_args: Sequence[str] = (), cpu_quota: float | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.data_dir = Path(data_dir)
         self.n_workers = workers
         self.cores = list(cores) if cores is not None else [None] * workers
         self.host_cores = host_cores
         self.worker_args = list(worker_args)
+        self.cpu_quota = cpu_quota
+        self._quotas: list[CpuQuota] = []
         self.key = secrets.token_urlsafe(24)
         self.client_key = secrets.token_urlsafe(24)  # for a client uplink measuring hub + worker alone
         self.password = secrets.token_urlsafe(16)
@@ -89,6 +93,9 @@ class ServingStack:
             cmd = [sys.executable, "-m", "uplink", "--url", f"ws://127.0.0.1:{self.port}/_/uplink",
                    "--model", str(self.model_dir), "--log-level", "WARNING", *self.worker_args]
             self.workers.append(self._spawn(cmd, wenv, f"worker{i}", self.cores[i]))
+            if self.cpu_quota:
+                self._quotas.append(CpuQuota(f"nscfate-bench-{os.getpid()}-worker{i}", self.cpu_quota))
+                self._quotas[-1].add(self.workers[-1].pid)
         self._wait(lambda: self.connected_workers() >= self.n_workers, timeout,
                    f"{self.n_workers} worker(s) to connect")
         log.info("serving stack up: host pid %d, workers %s", self.host.pid, [w.pid for w in self.workers])
@@ -108,6 +115,9 @@ class ServingStack:
         for f in self._logs:
             f.close()
         self._logs.clear()
+        for quota in self._quotas:
+            quota.close()
+        self._quotas.clear()
 
     # ---- helpers
 

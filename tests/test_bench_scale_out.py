@@ -1,0 +1,54 @@
+"""The scale-out benchmark's pieces: worker placement over the cores, and the CPU quota that gives each
+worker a budget of its own (needs root and the cgroup cpu controller; skipped where there is none)."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench.scale_out import core_sets
+
+
+def test_pinned_workers_get_disjoint_cores(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert core_sets(2, 2) == [{0, 1}, {2, 3}]
+    with pytest.raises(SystemExit, match="need 6 cores"):
+        core_sets(3, 2)
+
+
+def test_capped_workers_go_round_robin_while_they_fit(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert core_sets(3, 1, quota=0.3) == [{0}, {1}, {0}]
+    assert len(core_sets(6, 1, quota=0.3)) == 6  # three per core: 0.9 of each
+    with pytest.raises(SystemExit, match="7 workers at 0.3"):
+        core_sets(7, 1, quota=0.3)
+
+
+def _cgroup_or_skip():
+    from bench.common import CpuQuota
+
+    try:
+        return CpuQuota(f"nscfate-test-{os.getpid()}", 0.2)
+    except (SystemExit, OSError) as exc:
+        pytest.skip(f"no CPU cgroup here: {exc}")
+
+
+def test_a_cpu_quota_caps_a_busy_process():
+    from bench.common import cpu_seconds
+
+    quota = _cgroup_or_skip()
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        quota.add(busy.pid)
+        time.sleep(0.2)
+        cpu0, t0 = cpu_seconds(busy.pid), time.monotonic()
+        time.sleep(1.5)
+        share = (cpu_seconds(busy.pid) - cpu0) / (time.monotonic() - t0)
+    finally:
+        busy.kill()
+        busy.wait()
+        quota.close()
+    assert share < 0.35, f"a process capped at 0.2 of a core used {share:.2f}"
+    assert not quota.path.exists()  # removed once its process was gone
