@@ -125,11 +125,15 @@ class CpuQuota:
         self.path = root / name
         self.path.mkdir()
         quota = max(1000, round(cores * period_us))  # the kernel's smallest quota is 1 ms
-        if v2:
-            (self.path / "cpu.max").write_text(f"{quota} {period_us}")
-        else:
-            (self.path / "cpu.cfs_period_us").write_text(str(period_us))
-            (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+        try:
+            if v2:
+                (self.path / "cpu.max").write_text(f"{quota} {period_us}")
+            else:
+                (self.path / "cpu.cfs_period_us").write_text(str(period_us))
+                (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+        except OSError:
+            self.path.rmdir()
+            raise
         self.cores = cores
 
     def add(self, pid: int) -> None:
