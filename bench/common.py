@@ -123,17 +123,21 @@ class CpuQuota:
             raise ValueError("a CPU quota must be positive")
         root, v2 = _cpu_cgroup_root()
         self.path = root / name
-        self.path.mkdir()
         quota = max(1000, round(cores * period_us))  # the kernel's smallest quota is 1 ms
         try:
-            if v2:
-                (self.path / "cpu.max").write_text(f"{quota} {period_us}")
-            else:
-                (self.path / "cpu.cfs_period_us").write_text(str(period_us))
-                (self.path / "cpu.cfs_quota_us").write_text(str(quota))
-        except OSError:
-            self.path.rmdir()
-            raise
+            self.path.mkdir()
+            try:
+                if v2:
+                    (self.path / "cpu.max").write_text(f"{quota} {period_us}")
+                else:
+                    (self.path / "cpu.cfs_period_us").write_text(str(period_us))
+                    (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+            except OSError:
+                self.path.rmdir()
+                raise
+        except OSError as exc:
+            raise SystemExit(f"could not set a CPU quota in {self.path}: {exc} (needs root and the cgroup cpu "
+                             "controller)") from exc
         self.cores = cores
 
     def add(self, pid: int) -> None:
@@ -160,7 +164,10 @@ def _cpu_cgroup_root() -> tuple[Path, bool]:
     if controllers.exists() and "cpu" in controllers.read_text().split():
         control = unified / "cgroup.subtree_control"
         if "cpu" not in control.read_text().split():
-            control.write_text("+cpu")
+            try:
+                control.write_text("+cpu")
+            except OSError as exc:  # e.g. a container's cgroup that holds processes itself
+                raise SystemExit(f"could not enable the cpu controller for new cgroups in {unified}: {exc}") from exc
         return unified, True
     v1 = unified / "cpu"
     if (v1 / "cpu.cfs_quota_us").exists():

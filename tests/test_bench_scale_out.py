@@ -31,7 +31,7 @@ def _cgroup_or_skip():
 
     try:
         return CpuQuota(f"nscfate-test-{os.getpid()}", 0.2)
-    except (SystemExit, OSError) as exc:
+    except SystemExit as exc:
         pytest.skip(f"no CPU cgroup here: {exc}")
 
 
@@ -52,3 +52,24 @@ def test_a_cpu_quota_caps_a_busy_process():
         quota.close()
     assert share < 0.35, f"a process capped at 0.2 of a core used {share:.2f}"
     assert not quota.path.exists()  # removed once its process was gone
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_the_quota_is_written_as_each_cgroup_version_reads_it(monkeypatch, tmp_path, v2):
+    from bench import common
+
+    monkeypatch.setattr(common, "_cpu_cgroup_root", lambda: (tmp_path, v2))  # a folder standing in for cgroupfs
+    quota = common.CpuQuota("worker0", 0.3)
+    if v2:
+        assert (quota.path / "cpu.max").read_text() == "3000 10000"  # 3 ms of every 10 ms
+    else:
+        assert (quota.path / "cpu.cfs_period_us").read_text() == "10000"
+        assert (quota.path / "cpu.cfs_quota_us").read_text() == "3000"
+
+
+def test_a_quota_that_cannot_be_set_says_why(monkeypatch, tmp_path):
+    from bench import common
+
+    monkeypatch.setattr(common, "_cpu_cgroup_root", lambda: (tmp_path / "no-such-cgroup", False))
+    with pytest.raises(SystemExit, match="needs root and the cgroup cpu controller"):
+        common.CpuQuota("worker0", 0.3)
