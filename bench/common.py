@@ -138,11 +138,11 @@ class CpuQuota:
         except OSError as exc:
             raise SystemExit(f"could not set a CPU quota in {self.path}: {exc} (needs root and the cgroup cpu "
                              "controller)") from exc
-        self.cores = cores
 
-    def add(self, pid: int) -> None:
-        """Move process ``pid`` (all its threads) into the cgroup."""
+    def add(self, pid: int) -> "CpuQuota":
+        """Move process ``pid`` (all its threads) into the cgroup; returns the quota."""
         (self.path / "cgroup.procs").write_text(str(pid))
+        return self
 
     def close(self, timeout: float = 10.0) -> None:
         """Remove the cgroup (once its processes have exited)."""

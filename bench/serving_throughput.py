@@ -97,8 +97,7 @@ class BareModels:
                  "--max-batch", str(batch)], cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 text=True, preexec_fn=preexec))
             if cpu_quota:
-                self.quotas.append(CpuQuota(f"nscfate-bench-{os.getpid()}-bare{i}", cpu_quota))
-                self.quotas[-1].add(self.procs[-1].pid)
+                self.quotas.append(CpuQuota(f"nscfate-bench-{os.getpid()}-bare{i}", cpu_quota).add(self.procs[-1].pid))
         for p in self.procs:
             if p.stdout.readline().strip() != "ready":
                 self.close()

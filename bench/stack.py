@@ -94,8 +94,8 @@ class ServingStack:
                    "--model", str(self.model_dir), "--log-level", "WARNING", *self.worker_args]
             self.workers.append(self._spawn(cmd, wenv, f"worker{i}", self.cores[i]))
             if self.cpu_quota:
-                self._quotas.append(CpuQuota(f"nscfate-bench-{os.getpid()}-worker{i}", self.cpu_quota))
-                self._quotas[-1].add(self.workers[-1].pid)
+                name = f"nscfate-bench-{os.getpid()}-worker{i}"
+                self._quotas.append(CpuQuota(name, self.cpu_quota).add(self.workers[-1].pid))
         self._wait(lambda: self.connected_workers() >= self.n_workers, timeout,
                    f"{self.n_workers} worker(s) to connect")
         log.info("serving stack up: host pid %d, workers %s", self.host.pid, [w.pid for w in self.workers])
