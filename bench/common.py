@@ -76,7 +76,7 @@ def report_load(when: str) -> Load:
 def machine_line(before: Load, after: Load) -> str:
     """One Markdown line saying what the measurements ran on and under what load."""
     return (f"Machine: {platform.machine()}, {before.cpus} CPU(s) ({cpu_model()}), Python "
-            f"{platform.python_version()}, TensorFlow {_tf_version()}. Load average (1 min) "
+            f"{platform.python_version()}, {_framework()}. Load average (1 min) "
             f"{before.load1:.2f} before, {after.load1:.2f} after (5 min: {before.load5:.2f} -> {after.load5:.2f}).")
 
 
@@ -90,15 +90,23 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def _tf_version() -> str:
+def _framework() -> str:
+    """What the models ran on: TensorFlow, or Keras on another backend (as on the GPU machines)."""
+    backend = sys.modules["keras"].config.backend() if "keras" in sys.modules else \
+        os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend != "tensorflow":
+        import importlib
+
+        import keras
+
+        version = getattr(importlib.import_module(backend), "__version__", "")
+        return f"Keras {keras.__version__} on {backend} {version}".rstrip()
     try:
         import tensorflow as tf
 
-        return tf.__version__
-    except ImportError:  # pragma: no cover - TensorFlow is a core dependency
-        return "not installed"
-
-
+        return f"TensorFlow {tf.__version__}"
+    except ImportError:
+        return "TensorFlow not installed"
 
 
 def cpu_seconds(pid: int) -> float:

@@ -100,7 +100,8 @@ def pipeline_vs_memory(data: Path, arch: str, size: tuple[int, int], batch: int,
     from nscfate.architectures import build_model
     from nscfate.classes import get_task
     from nscfate.data import read_dataset
-    from nscfate.pipeline import load_prepared, make_dataset
+    from nscfate.pipeline import make_dataset
+    from nscfate.preprocessing import load_prepared
 
     classes = get_task("medium4").classes
     rng = np.random.default_rng(0)

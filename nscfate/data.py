@@ -288,6 +288,15 @@ def _restrict_to_task(samples: list[Sample], task_name: str, where: Path) -> lis
     return kept
 
 
+def label_indices(samples: Sequence[Sample], classes: Sequence[str]) -> np.ndarray:
+    """Class index of each sample's label in ``classes`` (the model's output order)."""
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({s.label for s in samples if s.label not in index})
+    if unknown:
+        raise DatasetError(f"labels {', '.join(unknown)} are not classes of this model ({', '.join(classes)})")
+    return np.array([index[s.label] for s in samples], np.int32)
+
+
 # ------------------------------------------------------------------------------------------------
 # splits
 

@@ -24,7 +24,7 @@ class PercentileNormalization(keras.layers.Layer):
 
     def call(self, x):
         x = ops.cast(x, self.compute_dtype)
-        q = ops.quantile(x, [self.low / 100.0, self.high / 100.0], axis=[1, 2, 3], keepdims=True)
+        q = ops.quantile(x, [self.low / 100.0, self.high / 100.0], axis=(1, 2, 3), keepdims=True)
         lo, hi = q[0], q[1]
         return (x - lo) / ops.maximum(hi - lo, self.eps)
 

@@ -24,31 +24,16 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from nscfate.data import Sample
+from nscfate.data import Sample, label_indices
 from nscfate.errors import DatasetError, ImageError
-from nscfate.io import DEFAULT_LIMITS, DecodeLimits, decode_image
-from nscfate.preprocessing import DEFAULT_INPUT_SIZE, prepare_image
+from nscfate.io import DEFAULT_LIMITS, DecodeLimits
+from nscfate.preprocessing import DEFAULT_INPUT_SIZE, load_prepared
 
 log = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHARD_MODES = ("raw", "prepared")
 SHARD_INDEX = "shards.json"
-
-
-def load_prepared(source, input_size: tuple[int, int] = DEFAULT_INPUT_SIZE,
-                  limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """``prepare_image(decode_image(source).pixels, input_size)``: the one image -> model input path."""
-    return prepare_image(decode_image(source, limits=limits).pixels, input_size)
-
-
-def label_indices(samples: Sequence[Sample], classes: Sequence[str]) -> np.ndarray:
-    """Class index of each sample's label in ``classes`` (the model's output order)."""
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted({s.label for s in samples if s.label not in index})
-    if unknown:
-        raise DatasetError(f"labels {', '.join(unknown)} are not classes of this model ({', '.join(classes)})")
-    return np.array([index[s.label] for s in samples], np.int32)
 
 
 def _map_load(ds: tf.data.Dataset, input_size: tuple[int, int], limits: DecodeLimits, skip_bad: bool, *,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from nscfate.errors import ConfigError, InvalidPixelValuesError
+from nscfate.io import DEFAULT_LIMITS, DecodeLimits, decode_image
 
 #: Input sizes used in the paper, as (height, width).
 PAPER_INPUT_SIZES: tuple[tuple[int, int], ...] = ((45, 60), (60, 60), (75, 75))
@@ -108,3 +109,9 @@ def prepare_image(image: np.ndarray, input_size: tuple[int, int] = DEFAULT_INPUT
     padded = pad_to_aspect(image, h / w)
     out = resize(padded, (h, w)).astype(np.float32, copy=False)
     return out[:, :, np.newaxis]
+
+
+def load_prepared(source, input_size: tuple[int, int] = DEFAULT_INPUT_SIZE,
+                  limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """``prepare_image(decode_image(source).pixels, input_size)``: the one image -> model input path."""
+    return prepare_image(decode_image(source, limits=limits).pixels, input_size)

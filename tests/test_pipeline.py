@@ -7,12 +7,11 @@ import pytest
 from nscfate import errors
 from nscfate.data import Sample
 from nscfate.io import decode_image
-from nscfate.preprocessing import prepare_image
+from nscfate.preprocessing import load_prepared, prepare_image
 from tests.imagegen import cell_array, cv2_png, pil_bytes, tiff_bytes
 
 tf = pytest.importorskip("tensorflow")
 from nscfate.pipeline import (  # noqa: E402
-    load_prepared,
     make_dataset,
     make_tfrecord_dataset,
     read_shard_index,
