@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                                  cpu_quota=args.cpu_quota) as stack:
                 import anvil.server
 
-                anvil.server.connect(stack.client_key, url=stack.uplink_url, quiet=True)
+                anvil.server.connect(stack.key, url=stack.uplink_url, quiet=True)  # a server uplink: trusted, as a server module
                 hub_rate(images[:64], args.clients, args.files_per_call)  # warm-up of every worker
                 rest_rate(stack, images[:64], args.clients, args.files_per_call, "warm-up")
                 runs: dict[str, list[float]] = {"bare": [], "hub": [], "REST": []}

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         import anvil
         import anvil.server
 
-        anvil.server.connect(stack.client_key, url=stack.uplink_url, quiet=True)
+        anvil.server.connect(stack.key, url=stack.uplink_url, quiet=True)  # a server uplink: trusted, as a server module
         client = stack.client() if args.auth == "basic" else stack.session_client()
 
         def run_bare(name: str, data: bytes) -> None:

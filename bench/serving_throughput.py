@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
             rest_rate(stack, sample_images(64, seed=10), args.clients, args.files_per_request, "warm-up",
                       other_cores)
-            anvil.server.connect(stack.client_key, url=stack.uplink_url, quiet=True)
+            anvil.server.connect(stack.key, url=stack.uplink_url, quiet=True)  # a server uplink: trusted, as a server module
             stats_before = anvil.server.call("worker_stats")["batches"]
             cpu_rest = {"host": 0.0, "worker": 0.0, "clients": 0.0}  # CPU seconds used during the REST rounds
             procs = {"host": stack.pids()["host"], "worker": stack.pids()["workers"], "clients": [os.getpid()]}

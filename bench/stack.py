@@ -58,7 +58,6 @@ class ServingStack:
         self.cpu_quota = cpu_quota
         self._quotas: list[CpuQuota] = []
         self.key = secrets.token_urlsafe(24)
-        self.client_key = secrets.token_urlsafe(24)  # for a client uplink measuring hub + worker alone
         self.password = secrets.token_urlsafe(16)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -81,15 +80,14 @@ class ServingStack:
 
     def start(self, timeout: float = 300.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "ANVIL_UPLINK_KEY": self.key, "ANVIL_CLIENT_UPLINK_KEY": self.client_key,
-               "NSCFATE_ADMIN_EMAIL": ADMIN_EMAIL,
+        env = {**os.environ, "ANVIL_UPLINK_KEY": self.key, "NSCFATE_ADMIN_EMAIL": ADMIN_EMAIL,
                "NSCFATE_ADMIN_PASSWORD": self.password, "TF_CPP_MIN_LOG_LEVEL": "2"}
         self.host = self._spawn([sys.executable, str(Path(__file__).resolve()), "--data", str(self.data_dir),
                                  "--port", str(self.port)], env, "host", self.host_cores)
         self._wait(lambda: self._health() is not None, timeout, "the host to answer")
         for i in range(self.n_workers):
             wenv = dict(env)
-            del wenv["NSCFATE_ADMIN_PASSWORD"], wenv["ANVIL_CLIENT_UPLINK_KEY"]
+            del wenv["NSCFATE_ADMIN_PASSWORD"]
             cmd = [sys.executable, "-m", "uplink", "--url", f"ws://127.0.0.1:{self.port}/_/uplink",
                    "--model", str(self.model_dir), "--log-level", "WARNING", *self.worker_args]
             self.workers.append(self._spawn(cmd, wenv, f"worker{i}", self.cores[i]))
@@ -190,8 +188,7 @@ def serve(data_dir: Path, port: int) -> None:
                 "workers": hub.registrations().get("predict_cell_fate_batch", 0)}})
         return api_routes(made["runtime"])
 
-    app = create_app(HostSettings(uplink_key=os.environ["ANVIL_UPLINK_KEY"],
-                                  client_uplink_key=os.environ.get("ANVIL_CLIENT_UPLINK_KEY")), app_routes=routes)
+    app = create_app(HostSettings(uplink_key=os.environ["ANVIL_UPLINK_KEY"]), app_routes=routes)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, ws_max_size=MAX_FRAME_BYTES, log_level="warning",
                             lifespan="on")
     try:

@@ -194,6 +194,42 @@ def test_list_models(server, worker_a, model_classes):
     assert [c["key"] for c in card["classes"]] == model_classes
     assert card["synthetic_training_data"] is True
 
+CALLER = """
+import sys, anvil, anvil.server
+anvil.server.connect(sys.argv[2], url=sys.argv[1], quiet=True)
+for name, args in [("list_models", ()), ("worker_stats", ()), ("predict_cell_fate", (anvil.BlobMedia("image/png", b"x"),))]:
+    try:
+        anvil.server.call(name, *args)
+        print(name, "ANSWERED")
+    except anvil.server.PermissionDenied as e:
+        print(name, "DENIED", e)
+    except Exception as e:  # the worker's own answer to bad input
+        print(name, "ANSWERED with an error:", e)
+"""
+
+
+@pytest.mark.parametrize("key_name", ["client", "server"])
+def test_only_trusted_callers_reach_the_worker(server, worker_a, logs, key_name):
+    """Browser code and client uplinks may call what an uplink registers (on Anvil too): the worker
+    refuses them, so nobody skips sign-in, the history and the upload limits of the server modules."""
+    from tests.uplinkhelpers.harness import CLIENT_KEY, SERVER_KEY
+
+    key = CLIENT_KEY if key_name == "client" else SERVER_KEY
+    caller = UplinkProcess([sys.executable, "-c", CALLER, server.url, key], logs / f"caller-{key_name}.log", key=None)
+    try:
+        assert caller.wait(60) == 0, caller.output()
+    finally:
+        caller.close()
+    out = caller.output()
+    if key_name == "client":
+        assert out.count("DENIED") == 3 and "ANSWERED" not in out, out
+        assert "call the app's server functions or REST API" in out
+        assert "refused a call of predict_cell_fate from untrusted code" in worker_a.output()
+    else:  # a server uplink is trusted, as server modules are (predict_cell_fate then rejects the bytes)
+        assert out.count("ANSWERED") == 3 and "DENIED" not in out, out
+        assert "predict_cell_fate ANSWERED with an error: image: not an image" in out
+
+
 def test_list_models_sends_the_card_plots_as_png_media(server, worker_a, tiny_model):
     from nscfate.modeldir import read_model_dir
 
