@@ -83,39 +83,63 @@ class Session:
 
 
 class LoginRateLimiter:
-    """At most ``max_failures`` failed sign-ins per key (account or address) in ``window_s`` seconds."""
+    """At most ``max_failures`` failed sign-ins per key (account or address) in ``window_s`` seconds.
 
-    def __init__(self, max_failures: int = 5, window_s: float = 300.0, clock: Callable[[], float] = time.monotonic):
+    Only failures make entries, and an entry goes once its failures are older than the window, so refused
+    attempts (no argon2, cheap to send) cannot grow it; at most ``max_keys`` keys are kept (oldest first out).
+    """
+
+    def __init__(self, max_failures: int = 5, window_s: float = 300.0, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = 10_000):
         self.max_failures = max_failures
         self.window_s = window_s
+        self.max_keys = max_keys
         self._clock = clock
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
-    def _recent(self, key: str) -> deque[float]:
-        now = self._clock()
-        failures = self._failures.setdefault(key, deque())
+    def _recent(self, key: str, now: float) -> deque[float] | None:
+        """``key``'s failures within the window (None, and the entry dropped, when there are none)."""
+        failures = self._failures.get(key)
+        if failures is None:
+            return None
         while failures and now - failures[0] > self.window_s:
             failures.popleft()
+        if not failures:
+            del self._failures[key]
+            return None
         return failures
 
     def check(self, *keys: str) -> None:
         with self._lock:
+            now = self._clock()
             for key in keys:
-                failures = self._recent(key)
-                if len(failures) >= self.max_failures:
-                    wait = int(self.window_s - (self._clock() - failures[0])) + 1
+                failures = self._recent(key, now)
+                if failures is not None and len(failures) >= self.max_failures:
+                    wait = int(self.window_s - (now - failures[0])) + 1
                     raise TooManyPasswordFailures(
                         f"Too many failed sign-in attempts. Try again in {wait} seconds.")
 
     def failed(self, *keys: str) -> None:
         with self._lock:
+            now = self._clock()
             for key in keys:
-                self._recent(key).append(self._clock())
+                failures = self._recent(key, now)
+                if failures is None:
+                    failures = self._failures[key] = deque()
+                failures.append(now)
+            if len(self._failures) > self.max_keys:
+                for key in list(self._failures):
+                    self._recent(key, now)  # drops the expired entries
+                for key in list(self._failures)[:len(self._failures) - self.max_keys]:
+                    del self._failures[key]  # still too many: the oldest keys go
 
     def succeeded(self, key: str) -> None:
         with self._lock:
             self._failures.pop(key, None)
+
+    def keys_tracked(self) -> int:
+        return len(self._failures)
 
 
 class VerifiedCredentials:

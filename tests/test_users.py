@@ -82,6 +82,36 @@ def test_rate_limit_per_account_and_address(accounts, clock):
     assert accounts.authenticate("ann@lab.org", PASSWORD, "10.0.0.1") is not None
 
 
+def test_refused_attempts_do_not_grow_the_rate_limiter(accounts, clock):
+    """A blocked address sending sign-ins for ever new emails costs no argon2: it must cost no memory either."""
+    limiter = accounts.limiter
+    for i in range(3):
+        with pytest.raises(anvil.users.AuthenticationFailed):
+            accounts.authenticate(f"nobody{i}@lab.org", "guess", "10.0.0.9")
+    assert limiter.keys_tracked() == 4  # three emails and the address
+    for i in range(500):
+        with pytest.raises(anvil.users.TooManyPasswordFailures):
+            accounts.authenticate(f"spray{i}@lab.org", "guess", "10.0.0.9")
+    assert limiter.keys_tracked() == 4
+    clock["t"] += 61
+    limiter.check("addr:10.0.0.9")  # expired entries go when they are next looked at
+    assert limiter.keys_tracked() == 3
+
+
+def test_the_rate_limiter_keeps_at_most_max_keys(clock):
+    limiter = LoginRateLimiter(max_failures=3, window_s=60, clock=lambda: clock["t"], max_keys=100)
+    for i in range(50):
+        limiter.failed(f"email:old{i}@lab.org")
+    clock["t"] += 61  # those 50 have expired
+    for i in range(120):
+        limiter.failed(f"email:new{i}@lab.org")
+    assert limiter.keys_tracked() == 100  # the expired ones went first, then the oldest of the live ones
+    for _ in range(2):
+        limiter.failed("email:new119@lab.org")
+    with pytest.raises(anvil.users.TooManyPasswordFailures):
+        limiter.check("email:new119@lab.org")
+
+
 def test_sessions_are_random_hashed_and_expire(rt, accounts):
     user = accounts.create_user("ann@lab.org", PASSWORD)
     session = accounts.create_session(user)
