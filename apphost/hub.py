@@ -66,6 +66,9 @@ def _hide_frame_traces() -> None:
 
 #: Anvil's texts for the handshake errors (the client shows them to the user).
 INCORRECT_KEY = "Incorrect uplink key"
+#: What an unauthenticated connection may send before its key frame (held until the key is checked).
+MAX_QUEUED_FRAMES = 100
+MAX_QUEUED_CHARS = 256 * 1024
 OUTDATED_CLIENT = "You are using an outdated version of the Anvil Uplink. Please upgrade to a newer version."
 DEPRECATED_CLIENT = "You are using a deprecated version of the Anvil Uplink. Please upgrade to a newer version."
 CLIENT_CANNOT_REGISTER = (
@@ -470,6 +473,7 @@ class UplinkHub:
         """Read frames until the key frame; queue those before it. Returns the queued frames, or
         ``None`` after refusing the connection."""
         queued: list[str] = []
+        queued_bytes = 0
         deadline = time.monotonic() + self.auth_timeout
         while True:
             try:
@@ -482,7 +486,10 @@ class UplinkHub:
                 return None
             hello = _parse_json(frame) if isinstance(frame, str) else None
             if hello is None or "key" not in hello:
-                if isinstance(frame, str) and len(queued) < 1000:
+                # A client may send a few small frames (registrations) before its key; anyone can
+                # connect, so what is held for an unauthenticated connection stays small.
+                queued_bytes += len(frame)
+                if isinstance(frame, str) and len(queued) < MAX_QUEUED_FRAMES and queued_bytes <= MAX_QUEUED_CHARS:
                     queued.append(frame)
                     continue
                 await self._refuse(conn, "Expected the uplink key first")

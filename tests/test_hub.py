@@ -285,6 +285,22 @@ def test_register_frames_before_the_key_are_queued(server):
         assert result["n"] == 42 and result["m"].get_bytes() == b"hello"
 
 
+def test_an_unauthenticated_connection_may_not_pile_up_frames(server):
+    from apphost.hub import MAX_QUEUED_CHARS
+
+    refused = server.hub.stats["refused"]
+    with ws_connect(server.url) as ws:
+        filler = json.dumps({"type": "REGISTER", "name": "x" * 60_000})
+        try:
+            for _ in range(MAX_QUEUED_CHARS // len(filler) + 2):
+                ws.send(filler)
+            reply = _recv_json(ws)
+        except ConnectionClosed:
+            reply = None
+        assert reply is None or reply == {"error": "Expected the uplink key first"}
+    wait_until(lambda: server.hub.stats["refused"] == refused + 1, what="the refusal")
+
+
 @pytest.mark.parametrize(
     "frames, error",
     [
