@@ -45,6 +45,9 @@ COOKIE_NAME = "nscfate_session"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 DEFAULT_MAX_BODY = 160 * 1024 * 1024
+AUTH_MAX_BODY = 64 * 1024  # sign-in, sign-up, password change: an email and passwords
+#: What anvil-uplink's http_endpoint wrapper answers a caller it cannot authenticate.
+UNAUTHORIZED = {"status": 401, "body": "Unauthorized", "headers": {"WWW-Authenticate": 'Basic realm="Anvil App API"'}}
 _HIDDEN_HEADERS = frozenset({"cookie", "authorization"})  # the platform handles these; endpoints never see them
 
 
@@ -89,6 +92,8 @@ def _guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Req
     async def wrapper(request: Request) -> Response:
         try:
             return await handler(request)
+        except _BodyTooLarge:
+            return error(413, "request_too_large", "The request is too large")
         except Exception as e:
             if not is_infrastructure_error(e):
                 raise
@@ -152,29 +157,34 @@ class HttpApi:
     def _clear_cookie(response: Response) -> None:
         response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="lax")
 
-    async def _read_body(self, request: Request) -> bytes:
+    async def _read_body(self, request: Request, limit: int | None = None) -> bytes:
+        limit = self.max_body_bytes if limit is None else limit
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _BodyTooLarge
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > self.max_body_bytes:
+            if size > limit:
                 raise _BodyTooLarge
             chunks.append(chunk)
         return b"".join(chunks)
 
     async def _json_or_form(self, request: Request) -> dict[str, Any]:
-        if request.headers.get("content-type", "").startswith("application/json"):
+        """The fields of a small JSON or URL-encoded body (sign-in and the like; at most AUTH_MAX_BODY
+        bytes, else _BodyTooLarge). Unreadable data gives {}: the route then says what it needs."""
+        data = await self._read_body(request, AUTH_MAX_BODY)
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("application/json"):
             try:
-                data = json.loads(await self._read_body(request) or b"{}")
+                fields = json.loads(data or b"{}")
             except (ValueError, UnicodeDecodeError):
                 return {}
-            return data if isinstance(data, dict) else {}
+            return fields if isinstance(fields, dict) else {}
         try:
-            form = await request.form(max_files=0, max_fields=20)
+            form = await Request(request.scope, receive=_replay(data)).form(max_files=0, max_fields=20)
         except (MultiPartException, HTTPException):
-            return {}  # like unreadable JSON: the route then says what it needs
+            return {}
         return {k: v for k, v in form.items() if isinstance(v, str)}
 
     # ---- /_/api/...
@@ -191,6 +201,10 @@ class HttpApi:
                 return error(403, "cross_site", "Requests from other sites are not accepted")
             if session is not None and not self._csrf_ok(request, session):
                 return error(403, "csrf", f"Missing or wrong {CSRF_HEADER} header for a signed-in browser session")
+            if endpoint.needs_credentials and not await self._may_send_a_body(request, session, username, password):
+                # Answered before the body is read: an anonymous caller cannot make the host buffer
+                # uploads (up to DEFAULT_MAX_BODY each) that the endpoint would refuse anyway.
+                return self._finish(request, _to_response(UNAUTHORIZED, request.method))
         try:
             form_params, body = await self._request_data(request)
         except _BodyTooLarge:
@@ -215,12 +229,31 @@ class HttpApi:
                 raise  # answered by _guarded
             log.exception("HTTP endpoint %s %s failed", request.method, path)
             return error(500, "internal_error", "The server failed to handle this request")
-        response = _to_response(result, request.method)
+        return self._finish(request, _to_response(result, request.method))
+
+    @staticmethod
+    def _finish(request: Request, response: Response) -> Response:
         if COOKIE_NAME in request.cookies or "x-requested-with" in request.headers:
             # A browser page: no Basic challenge, or the browser would pop up its own password dialog.
             if "www-authenticate" in response.headers:
                 del response.headers["www-authenticate"]
         return response
+
+    async def _may_send_a_body(self, request: Request, session: Session | None, username: str | None,
+                               password: str | None) -> bool:
+        """Whether the caller of an endpoint that needs credentials is signed in or sends credentials
+        that are right (checked here, before the body; the endpoint's own check then finds them in
+        the verified-credentials cache, so a wrong password still counts once)."""
+        if session is not None and session.user_pk is not None:
+            return True
+        if username is None or password is None:
+            return False
+        remote = request.client.host if request.client else None
+        try:
+            await run_in_threadpool(self.accounts.authenticate, username, password, remote)
+        except anvil.users.AuthenticationFailed:  # wrong, rate-limited or not enabled: the wrapper's 401
+            return False
+        return True
 
     async def _request_data(self, request: Request) -> tuple[dict[str, Any], anvil.Media | None]:
         if request.method in ("GET", "HEAD"):
@@ -253,10 +286,7 @@ class HttpApi:
     async def login(self, request: Request) -> Response:
         if self._cross_site(request):
             return error(403, "cross_site", "Sign-in from other sites is not accepted")
-        try:
-            fields = await self._json_or_form(request)
-        except _BodyTooLarge:
-            return error(413, "request_too_large", "The request is too large")
+        fields = await self._json_or_form(request)
         remote = request.client.host if request.client else None
         try:
             user = await run_in_threadpool(self.accounts.authenticate, fields.get("email"), fields.get("password"), remote)

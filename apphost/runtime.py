@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import logging
 import re
 import sys
@@ -130,10 +131,20 @@ def _use_host_app_tables() -> None:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One ``@anvil.server.http_endpoint``: ``pattern`` is matched against the path under ``/_/api``."""
+    """One ``@anvil.server.http_endpoint``: ``pattern`` is matched against the path under ``/_/api``.
+    ``needs_credentials``: declared with ``authenticate_users``/``authenticate_user``/``require_credentials``,
+    so a caller with neither a signed-in session nor credentials is answered 401 by the wrapper anyway."""
 
     pattern: str
     fn: CallFunction
+    needs_credentials: bool = False
+
+    @classmethod
+    def of(cls, pattern: str, fn: CallFunction) -> "Endpoint":
+        # anvil-uplink keeps the decorator's arguments only in the wrapper's closure.
+        flags = inspect.getclosurevars(fn).nonlocals
+        needs = any(flags.get(name) for name in ("authenticate_users", "authenticate_user", "require_credentials"))
+        return cls(pattern, fn, needs)
 
 
 def load_app_config(app_dir: Path) -> dict[str, Any]:
@@ -226,7 +237,7 @@ class AppRuntime:
             import_server_modules(self.app_dir, self.package_name)
         regs = _registrations_of(self.package_name)
         self.callables = {n: fn for n, fn in regs.items() if ":" not in n}
-        self.endpoints = [Endpoint(n[len("http:"):], fn) for n, fn in regs.items() if n.startswith("http:")]
+        self.endpoints = [Endpoint.of(n[len("http:"):], fn) for n, fn in regs.items() if n.startswith("http:")]
         log.info("loaded %d server functions and %d HTTP endpoints from %s",
                  len(self.callables), len(self.endpoints), self.app_dir / "server_code")
 

@@ -67,6 +67,37 @@ def test_everything_else_needs_credentials(client):
     assert from_page.status_code == 401 and "www-authenticate" not in from_page.headers  # no browser dialog
 
 
+def test_uploads_without_valid_credentials_are_refused_before_the_body_is_read(client, rt, monkeypatch):
+    from apphost.http_api import HttpApi
+
+    read = []
+    real = HttpApi._request_data
+
+    async def counting(self, request):
+        read.append(request.url.path)
+        return await real(self, request)
+
+    monkeypatch.setattr(HttpApi, "_request_data", counting)
+    failures = rt.accounts.limiter.keys_tracked()
+    for auth in (None, ("ann@lab.org", "wrong password"), ("nobody@lab.org", "wrong password")):
+        r = upload(client, 1, auth=auth)
+        assert r.status_code == 401 and "Basic" in r.headers["www-authenticate"], auth
+    assert read == []  # answered from the headers alone
+    limiter = rt.accounts.limiter
+    assert limiter.keys_tracked() == failures + 3  # two emails and the address
+    assert len(limiter._failures["addr:testclient"]) == 2  # each wrong password counted once
+    assert upload(client, 1).status_code == 200 and read == ["/_/api/predictions"]
+
+
+def test_sign_in_routes_take_small_bodies_only(client):
+    big = {"email": ANN[0], "password": ANN[1], "padding": "x" * 70_000}
+    for path in ("/_/auth/login", "/_/auth/signup"):
+        r = client.post(path, json=big)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large", path
+    r = client.post("/_/auth/login", data={"email": ANN[0], "password": ANN[1]})  # a plain HTML form works
+    assert r.status_code == 200 and r.json()["user"]["email"] == ANN[0]
+
+
 def test_post_multipart_then_list_detail_image_and_csv(client):
     r = upload(client, 3, experiment="E1", notes="first batch")
     assert r.status_code == 200 and r.json()["n_ok"] == 3
