@@ -45,6 +45,8 @@ DEFAULT_DATA_DIR = ".nscfate-data"
 KEY_FILE = "uplink.key"
 #: The worker callable that counts workers, and all those a ready worker has registered (one message each).
 READY_FUNCTION = "predict_cell_fate_batch"
+ORPHAN_SWEEP_S = 3600.0  # how often stored files no row refers to are looked for
+ORPHAN_MIN_AGE_S = 3600.0  # younger ones may belong to a write still in progress
 READY_FUNCTIONS = ("predict_cell_fate", READY_FUNCTION, "list_models")
 #: Seconds a worker gets to finish its calls after SIGTERM before it is killed.
 WORKER_STOP_GRACE = 30.0
@@ -308,6 +310,22 @@ class LocalHost:
 
     # ---- serving
 
+    async def _sweep_orphan_media(self, every_s: float = ORPHAN_SWEEP_S) -> None:
+        """Remove image files no row refers to, at start and hourly. A write that fails removes its own
+        files at once; this catches those it could not (the database was down) and a crash mid-write."""
+        judged_before = None  # files modified before this were judged by an earlier sweep
+        while True:
+            started = time.time()
+            try:
+                removed = await asyncio.to_thread(self.runtime.db.collect_orphan_media, ORPHAN_MIN_AGE_S,
+                                                  judged_before)
+                judged_before = started - ORPHAN_MIN_AGE_S - 60
+                if removed:
+                    logger.info("removed %d stored image file(s) that no row refers to", removed)
+            except Exception as e:  # noqa: BLE001 - the database may be down: try again next time
+                logger.warning("could not sweep the media store for orphan files: %s", e)
+            await asyncio.sleep(every_s)
+
     async def serve(self) -> int:
         import uvicorn
 
@@ -328,6 +346,7 @@ class LocalHost:
         self.url = f"http://{url_host(self.args.host)}:{port}"
         logger.info("serving on %s (data in %s)", self.url, self.paths.root)
 
+        sweeping = asyncio.create_task(self._sweep_orphan_media())
         fatal = asyncio.Event()
         command = worker_command(self.args, port)
         self.supervisors = [
@@ -351,6 +370,7 @@ class LocalHost:
                 self.one_time_password_note = None
             await serving
         finally:
+            sweeping.cancel()
             await asyncio.gather(*(s.stop() for s in self.supervisors))
             if not serving.done():
                 server.should_exit = True

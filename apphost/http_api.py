@@ -71,7 +71,7 @@ def _is_disk_full(exc: BaseException) -> bool:
 def is_infrastructure_error(exc: BaseException) -> bool:
     """Whether ``exc`` is a failure of the platform rather than the request (database down or locked,
     disk full). Nothing was changed when these are raised: every write is one transaction, and a media
-    file without its row is collected later."""
+    file without its row is removed (at once, or by the host's hourly sweep)."""
     return _is_database_failure(exc) or _is_disk_full(exc)
 
 

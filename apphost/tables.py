@@ -480,6 +480,8 @@ class Database:
                 self.media.unpin(sha)
         if not abort:
             self._collect_media(txn.released)
+        else:
+            self._collect_media_after_failure(txn.pinned)
 
     def rollback_dangling(self) -> bool:
         """Roll back a transaction a finished call left open; True if there was one."""
@@ -509,10 +511,13 @@ class Database:
             self._local.pinned_once = getattr(self._local, "pinned_once", []) + [sha]
         return sha, {"content_type": value.get_content_type(), "name": value.get_name(), "length": length}
 
-    def _unpin_once(self) -> None:
-        for sha in getattr(self._local, "pinned_once", []):
-            self.media.unpin(sha)
+    def _unpin_once(self, failed: bool = False) -> None:
+        shas = getattr(self._local, "pinned_once", [])
         self._local.pinned_once = []
+        for sha in shas:
+            self.media.unpin(sha)
+        if failed:
+            self._collect_media_after_failure(shas)
 
     def _note_released(self, shas: list[str]) -> None:
         txn = self._txn()
@@ -528,14 +533,27 @@ class Database:
                     continue
                 self.media.remove(sha)
 
-    def collect_orphan_media(self, min_age_s: float = 3600.0) -> int:
-        """Remove stored files no row refers to (left by failed inserts or aborted transactions) that
-        are older than ``min_age_s``; returns how many were removed. Safe while the host runs."""
+    def _collect_media_after_failure(self, shas: list[str]) -> None:
+        """Remove the files a failed write stored, unless a committed row refers to them. The database
+        may be what failed: then they stay for :meth:`collect_orphan_media` (the host runs it hourly)."""
+        try:
+            self._collect_media(shas)
+        except Exception as e:  # noqa: BLE001 - the write's own error is what the caller must see
+            log.info("media files of a failed write left for the hourly sweep: %s", type(e).__name__)
+
+    def collect_orphan_media(self, min_age_s: float = 3600.0, newer_than: float | None = None) -> int:
+        """Remove stored files no row refers to (left when a write failed with the database down, or by
+        a crash) that are older than ``min_age_s`` and, with ``newer_than`` (a time), were modified after
+        it (older ones were judged by an earlier sweep); returns how many were removed. Safe while the
+        host runs."""
         removed = 0
         now = time.time()
         for path in self.media.root.glob("??/*"):
             sha = path.name
-            if not _SHA256_RE.match(sha) or now - path.stat().st_mtime < min_age_s:
+            if not _SHA256_RE.match(sha):
+                continue
+            mtime = path.stat().st_mtime
+            if now - mtime < min_age_s or (newer_than is not None and mtime <= newer_than):
                 continue
             with self.media.lock:
                 if not self.media.is_pinned(sha) and not self._media_referenced(sha):
@@ -711,8 +729,10 @@ class Table(anvil.tables.Table):
             with self._db.connect(write=True) as conn:
                 # bound parameters: SQLAlchemy compiles this INSERT once per set of columns, not per row
                 pk = conn.execute(self._sql.insert(), sql_values).inserted_primary_key[0]
-        finally:
-            self._db._unpin_once()
+        except BaseException:
+            self._db._unpin_once(failed=True)
+            raise
+        self._db._unpin_once()
         # The row's values as a read would give them, from what was just written (no SELECT per add);
         # linked rows are the ones the caller passed, with whatever values they already hold.
         written = self._db.from_sql(self.spec, _Written({c: sql_values.get(c) for c in self._sql.c.keys()}))
@@ -853,8 +873,10 @@ class Row(anvil.tables.Row):
                     if res.rowcount == 0:
                         raise RowDeleted("This row has been deleted")
                 t._db._note_released(old_media)
-        finally:
-            t._db._unpin_once()
+        except BaseException:
+            t._db._unpin_once(failed=True)
+            raise
+        t._db._unpin_once()
         self._values = None  # read back on next access, in stored form
 
     def delete(self) -> None:

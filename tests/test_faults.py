@@ -294,7 +294,7 @@ def test_database_unavailable_is_a_clear_error_and_nothing_is_written(live):
 def test_database_failing_at_the_insert_stores_nothing_of_that_chunk(live):
     """The worker answered, then an INSERT fails: the files of that chunk (one transaction) and the rest
     are reported as not stored (retryable), the chunks before stay, and the image files written for the
-    rolled-back rows are orphans that the maintenance task collects."""
+    rolled-back rows are removed with them."""
     live.start_fake_worker("w")
     live.wait_workers(1)
     engine = live.runtime.db.engine
@@ -318,8 +318,10 @@ def test_database_failing_at_the_insert_stores_nothing_of_that_chunk(live):
     assert [x["ok"] for x in results] == [True] * CHUNK_SIZE + [False] * 5
     assert {x["error"]["code"] for x in results[CHUNK_SIZE:]} == {"storage_unavailable"}
     assert live.n_rows() == CHUNK_SIZE
-    # the files of the two rolled-back rows and of the one whose INSERT failed
-    assert live.runtime.db.collect_orphan_media(min_age_s=0) == 3
+    # the files of the two rolled-back rows and of the one whose INSERT failed are gone already
+    assert live.runtime.db.collect_orphan_media(min_age_s=0) == 0
+    stored = {p.name for p in live.runtime.db.media.root.glob("??/*")}
+    assert len(stored) == CHUNK_SIZE
     with live.client(ANN) as client:
         assert upload(client, [x["index"] for x in results[CHUNK_SIZE:]]).json()["n_ok"] == 5
     assert live.n_rows() == n_files

@@ -4,6 +4,7 @@ kept alive, readiness, bind refusal, clean stop, and data that survives a restar
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -140,10 +141,19 @@ def test_one_command_runs_everything_and_keeps_workers_alive(tmp_path, tiny_mode
 
     assert "GET /_/api/health" in host.stderr() and "GET /" not in host.stdout()  # stdout: messages only
 
-    # Everything survives a restart: the same key, the same accounts, the history.
+    # Everything survives a restart: the same key, the same accounts, the history. A file a crash left
+    # in the media store (no row refers to it) is removed at start.
+    orphan = tmp_path / "data" / "media" / "ab" / ("ab" + "0" * 62)
+    orphan.parent.mkdir(exist_ok=True)
+    orphan.write_bytes(b"left by a crash")
+    os.utime(orphan, (time.time() - 7200,) * 2)
     again = Host(tmp_path, "--workers", "0", "--port", str(port), name="host2")
     hosts.append(again)
     assert again.wait_ready(60) == url
+    deadline = time.monotonic() + 30
+    while orphan.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not orphan.exists() and "removed 1 stored image file(s) that no row refers to" in again.stderr()
     assert "One-time password" not in again.stdout() and f"Sign in as {email}" in again.stdout()
     assert key_file.read_text().strip() == key
     history = httpx.get(url + "/_/api/predictions", auth=(email, password), params={"experiment": "restart-check"},
