@@ -72,8 +72,13 @@ def classify_for_user(user, files, experiment=None, notes=None, model=None, cloc
         t0 = clock()
         try:
             outputs = _predict_chunk(chunk, model, may_retry=lambda: clock() - started < TIME_BUDGET_S / 2)
-        except errors.AppError:
-            raise
+        except errors.AppError as e:
+            if n == 0:
+                raise  # nothing stored yet: the request itself is wrong (e.g. an unknown model)
+            # Chunks before this one are stored: report them, and this error for the rest (a worker
+            # serving other models took over, say), so that resending does not duplicate them.
+            _reject_rest(results, chunks[n:], e.code, str(e))
+            break
         except Exception as e:  # the worker is down, timed out or failed: nothing is stored
             log.warning("prediction worker failed: %s", type(e).__name__)
             _reject_rest(results, chunks[n:], "worker_unavailable",

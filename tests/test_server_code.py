@@ -164,6 +164,24 @@ def test_unknown_model_is_the_callers_error(rt, people):
     assert n_rows(rt) == 0
 
 
+def test_a_worker_refusing_the_model_midway_keeps_the_stored_chunks(rt, people, worker, monkeypatch):
+    """Another worker (serving other models) answers the second chunk: the first chunk's predictions are
+    stored and reported, the rest say why, so that resending only the rest duplicates nothing."""
+    real = worker.predict_batch
+
+    def second_call_elsewhere(images, model=None):
+        if worker.batch_sizes:
+            worker.model_name = "other-model"
+        return real(images, model=model)
+
+    monkeypatch.setattr(worker, "predict_batch", second_call_elsewhere)
+    results = rt.call("classify_cell_images", images(20), model="tiny-medium4", session=people["ann"])
+    assert [r["ok"] for r in results] == [True] * 16 + [False] * 4
+    assert {r["error"]["code"] for r in results[16:]} == {"unknown_model"}
+    assert "tiny-medium4" in results[16]["error"]["message"]
+    assert n_rows(rt) == 16
+
+
 def test_request_limits(rt, people, monkeypatch):
     uploads = module(rt, "uploads")
     with pytest.raises(Exception) as e:
