@@ -6,6 +6,7 @@ Sign-up is controlled: a new account starts disabled until a lab admin enables i
 """
 
 import anvil.server
+import anvil.tables
 import anvil.users
 from anvil.tables import app_tables
 
@@ -87,28 +88,38 @@ def _get_user(user_id):
     return user
 
 
+_UNCHANGED = object()
+
+
+@anvil.tables.in_transaction
+def change_user(user_id, role=_UNCHANGED, enabled=_UNCHANGED):
+    """Set an account's role and/or whether it is enabled (lab admins only), in one transaction: the
+    check that an enabled lab admin remains and the write cannot be split by another admin's change."""
+    require_lab_admin()
+    if role is not _UNCHANGED and role not in ROLES:
+        raise errors.InvalidRequest("role must be one of: %s" % ", ".join(ROLES), code="bad_role")
+    if enabled is not _UNCHANGED and not isinstance(enabled, bool):
+        raise errors.InvalidRequest("enabled must be True or False", code="bad_enabled")
+    user = _get_user(user_id)
+    stays_admin = (role in (_UNCHANGED, "lab_admin")) and enabled is not False
+    if is_lab_admin(user) and user["enabled"] and not stays_admin and not _other_enabled_admins(user):
+        message = ("This is the last lab admin; it cannot be disabled" if enabled is False else
+                   "This is the last lab admin; make someone else lab admin first")
+        raise errors.InvalidRequest(message, code="last_admin")
+    if role is not _UNCHANGED:
+        user["role"] = role
+    if enabled is not _UNCHANGED:
+        user["enabled"] = enabled
+    return user_summary(user)
+
+
 @anvil.server.callable
 def set_user_role(user_id, role):
     """Make an account a researcher or a lab admin (lab admins only; the last lab admin stays)."""
-    require_lab_admin()
-    if role not in ROLES:
-        raise errors.InvalidRequest("role must be one of: %s" % ", ".join(ROLES), code="bad_role")
-    user = _get_user(user_id)
-    if role != "lab_admin" and is_lab_admin(user) and not _other_enabled_admins(user):
-        raise errors.InvalidRequest("This is the last lab admin; make someone else lab admin first",
-                                    code="last_admin")
-    user["role"] = role
-    return user_summary(user)
+    return change_user(user_id, role=role)
 
 
 @anvil.server.callable
 def set_user_enabled(user_id, enabled):
     """Enable (approve) or disable an account (lab admins only; the last lab admin stays enabled)."""
-    require_lab_admin()
-    if not isinstance(enabled, bool):
-        raise errors.InvalidRequest("enabled must be True or False", code="bad_enabled")
-    user = _get_user(user_id)
-    if not enabled and is_lab_admin(user) and not _other_enabled_admins(user):
-        raise errors.InvalidRequest("This is the last lab admin; it cannot be disabled", code="last_admin")
-    user["enabled"] = enabled
-    return user_summary(user)
+    return change_user(user_id, enabled=enabled)

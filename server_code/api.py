@@ -268,12 +268,7 @@ def user_item(user_id, **params):
     if not isinstance(changes, dict) or not changes or set(changes) - {"enabled", "role"}:
         raise errors.InvalidRequest('Send a JSON object with "enabled" (true or false) and/or "role" '
                                     '(researcher or lab_admin)', code="bad_user_change")
-    with anvil.tables.Transaction():  # both changes or neither
-        if "role" in changes:
-            summary = access.set_user_role(user_id, changes["role"])
-        if "enabled" in changes:
-            summary = access.set_user_enabled(user_id, changes["enabled"])
-    return json_response(summary)
+    return json_response(access.change_user(user_id, **changes))  # both changes or neither
 
 
 @anvil.server.http_endpoint("/health", methods=["GET"])

@@ -386,6 +386,46 @@ def test_session_info_and_user_admin(rt, people):
     assert e.value.code == "bad_role"
 
 
+def test_two_admins_demoting_each_other_at_once_leave_one(rt, people, monkeypatch):
+    """The check that another enabled lab admin remains and the write are one transaction: without it
+    both checks pass (each sees the other) and then both writes leave the lab without an admin."""
+    import threading
+
+    eve = rt.accounts.create_user("eve@lab.org", "correct horse battery", role="lab_admin")
+    sessions = {"ada": people["ada"], "eve": rt.accounts.create_session(eve)}
+    ids = {u["email"].split("@")[0]: u["id"] for u in rt.call("list_users", session=people["ada"])}
+    access = module(rt, "access")
+    checked = threading.Barrier(2, timeout=1.5)
+    real = access._other_enabled_admins
+
+    def check_then_wait(user):
+        others = real(user)
+        try:
+            checked.wait()  # both checks done before either writes, if nothing serialises them
+        except threading.BrokenBarrierError:
+            pass  # the other one waits for this transaction to end
+        return others
+
+    monkeypatch.setattr(access, "_other_enabled_admins", check_then_wait)
+    outcomes = {}
+
+    def demote(who, whom):
+        try:
+            outcomes[who] = rt.call("set_user_role", ids[whom], "researcher", session=sessions[who])["role"]
+        except Exception as e:
+            outcomes[who] = getattr(e, "code", repr(e))
+
+    threads = [threading.Thread(target=demote, args=pair) for pair in (("ada", "eve"), ("eve", "ada"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes.values()) == ["last_admin", "researcher"], outcomes
+    roles = [u["role"] for u in rt.call("list_users", session=people["ada"] if outcomes["ada"] == "researcher"
+                                        else sessions["eve"]) if u["email"] in ("ada@lab.org", "eve@lab.org")]
+    assert sorted(roles) == ["lab_admin", "researcher"]
+
+
 def test_the_last_lab_admin_stays(rt, people):
     ada_id = rt.call("list_users", session=people["ada"])
     ada_id = next(u["id"] for u in ada_id if u["email"] == "ada@lab.org")
