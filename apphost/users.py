@@ -317,6 +317,12 @@ class Accounts:
         password = env.get("NSCFATE_ADMIN_PASSWORD")
         existing = self.users.get(email=email)
         if existing is not None:
+            # Sign-up may be open, so anyone could have registered this address: only the one who knows
+            # the account's password (given by the operator) makes it the lab admin.
+            if password is None or not self._verify(existing["password_hash"] or self._dummy_hash, password):
+                raise AuthenticationFailed(
+                    f"an account {email} exists but is not a lab admin; set NSCFATE_ADMIN_PASSWORD to its "
+                    "password to make it the lab admin, or NSCFATE_ADMIN_EMAIL to a new address")
             existing.update(role="lab_admin", enabled=True)
             log.info("made existing account %s the lab admin", email)
             return existing

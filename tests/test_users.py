@@ -143,6 +143,17 @@ def test_first_admin_from_environment(accounts, caplog):
     assert accounts.ensure_first_admin({}, out) is None  # only once
 
 
+def test_an_existing_account_becomes_the_first_admin_only_with_its_password(accounts):
+    out = io.StringIO()
+    squatter = accounts.signup("admin@localhost.localdomain", "a squatter's password")  # sign-up is open
+    for env in ({}, {"NSCFATE_ADMIN_PASSWORD": "not that password"}):
+        with pytest.raises(anvil.users.AuthenticationFailed, match="exists but is not a lab admin"):
+            accounts.ensure_first_admin(env, out)
+    assert len(accounts.users.search(role="lab_admin", enabled=True)) == 0
+    assert accounts.ensure_first_admin({"NSCFATE_ADMIN_PASSWORD": "a squatter's password"}, out) == squatter
+    assert out.getvalue() == ""
+
+
 def test_first_admin_with_a_printed_one_time_password(accounts, caplog):
     out = io.StringIO()
     with caplog.at_level(logging.DEBUG):
