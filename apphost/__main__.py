@@ -45,6 +45,7 @@ DEFAULT_DATA_DIR = ".nscfate-data"
 KEY_FILE = "uplink.key"
 #: The worker callable that counts workers, and all those a ready worker has registered (one message each).
 READY_FUNCTION = "predict_cell_fate_batch"
+HOST_ONLY_SECRETS = ("NSCFATE_ADMIN_PASSWORD", "DATABASE_URL", "ANVIL_CLIENT_UPLINK_KEY")
 ORPHAN_SWEEP_S = 3600.0  # how often stored files no row refers to are looked for
 ORPHAN_MIN_AGE_S = 3600.0  # younger ones may belong to a write still in progress
 READY_FUNCTIONS = ("predict_cell_fate", READY_FUNCTION, "list_models")
@@ -464,7 +465,8 @@ class WorkerSupervisor:
                  ever_ready: Callable[[], bool], on_fatal: Callable[[], None]) -> None:
         self.command = command
         self.name = name
-        self.env = dict(os.environ)
+        # The host's secrets stay with the host: a worker needs its uplink key and nothing else.
+        self.env = {k: v for k, v in os.environ.items() if k not in HOST_ONLY_SECRETS}
         self.env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         if key:
             self.env["ANVIL_UPLINK_KEY"] = key  # environment only: never argv, never logged

@@ -364,7 +364,8 @@ def test_host_runs_its_own_worker_with_the_key_in_its_environment_only(tiny_mode
         [sys.executable, "-m", "apphost", "--port", str(port), "--model", str(tiny_model)],
         tmp_path / "host.log",
         key=key,
-        env={**WORKER_ENV, "NSCFATE_DATA_DIR": str(tmp_path / "data")},
+        env={**WORKER_ENV, "NSCFATE_DATA_DIR": str(tmp_path / "data"), "NSCFATE_ADMIN_EMAIL": "ada@lab.org",
+             "NSCFATE_ADMIN_PASSWORD": "host-only-admin-password", "ANVIL_CLIENT_UPLINK_KEY": "host-only-client-key"},
     )
 
     def registrations():
@@ -380,7 +381,9 @@ def test_host_runs_its_own_worker_with_the_key_in_its_environment_only(tiny_mode
         (worker_pid,) = _children(host.proc.pid)
         cmdline = Path(f"/proc/{worker_pid}/cmdline").read_bytes().split(b"\0")
         assert b"uplink" in cmdline and all(key.encode() not in arg for arg in cmdline)
-        assert f"ANVIL_UPLINK_KEY={key}".encode() in Path(f"/proc/{worker_pid}/environ").read_bytes().split(b"\0")
+        environ = Path(f"/proc/{worker_pid}/environ").read_bytes()
+        assert f"ANVIL_UPLINK_KEY={key}".encode() in environ.split(b"\0")
+        assert b"host-only" not in environ  # the host's other secrets stay with the host
         host.terminate()
         assert host.wait(60) == 0
         out = host.output()
