@@ -227,13 +227,10 @@ class _ProgressLog:
         return ProgressLog()
 
 
-def _best_so_far(history: Path) -> float | None:
+def _best_so_far(run: Path) -> float | None:
     """Best monitored value in an existing history.csv (so a resumed run does not overwrite a better
     checkpoint)."""
-    if not history.is_file():
-        return None
-    with history.open() as f:
-        values = [float(r[MONITOR]) for r in csv.DictReader(f) if r.get(MONITOR)]
+    values = [r[MONITOR] for r in history(run) if r.get(MONITOR) is not None]
     return max(values) if values else None
 
 
@@ -312,7 +309,7 @@ def train(cfg: RunConfig, *, restart: bool = False, overwrite: bool = False, com
             keras.callbacks.BackupAndRestore(str(run / "backup")),
             keras.callbacks.ModelCheckpoint(str(run / BEST_WEIGHTS), monitor=MONITOR, mode="max",
                                             save_best_only=True, save_weights_only=True,
-                                            initial_value_threshold=_best_so_far(run / HISTORY_FILE)),
+                                            initial_value_threshold=_best_so_far(run)),
             keras.callbacks.CSVLogger(str(run / HISTORY_FILE), append=True),
             _ProgressLog(steps, cfg.train.epochs),
             *extra_callbacks,
@@ -321,6 +318,7 @@ def train(cfg: RunConfig, *, restart: bool = False, overwrite: bool = False, com
             callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", min_delta=1e-3,
                                                            patience=cfg.train.early_stopping_patience))
         weights = class_weights(splits.train, classes) if cfg.train.class_weights == "balanced" else None
+        epochs_before = len(history(run))  # a resumed run: those epochs ran in an earlier session
         t0 = time.perf_counter()
         model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs, steps_per_epoch=steps,
                   class_weight=weights, callbacks=callbacks, shuffle=False, verbose=0)  # the pipeline shuffles
@@ -329,7 +327,7 @@ def train(cfg: RunConfig, *, restart: bool = False, overwrite: bool = False, com
             model.load_weights(run / BEST_WEIGHTS)
 
         metrics, predictions = evaluate_splits(model, splits, cfg, classes)
-        metrics["training"] = _training_summary(run, train_seconds, steps, cfg)
+        metrics["training"] = _training_summary(run, train_seconds, steps, cfg, epochs_before)
         info = export(model, cfg, splits, metrics, manifest_hash, overwrite=overwrite, command=command,
                       predictions=predictions)
         log.info("exported %s@%s to %s: test accuracy %s", info.name, info.version, out,
@@ -345,19 +343,19 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-def _training_summary(run: Path, seconds: float, steps: int, cfg: RunConfig) -> dict[str, Any]:
-    rows = []
-    if (run / HISTORY_FILE).is_file():
-        with (run / HISTORY_FILE).open() as f:
-            rows = list(csv.DictReader(f))
-    best = max(rows, key=lambda r: float(r.get(MONITOR) or "nan"), default=None) if rows else None
+def _training_summary(run: Path, seconds: float, steps: int, cfg: RunConfig, epochs_before: int = 0) -> dict[str, Any]:
+    rows = history(run)
+    best = max(rows, key=lambda r: r[MONITOR] if r.get(MONITOR) is not None else float("-inf"), default=None)
+    epochs_now = len(rows) - epochs_before
     return {
         "epochs_run": len(rows),
+        "epochs_this_session": epochs_now,
         "best_epoch": int(best["epoch"]) + 1 if best else None,
-        "best_val_accuracy": float(best[MONITOR]) if best else None,
+        "best_val_accuracy": best[MONITOR] if best else None,
         "seconds_this_session": round(seconds, 1),
-        "train_images_per_second": round(steps * cfg.train.batch_size * max(1, len(rows)) / max(seconds, 1e-9), 1)
-        if rows else None,
+        # training and validation passes of this session's epochs only
+        "train_images_per_second": round(steps * cfg.train.batch_size * epochs_now / max(seconds, 1e-9), 1)
+        if epochs_now > 0 else None,
     }
 
 
@@ -442,7 +440,9 @@ def export(model, cfg: RunConfig, splits: Splits, metrics: dict, manifest_sha256
 
 
 def history(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The per-epoch history of a run folder."""
+    """The per-epoch history of a run folder ([] before its first epoch)."""
     path = Path(run_dir) / HISTORY_FILE
+    if not path.is_file():
+        return []
     with path.open() as f:
         return [{k: json.loads(v) if v else None for k, v in r.items()} for r in csv.DictReader(f)]

@@ -90,8 +90,13 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path, synth_dir):
         train(cfg, extra_callbacks=[Interrupt()])
     assert [row["epoch"] for row in history(cfg.run_path)] == [0]
     assert not cfg.run_path.joinpath("..", "model").resolve().exists()  # nothing exported
-    train(cfg)  # same command again: continues with the second epoch
+    info = train(cfg)  # same command again: continues with the second epoch
     assert [row["epoch"] for row in history(cfg.run_path)] == [0, 1]
+    summary = info.metrics["training"]  # the speed is of this session's epoch, not of both
+    assert (summary["epochs_run"], summary["epochs_this_session"]) == (2, 1)
+    # 3 steps of 16 images in this session (seconds are rounded to 0.1 s; counting both epochs doubles it)
+    assert summary["train_images_per_second"] == pytest.approx(3 * 16 / summary["seconds_this_session"], rel=0.15)
+
     changed = load_config(overrides={**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "epochs": 5}})
     with pytest.raises(ConfigError, match="different config"):
         train(changed, overwrite=True)
