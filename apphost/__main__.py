@@ -422,10 +422,14 @@ class LocalHost:
                 models = f"unknown ({type(exc).__name__})"
             lines.append(f"  {workers} of {self.args.workers} worker(s) ready; model(s): {models}")
         else:
-            key = ("the key in ANVIL_UPLINK_KEY" if self.key_source == "ANVIL_UPLINK_KEY"
-                   else f"--key-file {self.paths.key_file}")
-            lines += ["  No worker started (--workers 0). Connect workers with this host's uplink key:",
-                      f"    python -m uplink --url ws://{self.url.split('://', 1)[1]}/_/uplink {key}"]
+            command = f"python -m uplink --url ws://{self.url.split('://', 1)[1]}/_/uplink"
+            if self.key_source == "ANVIL_UPLINK_KEY":
+                lines += ["  No worker started (--workers 0). Connect workers with this host's uplink key",
+                          "  (the one in ANVIL_UPLINK_KEY, set in the worker's environment too):",
+                          f"    {command}"]
+            else:
+                lines += ["  No worker started (--workers 0). Connect workers with this host's uplink key:",
+                          f"    {command} --key-file {self.paths.key_file}"]
         lines += [f"  Data: {self.paths.root} ({describe_database(self.db_url)})",
                   f"  REST API: {self.url}/_/api/ (HTTP Basic with your email and password)",
                   "  Press Ctrl-C to stop.", ""]

@@ -35,7 +35,7 @@ import numpy as np
 from nscfate.errors import ImageError, UnknownModelError
 from nscfate.modeldir import (GOLDEN_INPUT_FILE, GOLDEN_OUTPUT_FILE, DEFAULT_GOLDEN_ATOL, ModelInfo,
                               check_golden, load_keras_model, read_model_dir)
-from nscfate.preprocessing import estimate_background, median, prepare_image
+from nscfate.preprocessing import border_pixels, median, prepare_image
 
 log = logging.getLogger(__name__)
 
@@ -319,9 +319,10 @@ def single_cell_warnings(pixels: np.ndarray) -> list[str]:
     ``max(5 x noise, 20% of the largest difference)``, where noise is the MAD of the border; the mask
     is closed and hole-filled, so a dark rim with a bright interior makes one blob. Then:
 
-    - no blob of plausible size -> "no cell found" (flat, empty or out-of-focus image);
+    - nothing stands out, or no blob's equivalent diameter reaches 8% of the short side -> "no cell
+      found" (flat, empty or out-of-focus image, or only specks);
     - a second blob at least 30% of the largest's area -> "several objects" (doublet, debris, a field);
-    - the largest blob's equivalent diameter outside 8%-95% of the short side -> "too small/large".
+    - the largest blob's equivalent diameter above 95% of the short side -> "fills the whole image".
 
     It is a warning, not a gate: odd but real cells still get a prediction.
     """
@@ -334,9 +335,8 @@ def single_cell_warnings(pixels: np.ndarray) -> list[str]:
     if scale < 1.0:
         img = cv2.resize(img, (max(8, int(w * scale)), max(8, int(h * scale))), interpolation=cv2.INTER_AREA)
         h, w = img.shape
-    bg = estimate_background(img)
-    b = max(1, min(2, min(h, w) // 4))
-    border = np.concatenate([img[:b].ravel(), img[-b:].ravel(), img[:, :b].ravel(), img[:, -b:].ravel()])
+    border = border_pixels(img)
+    bg = median(border)  # the background grey, as estimate_background gives it
     noise = 1.4826 * median(np.abs(border - bg))
     diff = np.abs(img - bg)
     peak = float(np.percentile(diff, 99.5))

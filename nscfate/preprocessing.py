@@ -59,12 +59,16 @@ def median(values: np.ndarray) -> float:
     return float((part[k - 1] + part[k]) / 2)  # in the array's dtype, as np.median's mean of the two
 
 
-def estimate_background(image: np.ndarray) -> float:
-    """Median grey of the outer ``BACKGROUND_BORDER`` pixels: IFC crops are centred on the cell, so the
-    frame is mostly background."""
+def border_pixels(image: np.ndarray) -> np.ndarray:
+    """The outer ``BACKGROUND_BORDER`` pixels of a 2-D image (fewer in a tiny one), each once: IFC crops
+    are centred on the cell, so the frame is mostly background."""
     b = min(BACKGROUND_BORDER, max(1, min(image.shape[:2]) // 4))
-    frame = np.concatenate([image[:b].ravel(), image[-b:].ravel(), image[b:-b, :b].ravel(), image[b:-b, -b:].ravel()])
-    return median(frame)
+    return np.concatenate([image[:b].ravel(), image[-b:].ravel(), image[b:-b, :b].ravel(), image[b:-b, -b:].ravel()])
+
+
+def estimate_background(image: np.ndarray) -> float:
+    """Median grey of the image's frame (:func:`border_pixels`)."""
+    return median(border_pixels(image))
 
 
 def pad_to_aspect(image: np.ndarray, aspect: float, fill: float | None = None) -> np.ndarray:

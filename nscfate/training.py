@@ -409,13 +409,12 @@ def export(model, cfg: RunConfig, splits: Splits, metrics: dict, manifest_sha256
     """Write the model directory for a trained model (with the card's plots of ``predictions``)."""
     from nscfate.classes import get_task
     from nscfate.evaluation import card_plots
-    from nscfate.io import decode_image
     from nscfate.modeldir import save_model_dir
-    from nscfate.preprocessing import prepare_image
+    from nscfate.preprocessing import load_prepared
 
     task = get_task(cfg.task)
     held_out = (splits.test or splits.val)[:GOLDEN_COUNT]
-    golden = np.stack([prepare_image(decode_image(s.path).pixels, cfg.model.input_size) for s in held_out])
+    golden = np.stack([load_prepared(s.path, cfg.model.input_size) for s in held_out])
     synthetic = _is_synthetic(cfg)
     description = cfg.export.description or (
         f"{'SYNTHETIC ' if synthetic else ''}images from {cfg.data.path} "

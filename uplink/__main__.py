@@ -4,7 +4,7 @@
 
     ANVIL_UPLINK_KEY=... python -m uplink                         # hosted Anvil, all shipped models
     python -m uplink --url ws://127.0.0.1:3030/_/uplink --key-file ~/.nscfate-uplink.key \\
-        --model models/resnet50-medium4 --model models/resnet50-astro-oligo
+        --model models/resnet50-medium4 --model models/resnet18-astro_vs_oligo
 
 The key comes from ``ANVIL_UPLINK_KEY`` or ``--key-file`` and is never logged. The worker loads each
 model once, warms it up, connects, logs a line containing ``worker ready`` and serves until SIGTERM or
