@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--default-model", metavar="NAME", help="model used when a request names none")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help=f"data directory (default $NSCFATE_DATA_DIR or ./{DEFAULT_DATA_DIR})")
+    parser.add_argument("--forwarded-allow-ips", metavar="IPS", default=None,
+                        help="addresses of the TLS proxy whose X-Forwarded-Proto/-For headers are trusted "
+                             "(comma-separated, or '*'; default $FORWARDED_ALLOW_IPS or 127.0.0.1)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return parser
 
@@ -334,7 +337,8 @@ class LocalHost:
 
         # log_config=None: uvicorn's loggers go to ours (stderr); its default sends access logs to stdout.
         config = uvicorn.Config(self.app, host=self.args.host, port=self.args.port, ws_max_size=MAX_FRAME_BYTES,
-                                log_level=self.args.log_level.lower(), lifespan="on", log_config=None)
+                                log_level=self.args.log_level.lower(), lifespan="on", log_config=None,
+                                forwarded_allow_ips=self.args.forwarded_allow_ips)
         server = uvicorn.Server(config)
         serving = asyncio.create_task(server.serve())
         while not server.started and not serving.done():

@@ -69,7 +69,15 @@ def _read_first_page(data, np):
                 page = tif.pages[0]
                 if int(np.prod(page.shape[:2])) > MAX_PIXELS:
                     raise _no_preview("too many pixels")
-                return page.asarray()
+                pixels = page.asarray()
+                # The two layouts the worker's decoder turns round too, so the preview looks like what
+                # the model saw: samples stored plane by plane, and 0 meaning white.
+                if page.axes == "SYX":
+                    pixels = np.moveaxis(pixels, 0, -1)
+                if int(page.photometric) == 0 and pixels.ndim == 2:  # MINISWHITE
+                    pixels = (np.iinfo(pixels.dtype).max - pixels if pixels.dtype.kind in "ui"
+                              else np.nanmax(pixels) - pixels)
+                return pixels
         from PIL import Image
 
         with Image.open(io.BytesIO(data)) as im:

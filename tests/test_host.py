@@ -179,6 +179,14 @@ def test_binding_beyond_loopback_needs_an_admin_account(tmp_path, hosts):
     me = httpx.post(url + "/_/auth/login", json={"email": "ada@lab.org", "password": "correct horse battery"},
                     timeout=30)
     assert me.status_code == 200 and me.json()["user"]["role"] == "lab_admin"
+    # Behind a TLS proxy on this machine (README): the browser's origin is the proxy's, and it works.
+    proxied = {"Host": "nscfate.lab.example", "X-Forwarded-Proto": "https"}
+    me = httpx.post(url + "/_/auth/login", json={"email": "ada@lab.org", "password": "correct horse battery"},
+                    headers={**proxied, "Origin": "https://nscfate.lab.example"}, timeout=30)
+    assert me.status_code == 200 and "secure" in me.headers["set-cookie"].lower()
+    other = httpx.post(url + "/_/auth/login", json={"email": "ada@lab.org", "password": "correct horse battery"},
+                       headers={**proxied, "Origin": "https://evil.example"}, timeout=30)
+    assert other.status_code == 403
     assert host.interrupt() == 0
 
 

@@ -433,3 +433,29 @@ def test_the_last_lab_admin_stays(rt, people):
         with pytest.raises(Exception) as e:
             rt.call(call, ada_id, arg, session=people["ada"])
         assert e.value.code == "last_admin"
+
+
+def test_tiff_previews_look_like_what_the_model_saw(rt):
+    """Min-is-white and plane-by-plane TIFFs are turned round as the worker's decoder turns them."""
+    import io
+
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    previews = module(rt, "previews")
+
+    def shown(**kwargs):
+        data = kwargs.pop("data")
+        buf = io.BytesIO()
+        tifffile.imwrite(buf, data, **kwargs)
+        png, kind = previews.preview(anvil.BlobMedia("image/tiff", buf.getvalue(), name="c.tif"))
+        assert kind == "image/png"
+        return np.asarray(Image.open(io.BytesIO(png)))
+
+    grey = (np.arange(48 * 40, dtype=np.uint16).reshape(48, 40) * 13) % 4000
+    np.testing.assert_array_equal(shown(data=np.iinfo(np.uint16).max - grey, photometric="miniswhite"),
+                                  shown(data=grey, photometric="minisblack"))
+    rgb = np.stack([grey, grey // 2, grey // 3], axis=-1)
+    np.testing.assert_array_equal(shown(data=np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate"),
+                                  shown(data=rgb, photometric="rgb"))
