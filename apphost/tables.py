@@ -339,7 +339,9 @@ class Database:
             cols: list[sa.Column[Any]] = [sa.Column("_id", sa.Integer, primary_key=True, autoincrement=True)]
             for c in spec.columns:
                 cols.extend(self._sql_columns(c))
-            self._sql[spec.name] = sa.Table(f"app_{spec.name}", self.metadata, *cols)
+            # sqlite_autoincrement: ids of deleted rows are never given again (SQLite would reuse the
+            # highest); a row id in a link, a URL or an exported CSV keeps meaning that row.
+            self._sql[spec.name] = sa.Table(f"app_{spec.name}", self.metadata, *cols, sqlite_autoincrement=True)
 
     @staticmethod
     def _sql_columns(c: ColumnSpec) -> list[sa.Column[Any]]:
@@ -378,6 +380,27 @@ class Database:
                     if prev is None:
                         conn.execute(sa.insert(meta).values(
                             table_name=spec.name, column_name=c.name, column_type=c.type, target=c.target))
+                if self.is_sqlite:
+                    self._ensure_sqlite_autoincrement(conn, sql_table)
+
+    @staticmethod
+    def _ensure_sqlite_autoincrement(conn: sa.Connection, table: sa.Table) -> None:
+        """Rebuild a table made before ids were AUTOINCREMENT (same rows, same ids), in the caller's
+        transaction. Ids deleted before this ran may be given once more; none after."""
+        created = conn.execute(sa.text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :t"),
+                               {"t": table.name}).scalar()
+        if created is None or "AUTOINCREMENT" in created.upper():
+            return
+        old = f"{table.name}__before_autoincrement"
+        for (index,) in conn.execute(sa.text("SELECT name FROM sqlite_master WHERE type = 'index' AND "
+                                             "tbl_name = :t AND sql IS NOT NULL"), {"t": table.name}).all():
+            conn.execute(sa.text(f'DROP INDEX "{index}"'))  # the new table's indexes take these names
+        conn.execute(sa.text(f'ALTER TABLE "{table.name}" RENAME TO "{old}"'))
+        table.create(conn)
+        names = ", ".join(f'"{c.name}"' for c in table.columns)
+        n = conn.execute(sa.text(f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM "{old}"')).rowcount
+        conn.execute(sa.text(f'DROP TABLE "{old}"'))
+        log.info("rebuilt %s with never-reused row ids (%d rows kept)", table.name, n)
 
     def dispose(self) -> None:
         self.engine.dispose()

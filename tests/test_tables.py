@@ -303,6 +303,43 @@ def test_schema_validation():
         parse_db_schema([{"name": "old list format"}])
 
 
+def test_row_ids_are_never_reused(db):
+    people = db.app_tables.people
+    first = people.add_row(name="a")
+    last = people.add_row(name="b")
+    last.delete()
+    again = people.add_row(name="c")
+    assert again.get_id() != last.get_id() and first.get_id() != again.get_id()
+    assert people.get_by_id(last.get_id()) is None  # a link to the deleted row finds nothing, not "c"
+
+
+def test_a_sqlite_database_from_before_never_reused_ids_is_rebuilt_with_its_rows(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = Database(url, parse_db_schema(SCHEMA), tmp_path / "media")
+    for table in old._sql.values():  # as tables were made before
+        table.dialect_options["sqlite"]["autoincrement"] = False
+    old.create_tables()
+    people = old.app_tables.people
+    ann = people.add_row(name="Ann", age=41, photo=anvil.BlobMedia("image/png", b"png", name="a.png"))
+    bob = people.add_row(name="Bob", friend=ann)
+    ids = (ann.get_id(), bob.get_id())
+    old.dispose()
+
+    new = Database(url, parse_db_schema(SCHEMA), tmp_path / "media")
+    new.create_tables()
+    people = new.app_tables.people
+    assert [(r.get_id(), r["name"]) for r in people.search()] == [(ids[0], "Ann"), (ids[1], "Bob")]
+    assert people.get_by_id(ids[1])["friend"]["name"] == "Ann" and people.get_by_id(ids[0])["photo"].get_bytes() == b"png"
+    assert len(people.search(name="Bob")) == 1  # the indexes came back too
+    carl = people.add_row(name="Carl")
+    carl_id = carl.get_id()
+    carl.delete()
+    assert people.add_row(name="Dora").get_id() != carl_id
+    new.create_tables()  # a second start changes nothing
+    assert len(people.search()) == 3
+    new.dispose()
+
+
 def test_schema_additions_apply_and_type_changes_refuse(engine_url, tmp_path):
     first = Database(engine_url, parse_db_schema({"t": {"columns": [{"name": "a", "type": "string"}]}}),
                      tmp_path / "m")
