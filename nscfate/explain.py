@@ -21,6 +21,8 @@ from nscfate.errors import ConfigError
 MIN_CAM_SIDE = 3
 #: Layers that belong to the preprocessing at the front of every nscfate model.
 PREPROCESSING_LAYERS = frozenset({"image", "normalize", "grey_to_rgb", "backbone_scaling", "upsample"})
+#: The classifier layer every nscfate model ends with (Dense, softmax).
+HEAD_LAYER = "predictions"
 #: Upscaling factor of the overlay PNG (75x75 inputs are too small to look at).
 OVERLAY_SCALE = 4
 
@@ -44,14 +46,22 @@ def find_cam_layer(model) -> str:
 
 
 class GradCam:
-    """Grad-CAM for one model; builds the gradient model once."""
+    """Grad-CAM for one model; builds the gradient model once.
+
+    The class score is the head's pre-softmax logit, as in the paper: the gradient of a probability
+    vanishes once the softmax saturates (a confident prediction, p = 1.000), which left those maps blank.
+    """
 
     def __init__(self, model, layer_name: str | None = None):
         import keras
 
         self.model = model
         self.layer_name = layer_name or find_cam_layer(model)
-        self._grad_model = keras.Model(model.inputs, [model.get_layer(self.layer_name).output, model.output])
+        head = next((layer for layer in model.layers if layer.name == HEAD_LAYER), None)
+        if not isinstance(head, keras.layers.Dense):
+            raise ConfigError(f"model {model.name} has no Dense {HEAD_LAYER!r} head for Grad-CAM")
+        self._head = head
+        self._grad_model = keras.Model(model.inputs, [model.get_layer(self.layer_name).output, head.input])
 
     def __call__(self, image: np.ndarray, class_index: int | None = None) -> np.ndarray:
         """Class activation map of one prepared image ``(h, w, 1)`` for ``class_index`` (default: the
@@ -61,9 +71,11 @@ class GradCam:
 
         x = tf.convert_to_tensor(np.asarray(image, dtype=np.float32)[np.newaxis])
         with tf.GradientTape() as tape:
-            feats, probs = self._grad_model(x, training=False)
-            idx = int(tf.argmax(probs[0])) if class_index is None else int(class_index)
-            score = probs[:, idx]
+            feats, pooled = self._grad_model(x, training=False)
+            logits = tf.matmul(tf.cast(pooled, tf.float32), tf.cast(self._head.kernel, tf.float32))
+            logits += tf.cast(self._head.bias, tf.float32)
+            idx = int(tf.argmax(logits[0])) if class_index is None else int(class_index)
+            score = logits[:, idx]
         grads = tape.gradient(score, feats)
         weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(tf.cast(weights * feats, tf.float32), axis=-1))[0].numpy()

@@ -36,6 +36,24 @@ def test_gradcam_map_shape_range_and_dependence_on_input(tmp_path):
     assert not np.allclose(a, b, atol=0.05)
 
 
+def test_a_saturated_prediction_still_gets_a_map(tmp_path):
+    """With the head's weights scaled up the softmax gives exactly 1.0, whose gradient is zero: the map
+    comes from the class logit, so it is the same as before scaling (up to its normalisation)."""
+    from nscfate.modeldir import load_keras_model
+    from nscfate.testing import make_tiny_model_dir
+
+    model = load_keras_model(make_tiny_model_dir(tmp_path / "tiny", input_size=(45, 60)))
+    image = _prepared(0, radius=9)
+    before = GradCam(model)(image)
+    head = model.get_layer("predictions")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel * 1e4, bias * 1e4])
+    assert float(model(image[np.newaxis]).numpy().max()) == 1.0  # saturated
+    after = GradCam(model)(image)
+    assert after.max() == pytest.approx(1.0)
+    np.testing.assert_allclose(after, before, atol=1e-3)
+
+
 def test_overlay_png_decodes_to_the_enlarged_image():
     import cv2
 
