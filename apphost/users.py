@@ -83,15 +83,19 @@ class Session:
 
 
 class LoginRateLimiter:
-    """At most ``max_failures`` failed sign-ins per key (account or address) in ``window_s`` seconds.
+    """At most ``max_failures`` failed sign-ins per account, and ``max_address_failures`` (default 10x
+    as many) per address, in ``window_s`` seconds. An address gets more because a lab's users often
+    share one (a proxy, a NAT, everyone on the host machine itself): one person's typos must not lock
+    the whole lab out, while guessing across many accounts from one address is still stopped.
 
     Only failures make entries, and an entry goes once its failures are older than the window, so refused
     attempts (no argon2, cheap to send) cannot grow it; at most ``max_keys`` keys are kept (oldest first out).
     """
 
     def __init__(self, max_failures: int = 5, window_s: float = 300.0, clock: Callable[[], float] = time.monotonic,
-                 max_keys: int = 10_000):
+                 max_keys: int = 10_000, max_address_failures: int | None = None):
         self.max_failures = max_failures
+        self.max_address_failures = max_address_failures or 10 * max_failures
         self.window_s = window_s
         self.max_keys = max_keys
         self._clock = clock
@@ -115,10 +119,12 @@ class LoginRateLimiter:
             now = self._clock()
             for key in keys:
                 failures = self._recent(key, now)
-                if failures is not None and len(failures) >= self.max_failures:
-                    wait = int(self.window_s - (now - failures[0])) + 1
-                    raise TooManyPasswordFailures(
-                        f"Too many failed sign-in attempts. Try again in {wait} seconds.")
+                limit = self.max_address_failures if key.startswith("addr:") else self.max_failures
+                if failures is not None and len(failures) >= limit:
+                    wait = int(self.window_s - (now - failures[-limit])) + 1
+                    error = TooManyPasswordFailures(f"Too many failed sign-in attempts. Try again in {wait} seconds.")
+                    error.retry_after_s = wait
+                    raise error
 
     def failed(self, *keys: str) -> None:
         with self._lock:
@@ -255,6 +261,12 @@ class Accounts:
         if not self.allow_signup:
             raise AuthenticationFailed("Sign-up is closed; ask a lab admin for an account")
         return self.create_user(email, password, role="researcher", enabled=False)
+
+    def check_rate_limit(self, email: Any, remote_addr: str | None = None) -> None:
+        """TooManyPasswordFailures if sign-ins as ``email`` from ``remote_addr`` are blocked right now."""
+        keys = ([f"email:{email.strip().lower()}"] if isinstance(email, str) else []) + \
+            ([f"addr:{remote_addr}"] if remote_addr else [])
+        self.limiter.check(*keys)
 
     def authenticate(self, email: Any, password: Any, remote_addr: str | None = None) -> Row:
         """The account for these credentials, or AuthenticationFailed (or a subclass) saying why."""

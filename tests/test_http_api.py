@@ -62,6 +62,8 @@ def test_everything_else_needs_credentials(client):
     for path in ("/_/api/predictions", "/_/api/predictions.csv", "/_/api/models", "/_/api/summary?experiment=x"):
         r = client.get(path)
         assert r.status_code == 401 and "Basic" in r.headers["www-authenticate"], path
+        assert r.json()["error"] == {"code": "not_signed_in",
+                                     "message": "Sign in first, or send your email and password with HTTP Basic"}
     assert client.get("/_/api/predictions", auth=("ann@lab.org", "wrong password")).status_code == 401
     from_page = client.get("/_/api/predictions", headers={"x-requested-with": "fetch"})
     assert from_page.status_code == 401 and "www-authenticate" not in from_page.headers  # no browser dialog
