@@ -51,7 +51,8 @@ class FakeWorker:
 
     The predicted class is derived from the image bytes' hash; an image whose bytes contain ``BAD``
     gets a per-image error entry, as the worker returns for an undecodable image. ``fail`` makes every
-    call raise (a worker that is down); ``fail_after`` lets that many batch calls succeed first.
+    call raise as when no worker is connected; ``fail_after`` lets that many batch calls succeed, then
+    the worker goes away during calls (and never comes back).
     """
 
     model_name: str = "tiny-medium4"
@@ -64,7 +65,7 @@ class FakeWorker:
     def __call__(self, name: str, *args: Any, **kwargs: Any) -> Any:
         self.calls.append((name, args, kwargs))
         if self.fail:
-            raise anvil.server.UplinkDisconnectedError("Connection to Anvil Uplink server lost")
+            raise anvil.server.NoServerFunctionError(f'No server function matching "{name}" has been registered')
         handlers = {"predict_cell_fate_batch": self.predict_batch, "predict_cell_fate": self.predict,
                     "list_models": self.list_models}
         if name not in handlers:

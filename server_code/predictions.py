@@ -50,7 +50,7 @@ def classify_cell_images(files, experiment=None, notes=None, model=None):
     return classify_for_user(access.require_user(), files, experiment, notes, model)
 
 
-def classify_for_user(user, files, experiment=None, notes=None, model=None, clock=time.monotonic):
+def classify_for_user(user, files, experiment=None, notes=None, model=None, clock=time.monotonic, sleep=time.sleep):
     """classify_cell_images for a given user (also used by the REST API)."""
     started = clock()
     experiment = uploads.clean_text(experiment, "experiment", uploads.MAX_EXPERIMENT_CHARS)
@@ -71,7 +71,8 @@ def classify_for_user(user, files, experiment=None, notes=None, model=None, cloc
             break
         t0 = clock()
         try:
-            outputs = _predict_chunk(chunk, model, may_retry=lambda: clock() - started < TIME_BUDGET_S / 2)
+            outputs = _predict_chunk(chunk, model, may_retry=lambda: clock() - started < TIME_BUDGET_S / 2,
+                                     sleep=sleep)
         except errors.AppError as e:
             if n == 0:
                 raise  # nothing stored yet: the request itself is wrong (e.g. an unknown model)
@@ -120,16 +121,25 @@ def _error_type(e):
     return type_name.rsplit(".", 1)[-1]
 
 
-def _predict_chunk(chunk, model, may_retry=lambda: True):
-    for attempt in (1, 2):
+def _predict_chunk(chunk, model, may_retry=lambda: True, sleep=time.sleep):
+    """The worker's answers for one chunk. A worker that goes away during the call (killed, restarting)
+    is waited for while ``may_retry()``: the chunk goes to another worker or to the restarted one (the
+    local host restarts a dead worker within seconds), rather than failing at once."""
+    delay, went_away = 0.25, False
+    while True:
         try:
             outputs = anvil.server.call("predict_cell_fate_batch", [f.media() for f in chunk], model=model)
             break
         except Exception as e:
-            if _error_type(e) in WORKER_USER_ERRORS:
+            kind = _error_type(e)
+            if kind in WORKER_USER_ERRORS:
                 raise errors.InvalidRequest(str(e) or "Unknown model %r" % model, code="unknown_model")
-            if attempt == 1 and _error_type(e) in RETRYABLE_WORKER_ERRORS and may_retry():
-                log.info("prediction worker went away during a call (%s); retrying once", _error_type(e))
+            went_away = went_away or kind in RETRYABLE_WORKER_ERRORS
+            # once one went away, "no worker registered" means it is being restarted
+            if went_away and kind in RETRYABLE_WORKER_ERRORS + ("NoServerFunctionError",) and may_retry():
+                log.info("prediction worker went away (%s); trying again in %.2f s", kind, delay)
+                sleep(delay)
+                delay = min(2 * delay, 2.0)
                 continue
             raise
     if not isinstance(outputs, list) or len(outputs) != len(chunk):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from pathlib import Path
 
@@ -60,8 +61,8 @@ def page(browser, host):
     problems: list[str] = []
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     # Failed requests the tests cause on purpose: 401 (wrong password, signed out), 403 (an account not
-    # enabled yet), 422 (the rejected file).
-    expected = re.compile(r"Failed to load resource: .* status of (401|403|422)")
+    # enabled yet), 422 (the rejected file), 503 (a prediction service made unavailable).
+    expected = re.compile(r"Failed to load resource: .* status of (401|403|422|503)")
     page.on("console", lambda m: problems.append(f"console: {m.text}")
             if m.type == "error" and not expected.search(m.text) else None)
     page.goto(host + "/")
@@ -250,6 +251,29 @@ def test_a_researchers_session(page, host, images):
     # The old session cookie is dead on the server too.
     stale = httpx.get(f"{host}/_/api/predictions", cookies=cookie, timeout=30)
     assert stale.status_code == 401
+
+
+def test_a_file_the_server_could_not_classify_can_be_sent_again(page, images):
+    """Not the file's fault (the prediction service was away): said so, and one click sends it again."""
+    expect.set_options(timeout=60_000)
+    sign_in(page)
+    expect(page.locator("#view-classify")).to_be_visible()
+    name = "astro_D3B_000123_Ch1-brightfield.png"
+    unavailable = {"results": [{"ok": False, "index": 0, "filename": name, "error": {
+        "code": "worker_unavailable", "message": "The prediction service is not available right now "
+        "(UplinkDisconnectedError); nothing was stored for this file, send it again"}}], "n_ok": 0, "n_rejected": 1}
+    page.route("**/_/api/predictions", lambda route: route.fulfill(
+        status=503, content_type="application/json", body=json.dumps(unavailable)))
+    page.set_input_files("#files", [str(images[name])])
+    card = page.locator('#results .result[data-outcome="not-classified"]')
+    expect(card).to_have_count(1)
+    expect(card.get_by_role("alert")).to_contain_text("Not classified: The prediction service is not available")
+    expect(page.locator("#batch-text")).to_have_text("0 of 1 image classified, 1 not classified (try again)")
+    page.unroute("**/_/api/predictions")
+    card.get_by_role("button", name="Try again").click()
+    expect(page.locator('#results .result[data-outcome="ok"]')).to_have_count(1)
+    expect(page.locator("#results .result")).to_have_count(1)  # the failed card made way for the new one
+    expect(page.locator("#batch-text")).to_have_text("1 of 1 image classified")
 
 
 def test_a_new_account_waits_for_a_lab_admin(page, browser, host):

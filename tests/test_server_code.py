@@ -100,17 +100,65 @@ def test_a_stored_prediction_that_cannot_be_read_back_is_still_reported_whole(rt
 
 
 def test_worker_down_stores_nothing(rt, people, worker):
-    worker.fail = True
+    worker.fail = True  # none connected: answered at once
     results = rt.call("classify_cell_images", images(3), session=people["ann"])
     assert {r["error"]["code"] for r in results} == {"worker_unavailable"}
     assert n_rows(rt) == 0
 
 
+def _fake_time():
+    now = [0.0]
+
+    def sleep(s):
+        now[0] += s
+
+    return (lambda: now[0]), sleep, now
+
+
 def test_worker_failing_mid_way_keeps_only_finished_chunks(rt, people, worker):
-    worker.fail_after = 1
-    results = rt.call("classify_cell_images", images(20), session=people["ann"])
+    worker.fail_after = 1  # it never comes back
+    clock, sleep, now = _fake_time()
+    predictions = module(rt, "predictions")
+    user = rt.run(lambda: rt.accounts.session_user(people["ann"]))
+    results = rt.run(predictions.classify_for_user, user, images(20), clock=clock, sleep=sleep)
     assert [r["ok"] for r in results] == [True] * 16 + [False] * 4
+    assert {r["error"]["code"] for r in results[16:]} == {"worker_unavailable"}
+    assert 12.5 <= now[0] < 15  # it was waited for, up to half the time budget
     assert n_rows(rt) == 16
+
+
+def test_a_restarted_worker_gets_the_chunk(rt, people, worker, monkeypatch):
+    """Killed during a call, the only worker is gone for a while (no function registered), then back."""
+    clock, sleep, now = _fake_time()
+    real = worker.predict_batch
+    back_at = []
+
+    def dies_once(images, model=None):
+        if not back_at:
+            back_at.append(now[0] + 8.0)  # the host restarts it in ~8 s
+            raise anvil.server.UplinkDisconnectedError("Connection to Anvil Uplink server lost")
+        if now[0] < back_at[0]:
+            raise anvil.server.NoServerFunctionError('No server function matching "predict_cell_fate_batch"')
+        return real(images, model=model)
+
+    monkeypatch.setattr(worker, "predict_batch", dies_once)
+    predictions = module(rt, "predictions")
+    user = rt.run(lambda: rt.accounts.session_user(people["ann"]))
+    results = rt.run(predictions.classify_for_user, user, images(3), clock=clock, sleep=sleep)
+    assert all(r["ok"] for r in results) and n_rows(rt) == 3
+    assert 8.0 <= now[0] < 10.5
+
+
+def test_no_worker_at_all_fails_at_once(rt, people, worker, monkeypatch):
+    def none_registered(images, model=None):
+        raise anvil.server.NoServerFunctionError('No server function matching "predict_cell_fate_batch"')
+
+    monkeypatch.setattr(worker, "predict_batch", none_registered)
+    clock, sleep, now = _fake_time()
+    predictions = module(rt, "predictions")
+    user = rt.run(lambda: rt.accounts.session_user(people["ann"]))
+    results = rt.run(predictions.classify_for_user, user, images(2), clock=clock, sleep=sleep)
+    assert {r["error"]["code"] for r in results} == {"worker_unavailable"} and now[0] == 0.0
 
 
 def test_big_uploads_go_in_chunks(rt, people, worker):

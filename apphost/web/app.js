@@ -370,7 +370,10 @@ function gradcamControl(result) {
   return box;
 }
 
-function resultCard(file) {
+/** Per-file codes where nothing is wrong with the file: the server could not classify it just then. */
+const TRY_AGAIN_CODES = new Set(["worker_unavailable", "storage_unavailable", "storage_full", "not_processed"]);
+
+function resultCard(file, retry) {
   const progress = h("progress", {max: "100", value: "0", "aria-label": `Upload of ${file.name}`});
   const stage = h("p", {class: "stage muted"}, "Waiting to upload…");
   const thumb = h("div", {class: "thumb-box"});
@@ -389,17 +392,30 @@ function resultCard(file) {
       card.classList.remove("pending");
       if (!result.ok) {
         card.classList.add("rejected");
-        card.dataset.outcome = "rejected";
-        head.append(h("p", {class: "rejection", role: "alert"}, h("strong", {}, "Rejected: "), result.error.message),
-                    h("p", {class: "muted"}, `Reason code: ${result.error.code}`));
+        if (TRY_AGAIN_CODES.has(result.error.code)) {
+          card.dataset.outcome = "not-classified";
+          const again = h("button", {type: "button", class: "secondary"}, "Try again");
+          again.addEventListener("click", () => { card.remove(); retry(file); });
+          head.append(h("p", {class: "rejection", role: "alert"}, h("strong", {}, "Not classified: "), result.error.message),
+                      h("p", {}, again));
+        } else {
+          card.dataset.outcome = "rejected";
+          head.append(h("p", {class: "rejection", role: "alert"}, h("strong", {}, "Rejected: "), result.error.message),
+                      h("p", {class: "muted"}, `Reason code: ${result.error.code}`));
+        }
         return;
       }
       card.dataset.outcome = "ok";
       card.dataset.predictionId = result.id;
       thumb.append(h("img", {src: result.preview_url, class: "thumb", alt: `Cell image ${result.filename}`, loading: "lazy"}));
-      head.append(h("p", {class: "verdict"}, "Predicted condition: ", h("strong", {}, result.predicted_display_name),
-                    h("span", {class: "confidence"}, ` ${percent(result.confidence)}`)),
-                  modelLine(result.model));
+      // With no cell in the image the class probabilities describe nothing: say so first.
+      const noCell = (result.warnings || []).some((w) => w.startsWith("no cell found"));
+      const verdict = noCell
+        ? h("p", {class: "verdict doubtful"}, h("strong", {}, "No cell found"),
+            ` - not a meaningful prediction (the model said ${result.predicted_display_name}, ${percent(result.confidence)})`)
+        : h("p", {class: "verdict"}, "Predicted condition: ", h("strong", {}, result.predicted_display_name),
+            h("span", {class: "confidence"}, ` ${percent(result.confidence)}`));
+      head.append(verdict, modelLine(result.model));
       body.append(...[probabilityBars(result), warningsList(result.warnings),
                       h("p", {class: "links"}, h("a", {href: "#/prediction/" + encodeURIComponent(result.id)}, "Details")),
                       gradcamControl(result)].filter(Boolean));
@@ -442,15 +458,18 @@ async function classifyFiles(files) {
   const fields = {experiment: $("experiment").value.trim(), notes: $("notes").value.trim(),
                   model: $("model-select").value};
   const results = $("results");
-  const jobs = files.map((file) => ({file, view: resultCard(file)}));
+  const jobs = files.map((file) => ({file, view: resultCard(file, (f) => classifyFiles([f]))}));
   results.prepend(...jobs.map((j) => j.view.card));
   const status = $("batch-status");
   status.hidden = false;
-  let finished = 0, ok = 0;
+  let finished = 0, ok = 0, later = 0;
   const update = () => {
+    const n = `${jobs.length} image${jobs.length === 1 ? "" : "s"}`;
+    const rejected = jobs.length - ok - later;
     $("batch-text").textContent = finished < jobs.length
-      ? `Classifying ${jobs.length} image${jobs.length === 1 ? "" : "s"}: ${finished} done`
-      : `${ok} of ${jobs.length} image${jobs.length === 1 ? "" : "s"} classified, ${jobs.length - ok} rejected`;
+      ? `Classifying ${n}: ${finished} done`
+      : `${ok} of ${n} classified` + (rejected ? `, ${rejected} rejected` : "") +
+        (later ? `, ${later} not classified (try again)` : "");
   };
   update();
   const queue = [...jobs];
@@ -461,6 +480,7 @@ async function classifyFiles(files) {
       job.view.done(result);
       finished += 1;
       if (result.ok) ok += 1;
+      else if (TRY_AGAIN_CODES.has(result.error.code)) later += 1;
       update();
     }
   };
