@@ -238,6 +238,12 @@ def test_a_researchers_session(page, host, images):
     page.click("#nav a[data-view=classify]")
     shot(page, "07-classify-tablet")
     assert page.evaluate("document.documentElement.scrollWidth") <= 800  # nothing wider than the screen
+    page.set_viewport_size({"width": 400, "height": 900})  # a phone: tables scroll inside their box
+    for view in ("history", "summary", "classify"):
+        page.click(f"#nav a[data-view={view}]")
+        page.wait_for_timeout(300)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 400, view
+    shot(page, "08-history-phone")
 
     # ---- sign out, and be refused
     cookie = {c["name"]: c["value"] for c in page.context.cookies()}

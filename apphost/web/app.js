@@ -653,6 +653,7 @@ function setUpHistory() {
 
 async function showDetail(id) {
   showView("detail");
+  $("detail-title").textContent = "Prediction";  // not the previous one's file name while loading or on error
   const body = $("detail-body");
   body.replaceChildren(h("p", {class: "muted"}, "Loading…"));
   let r;
