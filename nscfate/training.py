@@ -417,7 +417,7 @@ def export(model, cfg: RunConfig, splits: Splits, metrics: dict, manifest_sha256
     golden = np.stack([load_prepared(s.path, cfg.model.input_size) for s in held_out])
     synthetic = _is_synthetic(cfg)
     description = cfg.export.description or (
-        f"{'SYNTHETIC ' if synthetic else ''}images from {cfg.data.path} "
+        f"{'synthetic ' if synthetic else ''}images of {Path(cfg.data.path).name} "
         f"({len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test"
         + (f" / {len(splits.grouped_test)} in held-out acquisition batches" if splits.grouped_test else "") + ")")
     training_data = {

@@ -245,6 +245,7 @@ async function loadModels() {
   select.replaceChildren(...state.models.map((m) =>
     h("option", {value: m.name}, `${m.name} ${m.version}${m.default ? " (default)" : ""}`)));
   if (!state.models.length) select.append(h("option", {value: ""}, "default model"));
+  select.onchange = renderModelBanner;
   const filterModel = $("f-model");
   filterModel.replaceChildren(h("option", {value: ""}, "any"),
                               ...state.models.map((m) => h("option", {value: m.name}, m.name)));
@@ -268,13 +269,17 @@ function trainedOnLine(name) {
 function trainedOn(name) {
   const card = cardOf(name);
   if (!card) return null;
+  const what = card.synthetic_training_data
+    ? (card.trained_on || "").replace(/^SYNTHETIC /, "")  // older cards repeat what the label says
+    : card.trained_on;
   return h("span", {class: card.synthetic_training_data ? "synthetic" : ""},
-           card.synthetic_training_data ? "Trained on SYNTHETIC data: " : "Trained on: ", card.trained_on || "not stated");
+           card.synthetic_training_data ? "Trained on SYNTHETIC data: " : "Trained on: ", what || "not stated");
 }
 
 function renderModelBanner() {
   const banner = $("model-banner");
-  const card = state.models.find((m) => m.default) || state.models[0];
+  // the model the next upload goes to: the one picked on Classify, else the default
+  const card = cardOf($("model-select").value) || state.models.find((m) => m.default) || state.models[0];
   if (!card) {
     banner.replaceChildren(h("strong", {}, "No prediction worker is connected: "),
                            "images cannot be classified until one is running.");
