@@ -181,6 +181,11 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+def image_files(folder: str | Path) -> list[str]:
+    """Paths of the image files under ``folder`` (sub-folders too, hidden ones skipped), sorted."""
+    return sorted(path for path, _ in _image_files(str(folder)))
+
+
 def _image_files(folder: str, rel: tuple[str, ...] = ()) -> Iterable[tuple[str, tuple[str, ...]]]:
     """(path, sub-folders below the class folder) of every image file under ``folder``, as strings.
 

@@ -39,6 +39,22 @@ def test_predict_all_good_exits_zero_and_prints_text(model_dir, tmp_path, capsys
     assert str(good) in out and "astro=" in out
 
 
+def test_predict_a_folder_reads_every_image_in_it(model_dir, tmp_path, capsys, caplog):
+    folder = tmp_path / "plate1"
+    (folder / "well-B2").mkdir(parents=True)
+    for i, name in enumerate(["b.png", "a.png", "well-B2/c.png"]):
+        (folder / name).write_bytes(to_png_bytes(cell_image(np.random.default_rng(i))))
+    (folder / "layout.txt").write_text("not an image")
+    (folder / ".hidden.png").write_bytes(b"skipped")
+    assert main(["predict", str(folder), "--model", str(model_dir), "--json"]) == 0
+    files = [json.loads(line)["file"] for line in capsys.readouterr().out.splitlines()]
+    assert files == [str(folder / "a.png"), str(folder / "b.png"), str(folder / "well-B2" / "c.png")]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", str(empty), "--model", str(model_dir)]) == 2
+    assert "a folder with no image files" in caplog.text
+
+
 def test_unknown_model_is_a_clean_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("NSCFATE_MODELS_DIR", str(tmp_path))
     good = tmp_path / "cell.png"

@@ -13,7 +13,8 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, BMP, TIFF)")
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="image files (PNG, JPEG, BMP, TIFF), or folders: every image file in them")
     parser.add_argument("--model", "-m", default=None,
                         help="model directory or registered name[@version] (default: the registry's default)")
     parser.add_argument("--json", action="store_true",
@@ -22,20 +23,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    from nscfate.data import IMAGE_EXTENSIONS, image_files
     from nscfate.errors import ImageError, ModelError
     from nscfate.predictor import Predictor
 
     if args.batch_size < 1:
         log.error("--batch-size must be at least 1")
         return 2
+    paths = []
+    for arg in args.images:  # folders are expanded before the model loads, so a wrong one fails fast
+        if os.path.isdir(arg):
+            found = image_files(arg)
+            if not found:
+                log.error("%s: a folder with no image files (%s) in it", arg, ", ".join(IMAGE_EXTENSIONS))
+                return 2
+            paths.extend(found)
+        else:
+            paths.append(arg)
     try:
         predictor = Predictor.load(args.model, batch_size=args.batch_size)
     except ModelError as exc:  # a broken model directory is the caller's to fix: no traceback
         log.error("%s", exc)
         return 2
     refused = 0
-    results = predictor.predict_many(args.images)
-    for path, result in zip(args.images, results):
+    results = predictor.predict_many(paths)
+    for path, result in zip(paths, results):
         if isinstance(result, ImageError):
             refused += 1
             record = {"file": path, "error": {"code": result.code, "message": str(result)}}
@@ -52,5 +66,5 @@ def run(args: argparse.Namespace) -> int:
                 sys.stdout.write(f"  warning: {warning}\n")
     sys.stdout.flush()
     if refused:
-        log.warning("%d of %d files refused", refused, len(args.images))
+        log.warning("%d of %d files refused", refused, len(paths))
     return 1 if refused else 0
