@@ -50,7 +50,8 @@ class FakeWorker:
     """``call(name, *args, **kwargs)`` answering like the uplink worker.
 
     The predicted class is derived from the image bytes' hash; an image whose bytes contain ``BAD``
-    gets a per-image error entry, as the worker returns for an undecodable image. ``fail`` makes every
+    gets a per-image error entry, as the worker returns for an undecodable image, and one whose bytes
+    contain ``NOCELL`` the worker's "no cell found" warning. ``fail`` makes every
     call raise as when no worker is connected; ``fail_after`` lets that many batch calls succeed, then
     the worker goes away during calls (and never comes back).
     """
@@ -87,7 +88,8 @@ class FakeWorker:
             "confidence": 0.7,
             "classes": [{"key": k, "display_name": d} for k, d in CLASSES],
             "probabilities": probs,
-            "warnings": ["colour image converted to grey"] if digest[1] % 4 == 0 else [],
+            "warnings": (["no cell found: the image is nearly uniform (empty, flat or badly out of focus)"]
+                         if b"NOCELL" in data else ["colour image converted to grey"] if digest[1] % 4 == 0 else []),
             "timings_ms": {"total": 1.0},
             "image": {"format": "png"},
         }

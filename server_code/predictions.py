@@ -467,12 +467,26 @@ def export_predictions_csv(filters=None):
 # Experiment summary
 
 
+#: Warnings (their start) that say an image is not one cell: such images are left out of the shares.
+NOT_A_CELL_WARNINGS = (("no cell found", "no cell found"), ("does not look like a single", "not a single cell"))
+
+
+def _not_a_cell(warnings):
+    """Why an image with these warnings is not counted as a cell (None: it is)."""
+    for w in warnings or []:
+        for start, reason in NOT_A_CELL_WARNINGS:
+            if str(w).startswith(start):
+                return reason
+    return None
+
+
 def summarise_experiment(experiment, model=None):
     """Share of cells predicted in each condition for one experiment, with 95% Wilson intervals.
 
     Predictions by different models (or model versions) are summarised separately, since their
     class sets and error rates differ. ``mean_probability`` is the average predicted probability of
-    each condition (a second, calibration-dependent estimate of the share).
+    each condition (a second, calibration-dependent estimate of the share). Images flagged as no cell
+    or not a single cell are not cells: they are counted in ``left_out`` (by reason), not in the shares.
     """
     experiment = uploads.clean_text(experiment, "experiment", uploads.MAX_EXPERIMENT_CHARS)
     if experiment is None:
@@ -483,7 +497,11 @@ def summarise_experiment(experiment, model=None):
     groups = {}
     for r in app_tables.predictions.search(**kw):
         key = (r["model_name"], r["model_version"])
-        g = groups.setdefault(key, {"counts": {}, "prob_sums": {}, "order": [], "names": {}, "n": 0})
+        g = groups.setdefault(key, {"counts": {}, "prob_sums": {}, "order": [], "names": {}, "n": 0, "left_out": {}})
+        reason = _not_a_cell(r["warnings"])
+        if reason is not None:
+            g["left_out"][reason] = g["left_out"].get(reason, 0) + 1
+            continue
         g["n"] += 1
         g["counts"][r["predicted_class"]] = g["counts"].get(r["predicted_class"], 0) + 1
         g["names"].update(r["class_names"] or {})
@@ -494,11 +512,13 @@ def summarise_experiment(experiment, model=None):
     models = []
     for (name, version), g in sorted(groups.items(), key=lambda kv: -kv[1]["n"]):
         order = g["order"] + [k for k in g["counts"] if k not in g["order"]]
-        conditions = stats.condition_shares(g["counts"], order, g["names"])
+        conditions = stats.condition_shares(g["counts"], order, g["names"]) if g["n"] else []
         for c in conditions:
             c["mean_probability"] = g["prob_sums"].get(c["key"], 0.0) / g["n"]
-        models.append({"model": {"name": name, "version": version}, "n_cells": g["n"], "conditions": conditions})
-    return {"experiment": experiment, "n_cells": sum(g["n"] for g in groups.values()), "models": models,
+        models.append({"model": {"name": name, "version": version}, "n_cells": g["n"], "conditions": conditions,
+                       "left_out": g["left_out"]})
+    return {"experiment": experiment, "n_cells": sum(g["n"] for g in groups.values()),
+            "n_left_out": sum(sum(g["left_out"].values()) for g in groups.values()), "models": models,
             "interval": "95% Wilson score interval for the share of cells predicted in each condition"}
 
 

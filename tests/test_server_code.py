@@ -391,6 +391,13 @@ def test_experiment_summary(rt, people):
         assert (c["low"], c["high"]) == stats.wilson_interval(c["count"], 10)
         assert c["low"] <= c["share"] <= c["high"]
     assert abs(sum(c["share"] for c in conditions) - 1.0) < 1e-9
+    # an image with no cell in it is not a cell: left out of the shares, and counted as such
+    blank = anvil.BlobMedia("image/png", png_bytes(99) + b"NOCELL", name="blank.png")
+    assert rt.call("classify_cell_images", [blank], experiment="E9", session=people["ann"])[0]["ok"]
+    again = rt.call("experiment_summary", "E9", session=people["bob"])
+    assert again["n_cells"] == 10 and again["n_left_out"] == 1
+    assert again["models"][0]["left_out"] == {"no cell found": 1}
+    assert again["models"][0]["conditions"] == conditions
     with pytest.raises(Exception) as e:
         rt.call("experiment_summary", "  ", session=people["bob"])
     assert e.value.code == "bad_experiment"

@@ -705,12 +705,16 @@ async function showSummary(params) {
     showMessage($("summary-error"), e.message);
     return;
   }
-  if (!s.n_cells) {
+  const cells = (n) => `${n} cell${n === 1 ? "" : "s"}`;
+  const images = (n) => `${n} image${n === 1 ? "" : "s"}`;
+  if (!s.n_cells && !s.n_left_out) {
     out.append(h("p", {}, `No predictions are recorded for experiment “${s.experiment}”.`));
     return;
   }
-  out.append(h("p", {}, `${s.n_cells} cell${s.n_cells === 1 ? "" : "s"} in experiment “${s.experiment}”. ${s.interval}.`));
+  out.append(h("p", {}, `${cells(s.n_cells)} in experiment “${s.experiment}”. ${s.interval}.` +
+                        (s.n_left_out ? ` ${images(s.n_left_out)} flagged as no cell or not a single cell are left out.` : "")));
   for (const m of s.models) {
+    const leftOut = Object.entries(m.left_out || {}).map(([why, n]) => `${images(n)}: ${why}`).join("; ");
     const rows = m.conditions.map((c) => h("tr", {},
       h("th", {scope: "row"}, c.display_name || c.key),
       h("td", {class: "num"}, String(c.count)),
@@ -719,8 +723,9 @@ async function showSummary(params) {
       h("td", {class: "num"}, percent(c.mean_probability)),
       h("td", {class: "interval-cell"}, intervalBar(c))));
     out.append(h("section", {class: "panel summary-model"},
-      h("h2", {}, `Model ${m.model.name} ${m.model.version}: ${m.n_cells} cells`),
+      h("h2", {}, `Model ${m.model.name} ${m.model.version}: ${cells(m.n_cells)}`),
       h("p", {class: "muted"}, trainedOn(m.model.name)),
+      leftOut ? h("p", {class: "muted left-out"}, `Left out of the shares: ${leftOut}.`) : null,
       h("div", {class: "table-wrap"}, h("table", {},
         h("thead", {}, h("tr", {}, h("th", {scope: "col"}, "Condition"), h("th", {scope: "col"}, "Cells"),
           h("th", {scope: "col"}, "Share"), h("th", {scope: "col"}, "95% interval"),

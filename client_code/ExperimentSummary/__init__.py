@@ -36,6 +36,10 @@ class ExperimentSummary(ExperimentSummaryTemplate):
         group = self.summary["models"][index]
         self.summary_label.text = "%s: %d cells classified by %s %s" % (
             self.summary["experiment"], group["n_cells"], group["model"]["name"], group["model"]["version"])
+        left_out = group.get("left_out") or {}
+        if left_out:
+            self.summary_label.text += " (left out of the shares: %s)" % "; ".join(
+                "%d %s" % (n, why) for why, n in sorted(left_out.items()))
         rows = []
         for c in group["conditions"]:
             row = dict(c)
