@@ -291,6 +291,9 @@ def test_search_filters(rt, people):
     assert files({"experiment": "E2"}) == ["cell3.png", "cell4.png", "cell5.png"]
     assert files({"user": "ANN@lab.org"}) == ["cell0.png", "cell1.png", "cell2.png"]
     assert files({"user": "nobody@lab.org"}) == []
+    assert files({"user": "ann"}) == ["cell0.png", "cell1.png", "cell2.png"]  # part of an address
+    assert files({"user": "@LAB.org"}) == [f"cell{i}.png" for i in range(6)]  # ann's and bob's
+    assert files({"user": "zed"}) == []
     assert files({"date_from": "2024-05-02", "date_to": "2024-05-02"}) == ["cell2.png", "cell3.png"]
     assert files({"date_from": dt.date(2024, 5, 3)}) == ["cell4.png", "cell5.png"]
     everything = rt.call("search_predictions", None, 0, 50, session=people["ann"])["rows"]

@@ -569,6 +569,7 @@ async function showHistory(params) {
   } catch (e) {
     showMessage(error, e.message);
     $("history-table").tBodies[0].replaceChildren();
+    $("history-caption").textContent = "No predictions shown: fix the filters above";
     return;
   }
   state.historyPage = p;
