@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--forwarded-allow-ips", metavar="IPS", default=None,
                         help="addresses of the TLS proxy whose X-Forwarded-Proto/-For headers are trusted "
                              "(comma-separated, or '*'; default $FORWARDED_ALLOW_IPS or 127.0.0.1)")
+    parser.add_argument("--reset-password", metavar="EMAIL",
+                        help="give this account a new one-time password (printed), end its sessions, and exit "
+                             "(a lost lab admin password; works while the host runs)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return parser
 
@@ -206,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 0 or args.worker_threads < 0:
         print("--workers and --worker-threads must be 0 or more", file=sys.stderr)
         return 2
+    if args.reset_password:
+        return reset_password(args, env)
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; ignore that so the workers are
     # still stopped in order and the exit status is ours.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -219,6 +224,28 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(host.serve())
     finally:
         host.close()
+
+
+def reset_password(args: argparse.Namespace, env: dict[str, str]) -> int:
+    """``--reset-password EMAIL``: a new one-time password for that account, on the host's database."""
+    import anvil.users
+
+    from apphost.runtime import create_runtime
+
+    paths = data_paths(args.data_dir, env)
+    runtime = create_runtime(REPO_ROOT, db_url=database_url(paths, env), media_dir=paths.media, env=None,
+                             call=lambda *a, **k: None)
+    try:
+        password = runtime.accounts.reset_password(args.reset_password)
+    except anvil.users.AuthenticationFailed as exc:
+        print(f"nscfate host: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        runtime.close()
+        runtime.db.dispose()
+    print(f"New one-time password for {args.reset_password.strip().lower()} (shown only now): {password}\n"
+          "Sign in and change it (Account > Change password). Its other sessions were ended.", flush=True)
+    return 0
 
 
 class LocalHost:

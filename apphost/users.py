@@ -317,6 +317,18 @@ class Accounts:
         user["password_hash"] = self._hash(new_password)
         self.end_sessions_of(user)
 
+    def reset_password(self, email: str) -> str:
+        """Give the account ``email`` a new random password and end its sessions (for an operator whose
+        password is lost: ``python -m apphost --reset-password EMAIL``). Returns the password."""
+        user = self.users.get(email=normalise_email(email))
+        if user is None:
+            raise AuthenticationFailed(f"no account {email.strip().lower()}")
+        password = secrets.token_urlsafe(15)
+        user.update(password_hash=self._hash(password), n_password_failures=0)
+        self.end_sessions_of(user)
+        log.info("password of %s reset from the command line", user["email"])
+        return password
+
     def ensure_first_admin(self, env: Mapping[str, str], out: TextIO = sys.stderr) -> Row | None:
         """Create the first lab admin if there is none.
 

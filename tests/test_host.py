@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from apphost.__main__ import (
     load_or_create_key,
 )
 from apphost.testing import free_port, png_bytes
-from tests.hostproc import Host, children_of, kill_pid
+from tests.hostproc import ROOT, Host, children_of, kill_pid
 
 
 # ---- settings (in-process)
@@ -160,6 +162,20 @@ def test_one_command_runs_everything_and_keeps_workers_alive(tmp_path, tiny_mode
                         timeout=30).json()
     assert history["total"] == 1 and history["rows"][0]["filename"] == "cell.png"
     assert "--key-file" in again.stdout()  # how to connect workers of one's own
+    # A lost password: reset from the command line, while the host runs.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NSCFATE_", "DATABASE_URL"))}
+    reset = subprocess.run([sys.executable, "-m", "apphost", "--reset-password", email.upper()], cwd=ROOT,
+                           env={**env, "NSCFATE_DATA_DIR": str(tmp_path / "data")}, capture_output=True, text=True,
+                           timeout=120)
+    assert reset.returncode == 0, reset.stderr
+    new_password = re.search(r"\(shown only now\): (\S+)", reset.stdout).group(1)
+    assert new_password not in reset.stderr  # the console only, never the log
+    assert httpx.get(url + "/_/api/predictions", auth=(email, password), timeout=30).status_code == 401
+    assert httpx.get(url + "/_/api/predictions", auth=(email, new_password), timeout=30).status_code == 200
+    nobody = subprocess.run([sys.executable, "-m", "apphost", "--reset-password", "nobody@lab.org"], cwd=ROOT,
+                            env={**env, "NSCFATE_DATA_DIR": str(tmp_path / "data")}, capture_output=True, text=True,
+                            timeout=120)
+    assert nobody.returncode == 2 and "no account nobody@lab.org" in nobody.stderr
     assert again.interrupt() == 0
 
 
