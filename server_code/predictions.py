@@ -175,8 +175,9 @@ def _record(user, f, out, experiment, notes):
     model = out.get("model") or {}
     class_names = {c["key"]: c.get("display_name") or c["key"] for c in out.get("classes") or []
                    if isinstance(c, dict) and "key" in c}
+    values = _prediction_values(user, f, out, model, class_names, experiment, notes)
     try:
-        row = _add_prediction_row(user, f, out, model, class_names, experiment, notes)
+        row = app_tables.predictions.add_row(**values)
     except Exception as e:  # the INSERT (or the image file) failed: the chunk's transaction rolls back
         log.exception("could not store a prediction")
         raise _NotStored(e)
@@ -185,21 +186,14 @@ def _record(user, f, out, experiment, notes):
     except Exception:  # stored, but reading it back failed: still report it as stored
         log.exception("stored prediction %s could not be read back", row.get_id())
         # the same fields from what was written, so the caller's result card still works
-        probabilities = {k: float(v) for k, v in out["probabilities"].items()}
-        result = {"id": row.get_id(), "created": None, "user": user["email"], "filename": f.filename,
-                  "image_sha256": f.sha256, "model": {"name": model.get("name"), "version": model.get("version")},
-                  "predicted_class": out["predicted_class"],
-                  "predicted_display_name": class_names.get(out["predicted_class"], out["predicted_class"]),
-                  "confidence": float(out["confidence"]), "probabilities": probabilities,
-                  "classes": [{"key": k, "display_name": class_names.get(k, k)} for k in probabilities],
-                  "warnings": list(out.get("warnings") or []), "experiment": experiment, "notes": notes,
-                  "can_delete": True, "image_shown_as_stored": previews.browser_shows(f.content_type)}
+        result = _as_dict(row.get_id(), values, can_delete=True, shown_as_stored=previews.browser_shows(f.content_type))
     result.update(index=f.index, ok=True)
     return result
 
 
-def _add_prediction_row(user, f, out, model, class_names, experiment, notes):
-    return app_tables.predictions.add_row(
+def _prediction_values(user, f, out, model, class_names, experiment, notes):
+    """The column values of the history row for one worker result."""
+    return dict(
         created=dt.datetime.now(dt.timezone.utc),
         user=user,
         filename=f.filename,
@@ -232,26 +226,32 @@ def _is_prediction(out):
 
 def prediction_to_dict(row, viewer):
     """A history row as plain data for the client (rows themselves are never sent to clients)."""
-    owner = row["user"]
-    class_names = row["class_names"] or {}
-    probabilities = row["probabilities"] or {}
+    return _as_dict(row.get_id(), row, can_delete=access.can_delete(viewer, row),
+                    shown_as_stored=previews.shown_as_stored(row["image"]))
+
+
+def _as_dict(row_id, values, can_delete, shown_as_stored):
+    """The client's view of a prediction; ``values``: its row, or the column values it was written with."""
+    owner = values["user"]
+    class_names = values["class_names"] or {}
+    probabilities = values["probabilities"] or {}
     return {
-        "id": row.get_id(),
-        "created": row["created"],
+        "id": row_id,
+        "created": values["created"],
         "user": owner["email"] if owner is not None else None,
-        "filename": row["filename"],
-        "image_sha256": row["image_sha256"],
-        "model": {"name": row["model_name"], "version": row["model_version"]},
-        "predicted_class": row["predicted_class"],
-        "predicted_display_name": class_names.get(row["predicted_class"], row["predicted_class"]),
-        "confidence": row["confidence"],
+        "filename": values["filename"],
+        "image_sha256": values["image_sha256"],
+        "model": {"name": values["model_name"], "version": values["model_version"]},
+        "predicted_class": values["predicted_class"],
+        "predicted_display_name": class_names.get(values["predicted_class"], values["predicted_class"]),
+        "confidence": values["confidence"],
         "probabilities": probabilities,
         "classes": [{"key": k, "display_name": class_names.get(k, k)} for k in probabilities],
-        "warnings": row["warnings"] or [],
-        "experiment": row["experiment"],
-        "notes": row["notes"],
-        "can_delete": access.can_delete(viewer, row),
-        "image_shown_as_stored": previews.shown_as_stored(row["image"]),
+        "warnings": values["warnings"] or [],
+        "experiment": values["experiment"],
+        "notes": values["notes"],
+        "can_delete": can_delete,
+        "image_shown_as_stored": shown_as_stored,
     }
 
 

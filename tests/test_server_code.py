@@ -517,3 +517,23 @@ def test_tiff_previews_look_like_what_the_model_saw(rt):
     rgb = np.stack([grey, grey // 2, grey // 3], axis=-1)
     np.testing.assert_array_equal(shown(data=np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate"),
                                   shown(data=rgb, photometric="rgb"))
+
+
+def test_a_stored_prediction_that_cannot_be_read_back_is_still_reported(rt, people, monkeypatch):
+    access = module(rt, "access")
+    real = access.can_delete
+    calls = []
+
+    def failing_once(viewer, row):
+        calls.append(row)
+        if len(calls) == 1:
+            raise RuntimeError("database went away for a moment")
+        return real(viewer, row)
+
+    monkeypatch.setattr(access, "can_delete", failing_once)
+    (result,) = rt.call("classify_cell_images", images(1), experiment="E", session=people["ann"])
+    assert result["ok"] and n_rows(rt) == 1
+    again = rt.call("get_prediction", result["id"], session=people["ann"])
+    for key in ("id", "user", "filename", "image_sha256", "model", "predicted_class", "predicted_display_name",
+                "confidence", "probabilities", "classes", "warnings", "experiment", "notes", "can_delete"):
+        assert result[key] == again[key], key  # what was written is what a read gives
