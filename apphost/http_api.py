@@ -46,6 +46,9 @@ CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 DEFAULT_MAX_BODY = 160 * 1024 * 1024
 AUTH_MAX_BODY = 64 * 1024  # sign-in, sign-up, password change: an email and passwords
+#: Bodies up to this size with HTTP Basic credentials are read before the credentials are checked (by the
+#: endpoint, once); larger ones only once the credentials are right.
+CHECK_CREDENTIALS_FIRST_ABOVE = 1024 * 1024
 #: What anvil-uplink's http_endpoint wrapper answers a caller it cannot authenticate (plain text; the
 #: host answers that in JSON like every other API error, see HttpApi._finish).
 UNAUTHORIZED = {"status": 401, "body": "Unauthorized", "headers": {"WWW-Authenticate": 'Basic realm="Anvil App API"'}}
@@ -260,6 +263,9 @@ class HttpApi:
             return True
         if username is None or password is None:
             return False
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) <= CHECK_CREDENTIALS_FIRST_ABOVE:
+            return True  # small: read it, and let the endpoint check the credentials once (no extra lookup)
         remote = request.client.host if request.client else None
         try:
             await run_in_threadpool(self.accounts.authenticate, username, password, remote)

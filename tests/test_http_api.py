@@ -70,7 +70,7 @@ def test_everything_else_needs_credentials(client):
 
 
 def test_uploads_without_valid_credentials_are_refused_before_the_body_is_read(client, rt, monkeypatch):
-    from apphost.http_api import HttpApi
+    from apphost.http_api import CHECK_CREDENTIALS_FIRST_ABOVE, HttpApi
 
     read = []
     real = HttpApi._request_data
@@ -80,15 +80,21 @@ def test_uploads_without_valid_credentials_are_refused_before_the_body_is_read(c
         return await real(self, request)
 
     monkeypatch.setattr(HttpApi, "_request_data", counting)
+    big = [("file", ("big.png", png_bytes(1) + b"\0" * CHECK_CREDENTIALS_FIRST_ABOVE, "image/png"))]
     failures = rt.accounts.limiter.keys_tracked()
     for auth in (None, ("ann@lab.org", "wrong password"), ("nobody@lab.org", "wrong password")):
-        r = upload(client, 1, auth=auth)
+        r = client.post("/_/api/predictions", auth=auth, files=big)
         assert r.status_code == 401 and "Basic" in r.headers["www-authenticate"], auth
+        assert r.json()["error"]["code"] == "not_signed_in"
+    assert upload(client, 1, auth=None).status_code == 401  # no credentials at all: never read
     assert read == []  # answered from the headers alone
     limiter = rt.accounts.limiter
     assert limiter.keys_tracked() == failures + 3  # two emails and the address
     assert len(limiter._failures["addr:testclient"]) == 2  # each wrong password counted once
-    assert upload(client, 1).status_code == 200 and read == ["/_/api/predictions"]
+    assert upload(client, 1, auth=("ann@lab.org", "wrong password")).status_code == 401  # small: the endpoint's check
+    assert len(limiter._failures["addr:testclient"]) == 3 and read == ["/_/api/predictions"]
+    assert client.post("/_/api/predictions", auth=ANN, files=big).status_code in (200, 422)  # right: read
+    assert read == ["/_/api/predictions"] * 2
 
 
 def test_sign_in_routes_take_small_bodies_only(client):
