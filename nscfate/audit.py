@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 #: Accuracy above chance (absolute) from which a shortcut baseline is flagged.
 MARGIN = 0.15
+#: Below this many test images an audit that flags nothing cannot say there is no shortcut: the
+#: baselines' accuracy is too noisy to tell chance from a strong cue.
+MIN_TEST_IMAGES = 100
 #: Baselines: name -> (feature set of nscfate.baselines, columns kept or None for all, flags shortcuts).
 BASELINES: dict[str, tuple[str, tuple[str, ...] | None, bool]] = {
     "background": ("background", None, True),
@@ -68,9 +71,14 @@ class AuditReport:
     def flagged(self) -> bool:
         return any(r.flagged for r in self.results)
 
+    @property
+    def conclusive(self) -> bool:
+        """Whether the audit can tell: a flagged shortcut always, "none found" only with enough images."""
+        return self.flagged or self.n_test >= MIN_TEST_IMAGES
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["flagged"] = self.flagged
+        d["flagged"], d["conclusive"] = self.flagged, self.conclusive
         return d
 
 
@@ -153,6 +161,9 @@ def format_report(report: AuditReport) -> str:
     if report.warnings:
         banner = "!" * 78
         lines += [banner, *report.warnings, banner]
+    elif not report.conclusive:
+        lines.append(f"too few images to tell: {report.n_test} test images (at least {MIN_TEST_IMAGES} are needed "
+                     "to tell a shortcut from chance); audit more images of each class")
     else:
         lines.append("no shortcut found: background-only and crop-size-only baselines are near chance")
     return "\n".join(lines) + "\n"

@@ -29,6 +29,14 @@ def test_quiet_on_a_clean_set(synth_sets):
     assert "no shortcut found" in format_report(report)
     reference = next(r for r in report.results if r.name == "size_intensity")
     assert not reference.shortcut_check and not reference.flagged
+    assert report.conclusive and report.to_dict()["conclusive"]
+
+
+def test_a_few_images_cannot_clear_a_dataset(synth_sets):
+    report = audit(synth_sets / "clean", max_images=24)  # 8 test images
+    assert not report.flagged and not report.conclusive
+    text = format_report(report)
+    assert "too few images to tell" in text and "no shortcut found" not in text
 
 
 def test_crop_size_artefact_is_flagged():
