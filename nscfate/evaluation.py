@@ -3,7 +3,7 @@
 ``nscfate evaluate MODEL_DIR --data DIR --out OUT_DIR`` writes into OUT_DIR:
 
 - ``metrics.json``: accuracy, balanced accuracy, macro-F1, macro AUC, ECE, per-class precision/recall/
-  F1/AUC, confusion matrix, bootstrap 95% intervals, accuracy per acquisition batch (group), and the
+  F1/AUC, confusion matrix, 95% intervals (Wilson for accuracy, bootstrap for the others), accuracy per acquisition batch (group), and the
   model's own random-split vs grouped-split test numbers from its ``metrics.json``;
 - ``confusion_matrix.png`` (paper Fig. 4), ``roc.png`` (one-vs-rest, paper Fig. 3),
   ``reliability.png`` (calibration), ``per_group_accuracy.png``;

@@ -118,7 +118,7 @@ def test_summary_intervals_are_those_of_resampling_by_index():
     s = M.summarize(y, p, ["astro", "oligo", "rashh", "nt3"], n_boot=40, seed=7)
     rng = np.random.default_rng(7)
     draws = [rng.integers(0, y.size, y.size) for _ in range(40)]
-    for name, metric in (("accuracy", M.accuracy), ("balanced_accuracy", M.balanced_accuracy),
+    for name, metric in (("balanced_accuracy", M.balanced_accuracy),  # accuracy's is Wilson's: below
                          ("macro_f1", M.macro_f1), ("macro_auc", M.macro_auc)):
         values = [metric(y[i], p[i]) for i in draws]
         np.testing.assert_allclose(s[f"{name}_ci95"], np.quantile(values, [0.025, 0.975]), rtol=1e-12)
@@ -139,7 +139,18 @@ def test_summarize_is_json_ready():
     assert s["n"] == 8 and s["accuracy"] == pytest.approx(7 / 8)
     assert np.asarray(s["confusion_matrix"]).sum() == 8
     assert s["per_class"]["astro"]["recall"] == pytest.approx(0.5)
-    assert len(s["accuracy_ci95"]) == 2
+    assert s["accuracy_ci95"] == pytest.approx(list(M.wilson_interval(7, 8)))
+
+
+def test_wilson_interval_of_a_proportion():
+    low, high = M.wilson_interval(5, 10)
+    assert round(low, 4) == 0.2366 and round(high, 4) == 0.7634  # the textbook values
+    low, high = M.wilson_interval(20, 20)  # all right: not the degenerate [1, 1] of a bootstrap
+    assert high == 1.0 and 0.83 < low < 0.84
+    assert M.wilson_interval(0, 20)[0] == pytest.approx(0.0, abs=1e-12) and np.isnan(M.wilson_interval(0, 0)[0])
+    y = np.arange(20) % 4
+    s = M.summarize(y, _onehot(y, 4), ["astro", "oligo", "rashh", "nt3"], n_boot=50)
+    assert s["accuracy"] == 1.0 and s["accuracy_ci95"][0] < 0.85
 
 
 def test_roc_corners_draw_the_same_curve_with_fewer_points():
