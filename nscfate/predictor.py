@@ -215,8 +215,9 @@ class Predictor:
         warnings = list(decoded.info.warnings)
         h, w = decoded.pixels.shape
         if max(h, w) > LARGE_SIDE:
-            warnings.append(f"image is {h}x{w} px, much larger than an imaging-flow-cytometry crop (~60 px); "
-                            f"it was shrunk to {self.input_size[0]}x{self.input_size[1]} - crop single cells first")
+            warnings.append(f"image is {w}x{h} px (width x height), much larger than an imaging-flow-cytometry "
+                            f"crop (~60 px); it was shrunk to {self.input_size[1]}x{self.input_size[0]} - crop "
+                            "single cells first")
         warnings += single_cell_warnings(decoded.pixels)
         return PreparedImage(array=array, image=decoded.info.to_dict(), filename=filename, warnings=tuple(warnings),
                              timings_ms={"decode": 1e3 * (t1 - t0), "prepare": 1e3 * (t2 - t1)})

@@ -250,6 +250,7 @@ def test_a_researchers_session(page, host, images):
     page.click("#sign-out")
     expect(page.locator("#view-sign-in")).to_be_visible()
     expect(page.locator("#sign-in-error")).to_have_text("You are signed out.")
+    assert "#" not in page.url  # the next person to sign in starts on Classify
     page.goto(host + "/#/history")
     expect(page.locator("#view-sign-in")).to_be_visible()
     expect(page.locator("#view-history")).to_be_hidden()

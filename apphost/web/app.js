@@ -195,6 +195,7 @@ async function signOut() {
   state.user = null;
   state.csrf = null;
   $("results").replaceChildren();
+  history.replaceState(null, "", location.pathname);  // the next person starts on Classify, not on this page
   await afterSessionChange();
   showMessage($("sign-in-error"), "You are signed out.", false);
   announce("Signed out");
