@@ -145,7 +145,7 @@ def test_a_researchers_session(page, host, images):
 
     ok = page.locator('#results .result[data-outcome="ok"]')
     expect(ok).to_have_count(4)
-    predicted = {}
+    predicted, warned = {}, {}
     for i in range(4):
         card = ok.nth(i)
         name = card.locator(".card-title").inner_text()
@@ -155,6 +155,8 @@ def test_a_researchers_session(page, host, images):
         assert abs(sum(shares) - 100) < 0.5, (name, shares)
         verdict = card.locator(".verdict strong").inner_text()
         predicted[name] = verdict
+        if card.locator(".warnings li").count():
+            warned[name] = card.locator(".warnings li").all_inner_texts()
         expect(card.locator(".model-line")).to_contain_text("tiny-medium4 0.0.1")
         # The image is shown, the 16-bit TIFF too (as a PNG preview from the server).
         img = card.locator("img.thumb")
@@ -176,6 +178,11 @@ def test_a_researchers_session(page, host, images):
     expect(rows).to_have_count(4)
     expect(page.locator("#history-caption")).to_have_text("Predictions 1–4 of 4, newest first")
     shot(page, "03-history")
+    # flagged predictions are marked in the list, their warnings in the mark's text
+    assert warned  # the tiny model is unsure of at least one of these cells
+    flagged = {rows.nth(i).locator(".filename").inner_text(): rows.nth(i).locator(".flag").get_attribute("title")
+               for i in range(4) if rows.nth(i).locator(".flag").count()}
+    assert flagged == {name: "; ".join(texts) for name, texts in warned.items()}
     # every column, View and Delete included, in sight on a laptop screen without scrolling sideways
     assert page.locator("#view-history .table-wrap").evaluate("e => e.scrollWidth <= e.clientWidth")
 

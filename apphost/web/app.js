@@ -597,13 +597,21 @@ function historyRow(r) {
   return h("tr", {"data-id": r.id},
            h("td", {}, h("img", {src: r.preview_url, class: "mini", alt: "", loading: "lazy"})),
            h("td", {class: "filename"}, r.filename),
-           h("td", {}, r.predicted_display_name),
+           h("td", {}, r.predicted_display_name, flagMark(r.warnings)),
            h("td", {class: "num"}, percent(r.confidence)),
            h("td", {}, r.experiment || ""),
            h("td", {class: "user"}, emailWithBreak(r.user || "")),
            h("td", {}, formatDate(r.created)),
            h("td", {class: "model"}, `${r.model.name} ${r.model.version}`),
            actions);
+}
+
+/** A mark after a flagged prediction's condition (no cell found, several objects, low confidence...);
+ * the warnings themselves are in its text for screen readers and in its tooltip. */
+function flagMark(warnings) {
+  if (!warnings || !warnings.length) return null;
+  const text = warnings.join("; ");
+  return h("span", {class: "flag", title: text}, " ⚠", h("span", {class: "visually-hidden"}, ` Flagged: ${text}`));
 }
 
 /** An email that may wrap before its "@" (and only there, unless a part is longer than the column). */
