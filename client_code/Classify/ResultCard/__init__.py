@@ -5,6 +5,10 @@ import anvil.server
 from ... import charts, images
 
 
+#: Per-file codes where nothing is wrong with the file: the server could not classify it just then.
+TRY_AGAIN_CODES = ("worker_unavailable", "storage_unavailable", "storage_full", "not_processed")
+
+
 class ResultCard(ResultCardTemplate):
     """One image's result: the image, the predicted condition and probabilities, or why it was rejected."""
 
@@ -19,7 +23,12 @@ class ResultCard(ResultCardTemplate):
         if not result["ok"]:
             self.show_rejection(result["error"])
             return
-        self.condition_label.text = "Predicted condition: %s" % result["predicted_display_name"]
+        if any(w.startswith("no cell found") for w in result["warnings"] or []):
+            # with no cell in the image the probabilities describe nothing: say so first
+            self.condition_label.text = "No cell found - not a meaningful prediction (the model said %s)" % (
+                result["predicted_display_name"])
+        else:
+            self.condition_label.text = "Predicted condition: %s" % result["predicted_display_name"]
         self.confidence_label.text = "Probability %s (model %s %s)" % (
             charts.percent(result["confidence"]), result["model"]["name"], result["model"]["version"])
         self.probability_plot.data, self.probability_plot.layout = charts.probability_bars(result)
@@ -28,7 +37,8 @@ class ResultCard(ResultCardTemplate):
             self.warnings_label.visible = True
 
     def show_rejection(self, error):
-        self.error_label.text = "Rejected: %s" % error["message"]
+        label = "Not classified (send it again)" if error["code"] in TRY_AGAIN_CODES else "Rejected"
+        self.error_label.text = "%s: %s" % (label, error["message"])
         self.error_label.visible = True
         for component in (self.condition_label, self.confidence_label, self.probability_plot, self.gradcam_button):
             component.visible = False
