@@ -50,6 +50,8 @@ class History(HistoryTemplate):
         for row in result["rows"]:
             row["created_text"] = row["created"].strftime("%Y-%m-%d %H:%M")
             row["confidence_text"] = charts.percent(row["confidence"])
+            # flagged predictions (no cell found, several objects, low confidence) say so in the list
+            row["condition_text"] = row["predicted_display_name"] + (" (flagged)" if row["warnings"] else "")
         self.history_rows.items = result["rows"]
         self.pages = result["pages"]
         self.page_label.text = "Page %d of %d (%d predictions)" % (
