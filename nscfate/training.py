@@ -361,7 +361,11 @@ def _training_summary(run: Path, seconds: float, steps: int, cfg: RunConfig, epo
 
 def predict_dataset(model, samples: Sequence, cfg: RunConfig, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(labels, probabilities) of ``samples`` through the pipeline without shuffling or augmentation.
-    Labels come with the images, so an unreadable image the pipeline skips cannot misalign them."""
+    Labels come with the images, so an unreadable image the pipeline skips cannot misalign them.
+
+    The one place a model runs outside :class:`~nscfate.Predictor`: the model is not exported yet (a
+    Predictor loads a model directory). The images go through the same ``load_prepared``; the exported
+    directory's golden pair then pins the Predictor's output, and ``nscfate evaluate`` uses the Predictor."""
     import tensorflow as tf
 
     from nscfate.pipeline import make_dataset
