@@ -244,7 +244,8 @@ def reset_password(args: argparse.Namespace, env: dict[str, str]) -> int:
         runtime.close()
         runtime.db.dispose()
     print(f"New one-time password for {args.reset_password.strip().lower()} (shown only now): {password}\n"
-          "Sign in and change it (Account > Change password). Its other sessions were ended.", flush=True)
+          "Sign in and change it (Account > Change password). Its other sessions were ended. If failed\n"
+          "sign-ins blocked it, a running host keeps that block for up to 5 minutes.", flush=True)
     return 0
 
 
@@ -345,11 +346,13 @@ class LocalHost:
         """Remove image files no row refers to, at start and hourly. A write that fails removes its own
         files at once; this catches those it could not (the database was down) and a crash mid-write."""
         judged_before = None  # files modified before this were judged by an earlier sweep
+        db = self.runtime.db
         while True:
             started = time.time()
+            if db.sweep_everything:  # a removal was left undone: its file may be older than judged_before
+                db.sweep_everything, judged_before = False, None
             try:
-                removed = await asyncio.to_thread(self.runtime.db.collect_orphan_media, ORPHAN_MIN_AGE_S,
-                                                  judged_before)
+                removed = await asyncio.to_thread(db.collect_orphan_media, ORPHAN_MIN_AGE_S, judged_before)
                 judged_before = started - ORPHAN_MIN_AGE_S - 60
                 if removed:
                     logger.info("removed %d stored image file(s) that no row refers to", removed)

@@ -259,13 +259,15 @@ class HttpApi:
         """Whether the caller of an endpoint that needs credentials is signed in or sends credentials
         that are right (checked here, before the body; the endpoint's own check then finds them in
         the verified-credentials cache, so a wrong password still counts once)."""
+        declared = request.headers.get("content-length")
+        small = declared is not None and declared.isdigit() and int(declared) <= CHECK_CREDENTIALS_FIRST_ABOVE
         if session is not None and session.user_pk is not None:
-            return True
+            # a browser session: large bodies only for an account that is still there and enabled
+            return small or await run_in_threadpool(self.accounts.session_user, session) is not None
         if username is None or password is None:
             return False
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) <= CHECK_CREDENTIALS_FIRST_ABOVE:
-            return True  # small: read it, and let the endpoint check the credentials once (no extra lookup)
+        if small:
+            return True  # read it, and let the endpoint check the credentials once (no extra lookup)
         remote = request.client.host if request.client else None
         try:
             await run_in_threadpool(self.accounts.authenticate, username, password, remote)

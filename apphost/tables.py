@@ -293,6 +293,11 @@ class Database:
         self.engine = self._make_engine(url)
         self.metadata = sa.MetaData()
         self._sql: dict[str, sa.Table] = {}
+        # set when removing a file had to be left undone: the next sweep then looks at every file
+        self.sweep_everything = False
+        # where stored files are referenced; create_tables adds media columns the schema no longer names
+        self._media_columns = [(f"app_{spec.name}", c.name) for spec in schema.values() for c in spec.columns
+                               if c.type == "media"]
         self._local = threading.local()
         self._writer = threading.Lock()  # SQLite: this process's writers take turns (see _write_turn)
         numbers = {table_number(n): n for n in schema}
@@ -382,24 +387,48 @@ class Database:
                             table_name=spec.name, column_name=c.name, column_type=c.type, target=c.target))
                 if self.is_sqlite:
                     self._ensure_sqlite_autoincrement(conn, sql_table)
+        self._media_columns = self._find_media_columns()
+
+    def _find_media_columns(self) -> list[tuple[str, str]]:
+        """(table, column) of every media column in the database: the schema's, and ones anvil.yaml no
+        longer names but whose data is still there (their files are still referenced)."""
+        insp = sa.inspect(self.engine)
+        found = []
+        for name in insp.get_table_names():
+            if name.startswith("app_"):
+                cols = {c["name"] for c in insp.get_columns(name)}
+                found += [(name, c[:-len("__media")]) for c in sorted(cols)
+                          if c.endswith("__media") and c[:-len("__media")] in cols]
+        return found
 
     @staticmethod
     def _ensure_sqlite_autoincrement(conn: sa.Connection, table: sa.Table) -> None:
-        """Rebuild a table made before ids were AUTOINCREMENT (same rows, same ids), in the caller's
-        transaction. Ids deleted before this ran may be given once more; none after."""
+        """Rebuild a table made before ids were AUTOINCREMENT (same rows, same ids, every column and
+        index it had, also ones anvil.yaml no longer names), in the caller's transaction. Ids deleted
+        before this ran may be given once more; none after."""
         created = conn.execute(sa.text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :t"),
                                {"t": table.name}).scalar()
         if created is None or "AUTOINCREMENT" in created.upper():
             return
         old = f"{table.name}__before_autoincrement"
-        for (index,) in conn.execute(sa.text("SELECT name FROM sqlite_master WHERE type = 'index' AND "
-                                             "tbl_name = :t AND sql IS NOT NULL"), {"t": table.name}).all():
-            conn.execute(sa.text(f'DROP INDEX "{index}"'))  # the new table's indexes take these names
+        columns = [(r[1], r[2]) for r in conn.execute(sa.text(f'PRAGMA table_info("{table.name}")')).all()]
+        indexes = conn.execute(sa.text("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND "
+                                       "tbl_name = :t AND sql IS NOT NULL"), {"t": table.name}).all()
+        for name, _ in indexes:
+            conn.execute(sa.text(f'DROP INDEX "{name}"'))  # the new table's indexes take these names
         conn.execute(sa.text(f'ALTER TABLE "{table.name}" RENAME TO "{old}"'))
         table.create(conn)
-        names = ", ".join(f'"{c.name}"' for c in table.columns)
+        for name, decl in columns:  # columns the schema dropped keep their data
+            if name not in table.c:
+                conn.execute(sa.text(f'ALTER TABLE "{table.name}" ADD COLUMN "{name}" {decl}'))
+        names = ", ".join(f'"{name}"' for name, _ in columns)
         n = conn.execute(sa.text(f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM "{old}"')).rowcount
         conn.execute(sa.text(f'DROP TABLE "{old}"'))
+        made = {r[0] for r in conn.execute(sa.text("SELECT name FROM sqlite_master WHERE type = 'index' AND "
+                                                   "tbl_name = :t"), {"t": table.name}).all()}
+        for name, sql in indexes:  # indexes made by hand come back too
+            if name not in made:
+                conn.execute(sa.text(sql))
         log.info("rebuilt %s with never-reused row ids (%d rows kept)", table.name, n)
 
     def dispose(self) -> None:
@@ -430,7 +459,7 @@ class Database:
                 yield conn
         finally:
             self._local.released = None
-        self._collect_media(released)
+        self._collect_media_quietly(released)
 
     def _acquire_writer(self) -> None:
         """Wait for this process's turn to write on SQLite.
@@ -501,10 +530,8 @@ class Database:
                 self._writer.release()
             for sha in txn.pinned:
                 self.media.unpin(sha)
-        if not abort:
-            self._collect_media(txn.released)
-        else:
-            self._collect_media_after_failure(txn.pinned)
+        # after the commit (or rollback) a failing check must not turn into an error of the write
+        self._collect_media_quietly(txn.released if not abort else txn.pinned)
 
     def rollback_dangling(self) -> bool:
         """Roll back a transaction a finished call left open; True if there was one."""
@@ -540,7 +567,7 @@ class Database:
         for sha in shas:
             self.media.unpin(sha)
         if failed:
-            self._collect_media_after_failure(shas)
+            self._collect_media_quietly(shas)
 
     def _note_released(self, shas: list[str]) -> None:
         txn = self._txn()
@@ -556,13 +583,17 @@ class Database:
                     continue
                 self.media.remove(sha)
 
-    def _collect_media_after_failure(self, shas: list[str]) -> None:
-        """Remove the files a failed write stored, unless a committed row refers to them. The database
-        may be what failed: then they stay for :meth:`collect_orphan_media` (the host runs it hourly)."""
+    def _collect_media_quietly(self, shas: list[str]) -> None:
+        """Remove these files unless a committed row refers to them (after a delete, an update that
+        replaced them, or a failed write). The database may fail meanwhile: then they stay for
+        :meth:`collect_orphan_media` (the host runs it at start and hourly)."""
+        if not shas:
+            return
         try:
             self._collect_media(shas)
-        except Exception as e:  # noqa: BLE001 - the write's own error is what the caller must see
-            log.info("media files of a failed write left for the hourly sweep: %s", type(e).__name__)
+        except Exception as e:  # noqa: BLE001 - the write's own outcome is what the caller must see
+            self.sweep_everything = True
+            log.info("media files left for the next sweep: %s", type(e).__name__)
 
     def collect_orphan_media(self, min_age_s: float = 3600.0, newer_than: float | None = None) -> int:
         """Remove stored files no row refers to (left when a write failed with the database down, or by
@@ -575,7 +606,10 @@ class Database:
             sha = path.name
             if not _SHA256_RE.match(sha):
                 continue
-            mtime = path.stat().st_mtime
+            try:
+                mtime = path.stat().st_mtime
+            except FileNotFoundError:  # removed meanwhile (a delete's own collection)
+                continue
             if now - mtime < min_age_s or (newer_than is not None and mtime <= newer_than):
                 continue
             with self.media.lock:
@@ -586,13 +620,11 @@ class Database:
 
     def _media_referenced(self, sha: str) -> bool:
         with self.engine.connect() as conn:
-            for spec in self.schema.values():
-                table = self._sql[spec.name]
-                for c in spec.columns:
-                    if c.type == "media":
-                        hit = conn.execute(sa.select(table.c._id).where(table.c[c.name] == sha).limit(1)).first()
-                        if hit is not None:
-                            return True
+            for table, column in self._media_columns:
+                hit = conn.execute(sa.text(f'SELECT 1 FROM "{table}" WHERE "{column}" = :sha LIMIT 1'),
+                                   {"sha": sha}).first()
+                if hit is not None:
+                    return True
         return False
 
     # ---- value conversion

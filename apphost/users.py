@@ -137,8 +137,12 @@ class LoginRateLimiter:
             if len(self._failures) > self.max_keys:
                 for key in list(self._failures):
                     self._recent(key, now)  # drops the expired entries
-                for key in list(self._failures)[:len(self._failures) - self.max_keys]:
-                    del self._failures[key]  # still too many: the oldest keys go
+                excess = len(self._failures) - self.max_keys
+                # still too many: addresses go first (oldest first), so that many addresses cannot
+                # push out the account they are guessing at; then the oldest accounts
+                order = sorted(self._failures, key=lambda k: not k.startswith("addr:"))
+                for key in order[:max(0, excess)]:
+                    del self._failures[key]
 
     def succeeded(self, key: str) -> None:
         with self._lock:

@@ -74,6 +74,9 @@ def ensure_arrays(data: Path, out: Path, limit: int | None, jobs: int) -> dict:
     index_path = out / "arrays.json"
     if index_path.is_file():
         index = json.loads(index_path.read_text())
+        if (index.get("source"), index.get("limit")) != (str(data), limit):
+            raise SystemExit(f"{out} holds images prepared from {index.get('source')} (limit {index.get('limit')}), "
+                             f"not {data} (limit {limit}): use another --arrays folder, or delete this one")
         log.info("using %d prepared images in %s", index["count"], out)
         return index
     from nscfate.classes import get_task
@@ -97,7 +100,7 @@ def ensure_arrays(data: Path, out: Path, limit: int | None, jobs: int) -> dict:
             if done % (50 * CHUNK) < CHUNK or done == len(paths):
                 log.info("prepared %d / %d images", done, len(paths))
     seconds = time.perf_counter() - t0
-    index = {"count": len(paths), "classes": classes, "input_size": list(SIZE), "source": str(data),
+    index = {"count": len(paths), "classes": classes, "input_size": list(SIZE), "source": str(data), "limit": limit,
              "prepare_seconds": round(seconds, 1), "prepare_jobs": jobs,
              "prepare_images_per_s": round(len(paths) / seconds)}
     index_path.write_text(json.dumps(index, indent=1))  # last: its presence means the arrays are complete

@@ -230,7 +230,7 @@ class _ProgressLog:
 def _best_so_far(run: Path) -> float | None:
     """Best monitored value in an existing history.csv (so a resumed run does not overwrite a better
     checkpoint)."""
-    values = [r[MONITOR] for r in history(run) if r.get(MONITOR) is not None]
+    values = [r[MONITOR] for r in history(run) if _finite(r.get(MONITOR))]
     return max(values) if values else None
 
 
@@ -345,7 +345,7 @@ def _fmt(v) -> str:
 
 def _training_summary(run: Path, seconds: float, steps: int, cfg: RunConfig, epochs_before: int = 0) -> dict[str, Any]:
     rows = history(run)
-    best = max(rows, key=lambda r: r[MONITOR] if r.get(MONITOR) is not None else float("-inf"), default=None)
+    best = max((r for r in rows if _finite(r.get(MONITOR))), key=lambda r: r[MONITOR], default=None)
     epochs_now = len(rows) - epochs_before
     return {
         "epochs_run": len(rows),
@@ -448,4 +448,22 @@ def history(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     with path.open() as f:
-        return [{k: json.loads(v) if v else None for k, v in r.items()} for r in csv.DictReader(f)]
+        return [{k: _history_value(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _history_value(text: str | None) -> Any:
+    """A history.csv cell: Keras's CSVLogger writes numbers, ``nan`` for a diverged loss, ``NA`` for a
+    missing value."""
+    if text in (None, "", "NA"):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        try:
+            return float(text)  # nan, inf
+        except ValueError:
+            return text

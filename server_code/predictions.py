@@ -14,6 +14,7 @@ import datetime as dt
 import errno
 import io
 import logging
+import threading
 import time
 
 import anvil
@@ -32,8 +33,12 @@ MAX_PREVIEWS_PER_CALL = 64  # each is at most a 256-pixel PNG
 MAX_PAGE_SIZE = 200
 WORKER_USER_ERRORS = ("UnknownModelError",)  # worker exception types that are the caller's fault
 # The worker went away mid-call or is shutting down: another worker (or a restarted one) may answer. A
-# chunk is retried once - no row is written before the worker answers, so a retry cannot duplicate one.
+# chunk is sent again while waiting for one - no row is written before the worker answers, so sending
+# again cannot duplicate one.
 RETRYABLE_WORKER_ERRORS = ("UplinkDisconnectedError", "WorkerUnavailableError")
+# At most this many requests of this server process wait for a worker at a time; others fail at once
+# (a worker gone for good must not tie up the threads every other request needs).
+_WAITING_FOR_A_WORKER = threading.BoundedSemaphore(2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -125,23 +130,28 @@ def _predict_chunk(chunk, model, may_retry=lambda: True, sleep=time.sleep):
     """The worker's answers for one chunk. A worker that goes away during the call (killed, restarting)
     is waited for while ``may_retry()``: the chunk goes to another worker or to the restarted one (the
     local host restarts a dead worker within seconds), rather than failing at once."""
-    delay, went_away = 0.25, False
-    while True:
-        try:
-            outputs = anvil.server.call("predict_cell_fate_batch", [f.media() for f in chunk], model=model)
-            break
-        except Exception as e:
-            kind = _error_type(e)
-            if kind in WORKER_USER_ERRORS:
-                raise errors.InvalidRequest(str(e) or "Unknown model %r" % model, code="unknown_model")
-            went_away = went_away or kind in RETRYABLE_WORKER_ERRORS
-            # once one went away, "no worker registered" means it is being restarted
-            if went_away and kind in RETRYABLE_WORKER_ERRORS + ("NoServerFunctionError",) and may_retry():
+    delay, waiting = 0.25, False
+    try:
+        while True:
+            try:
+                outputs = anvil.server.call("predict_cell_fate_batch", [f.media() for f in chunk], model=model)
+                break
+            except Exception as e:
+                kind = _error_type(e)
+                if kind in WORKER_USER_ERRORS:
+                    raise errors.InvalidRequest(str(e) or "Unknown model %r" % model, code="unknown_model")
+                # once one went away, "no worker registered" means it is being restarted
+                may_wait = kind in RETRYABLE_WORKER_ERRORS or (waiting and kind == "NoServerFunctionError")
+                if may_wait and not waiting:
+                    waiting = _WAITING_FOR_A_WORKER.acquire(blocking=False)
+                if not (may_wait and waiting and may_retry()):
+                    raise
                 log.info("prediction worker went away (%s); trying again in %.2f s", kind, delay)
                 sleep(delay)
                 delay = min(2 * delay, 2.0)
-                continue
-            raise
+    finally:
+        if waiting:
+            _WAITING_FOR_A_WORKER.release()
     if not isinstance(outputs, list) or len(outputs) != len(chunk):
         raise ValueError("the worker returned %r results for %d images" % (
             len(outputs) if isinstance(outputs, list) else type(outputs).__name__, len(chunk)))
@@ -472,7 +482,7 @@ def export_predictions_csv(filters=None):
 
 
 #: Warnings (their start) that say an image is not one cell: such images are left out of the shares.
-NOT_A_CELL_WARNINGS = (("no cell found", "no cell found"), ("does not look like a single", "not a single cell"))
+NOT_A_CELL_WARNINGS = (("no cell found", "no cell found"), ("does not look like a single cell:", "not a single cell"))
 
 
 def _not_a_cell(warnings):

@@ -75,8 +75,12 @@ def _read_first_page(data, np):
                 if page.axes == "SYX":
                     pixels = np.moveaxis(pixels, 0, -1)
                 if int(page.photometric) == 0 and pixels.ndim == 2:  # MINISWHITE
-                    pixels = (np.iinfo(pixels.dtype).max - pixels if pixels.dtype.kind in "ui"
-                              else np.nanmax(pixels) - pixels)
+                    if pixels.dtype.kind == "b":  # 1-bit
+                        pixels = ~pixels
+                    elif pixels.dtype.kind in "ui":
+                        pixels = np.iinfo(pixels.dtype).max - pixels
+                    else:
+                        pixels = np.nanmax(pixels) - pixels
                 return pixels
         from PIL import Image
 

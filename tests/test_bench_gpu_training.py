@@ -48,4 +48,8 @@ def test_a_limit_takes_a_fixed_subset_and_incomplete_arrays_are_rewritten(datase
     assert rows <= {load_prepared(p, SIZE).tobytes() for p in paths}
     assert ensure_arrays(dataset, tmp_path / "again", limit=10, jobs=1)["count"] == 10
     np.testing.assert_array_equal(np.load(tmp_path / "again" / "images.npy"), images)  # the same subset
+    with pytest.raises(SystemExit, match="use another --arrays folder"):
+        ensure_arrays(dataset, out, limit=None, jobs=1)  # made with another limit: not reused silently
+    with pytest.raises(SystemExit, match="use another --arrays folder"):
+        ensure_arrays(tmp_path / "elsewhere", out, limit=10, jobs=1)
 

@@ -149,6 +149,25 @@ def test_a_restarted_worker_gets_the_chunk(rt, people, worker, monkeypatch):
     assert 8.0 <= now[0] < 10.5
 
 
+def test_only_two_requests_wait_for_a_worker_at_a_time(rt, people, worker):
+    """A worker gone for good must not tie up every thread of the server: a third request that finds
+    two already waiting fails at once (retryable)."""
+    worker.fail_after = 0
+    predictions = module(rt, "predictions")
+    user = rt.run(lambda: rt.accounts.session_user(people["ann"]))
+    clock, sleep, now = _fake_time()
+    for _ in range(2):
+        assert predictions._WAITING_FOR_A_WORKER.acquire(blocking=False)
+    try:
+        results = rt.run(predictions.classify_for_user, user, images(2), clock=clock, sleep=sleep)
+    finally:
+        for _ in range(2):
+            predictions._WAITING_FOR_A_WORKER.release()
+    assert {r["error"]["code"] for r in results} == {"worker_unavailable"} and now[0] == 0.0
+    results = rt.run(predictions.classify_for_user, user, images(2), clock=clock, sleep=sleep)
+    assert now[0] >= 12.5  # with a free place it waits, as before
+
+
 def test_no_worker_at_all_fails_at_once(rt, people, worker, monkeypatch):
     def none_registered(images, model=None):
         raise anvil.server.NoServerFunctionError('No server function matching "predict_cell_fate_batch"')
@@ -401,6 +420,10 @@ def test_experiment_summary(rt, people):
     assert again["n_cells"] == 10 and again["n_left_out"] == 1
     assert again["models"][0]["left_out"] == {"no cell found": 1}
     assert again["models"][0]["conditions"] == conditions
+    predictions = module(rt, "predictions")
+    assert predictions._not_a_cell(["does not look like a single cell: 3 similar objects"]) == "not a single cell"
+    assert predictions._not_a_cell(["does not look like a single-cell crop: the object fills the whole image",
+                                    "low confidence: ..."]) is None  # a big cell is still a cell
     with pytest.raises(Exception) as e:
         rt.call("experiment_summary", "  ", session=people["bob"])
     assert e.value.code == "bad_experiment"
@@ -514,6 +537,8 @@ def test_tiff_previews_look_like_what_the_model_saw(rt):
     grey = (np.arange(48 * 40, dtype=np.uint16).reshape(48, 40) * 13) % 4000
     np.testing.assert_array_equal(shown(data=np.iinfo(np.uint16).max - grey, photometric="miniswhite"),
                                   shown(data=grey, photometric="minisblack"))
+    bits = grey > 2000
+    np.testing.assert_array_equal(shown(data=~bits, photometric="miniswhite"), shown(data=bits, photometric="minisblack"))
     rgb = np.stack([grey, grey // 2, grey // 3], axis=-1)
     np.testing.assert_array_equal(shown(data=np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate"),
                                   shown(data=rgb, photometric="rgb"))

@@ -114,6 +114,22 @@ def test_mixed_precision_run_exports_float32(tmp_path, synth_dir):
     assert all(layer.dtype_policy.name == "float32" for layer in model.layers)
 
 
+def test_history_reads_what_csvlogger_writes_for_a_diverged_epoch(tmp_path):
+    import math
+
+    from nscfate.training import HISTORY_FILE, MONITOR, _best_so_far, _training_summary, history
+
+    (tmp_path / HISTORY_FILE).write_text(f"epoch,accuracy,loss,{MONITOR},val_loss\n"
+                                         "0,0.5,0.9,0.55,0.8\n1,0.25,nan,nan,NA\n")
+    rows = history(tmp_path)
+    assert rows[0] == {"epoch": 0, "accuracy": 0.5, "loss": 0.9, MONITOR: 0.55, "val_loss": 0.8}
+    assert math.isnan(rows[1]["loss"]) and math.isnan(rows[1][MONITOR]) and rows[1]["val_loss"] is None
+    assert _best_so_far(tmp_path) == 0.55
+    cfg = _cfg(tmp_path, tmp_path)
+    summary = _training_summary(tmp_path, 10.0, 3, cfg, epochs_before=1)
+    assert (summary["best_epoch"], summary["best_val_accuracy"], summary["epochs_this_session"]) == (1, 0.55, 1)
+
+
 def test_class_weights_are_balanced():
     from nscfate.data import Sample
     from nscfate.training import class_weights

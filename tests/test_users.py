@@ -112,6 +112,10 @@ def test_the_rate_limiter_keeps_at_most_max_keys(clock):
     for i in range(120):
         limiter.failed(f"email:new{i}@lab.org")
     assert limiter.keys_tracked() == 100  # the expired ones went first, then the oldest of the live ones
+    limiter.failed("email:victim@lab.org")
+    for i in range(150):  # many addresses: they push out each other, not the account they guess at
+        limiter.failed(f"addr:10.1.{i // 256}.{i % 256}")
+    assert limiter.keys_tracked() == 100 and "email:victim@lab.org" in limiter._failures
     for _ in range(2):
         limiter.failed("email:new119@lab.org")
     with pytest.raises(anvil.users.TooManyPasswordFailures):

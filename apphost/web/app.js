@@ -459,12 +459,13 @@ function uploadFile(file, fields, onProgress) {
   });
 }
 
-async function classifyFiles(files) {
+async function classifyFiles(files, fields = null) {
   if (!files.length) return;
-  const fields = {experiment: $("experiment").value.trim(), notes: $("notes").value.trim(),
-                  model: $("model-select").value};
+  fields = fields || {experiment: $("experiment").value.trim(), notes: $("notes").value.trim(),
+                      model: $("model-select").value};
   const results = $("results");
-  const jobs = files.map((file) => ({file, view: resultCard(file, (f) => classifyFiles([f]))}));
+  // "Try again" sends a file with the experiment, notes and model it was first sent with
+  const jobs = files.map((file) => ({file, view: resultCard(file, (f) => classifyFiles([f], fields))}));
   results.prepend(...jobs.map((j) => j.view.card));
   const status = $("batch-status");
   status.hidden = false;
@@ -608,9 +609,14 @@ function historyRow(r) {
 
 /** A mark after a flagged prediction's condition (no cell found, several objects, low confidence...);
  * the warnings themselves are in its text for screen readers and in its tooltip. */
+/** Warnings about the prediction itself (the image's content); decoding notes such as a colour image
+ * converted to grey are not flags. */
+const FLAG_WARNINGS = ["no cell found", "does not look like", "low confidence", "image is "];
+
 function flagMark(warnings) {
-  if (!warnings || !warnings.length) return null;
-  const text = warnings.join("; ");
+  const flags = (warnings || []).filter((w) => FLAG_WARNINGS.some((start) => w.startsWith(start)));
+  if (!flags.length) return null;
+  const text = flags.join("; ");
   return h("span", {class: "flag", title: text}, " ⚠", h("span", {class: "visually-hidden"}, ` Flagged: ${text}`));
 }
 
