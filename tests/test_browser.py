@@ -318,6 +318,10 @@ def test_a_new_account_waits_for_a_lab_admin(page, browser, host):
     row.get_by_role("button", name="Enable cy@lab.org").click()
     expect(row).to_contain_text("enabled")
     expect(row.get_by_role("button", name="Disable cy@lab.org")).to_be_visible()
+    row.get_by_role("button", name="Disable cy@lab.org").click()  # asks first...
+    row.get_by_role("button", name="Cancel").click()  # ...and can be taken back
+    expect(row).to_contain_text("enabled")
+    expect(row.get_by_role("button", name="Disable cy@lab.org")).to_be_visible()
     admin.context.close()
 
     sign_in(page, *newcomer)

@@ -847,7 +847,17 @@ async function showUsers() {
     const toggle = h("button", {type: "button", class: (u.enabled ? "secondary" : "") + " small"},
                      u.enabled ? "Disable" : "Enable");
     toggle.setAttribute("aria-label", `${u.enabled ? "Disable" : "Enable"} ${u.email}`);
-    toggle.addEventListener("click", () => change(u, {enabled: !u.enabled}));
+    toggle.addEventListener("click", () => {
+      if (!u.enabled) return change(u, {enabled: true});
+      // Disabling signs the person out everywhere: a second, explicit click (no browser dialog).
+      const confirmButton = h("button", {type: "button", class: "danger small", "aria-label": `Confirm disabling ${u.email}`},
+                              "Confirm disable");
+      const cancel = h("button", {type: "button", class: "secondary small"}, "Cancel");
+      confirmButton.addEventListener("click", () => change(u, {enabled: false}));
+      cancel.addEventListener("click", () => { confirmButton.remove(); cancel.remove(); toggle.hidden = false; });
+      toggle.hidden = true;
+      toggle.after(confirmButton, " ", cancel);
+    });
     return h("tr", {"data-email": u.email},
              h("td", {}, u.email),
              h("td", {}, u.enabled ? "enabled " : h("strong", {}, "awaiting approval "), toggle),
