@@ -37,6 +37,11 @@ def test_a_few_images_cannot_clear_a_dataset(synth_sets):
     assert not report.flagged and not report.conclusive
     text = format_report(report)
     assert "too few images to tell" in text and "no shortcut found" not in text
+    from nscfate.cli import main
+
+    assert main(["audit", str(synth_sets / "clean"), "--max-images", "24"]) == 0
+    assert main(["audit", str(synth_sets / "clean"), "--max-images", "24", "--strict"]) == 3  # a gate does not pass
+    assert main(["audit", str(synth_sets / "clean"), "--max-images", "480", "--strict"]) == 0
 
 
 def test_crop_size_artefact_is_flagged():

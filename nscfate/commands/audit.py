@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-images", type=int, default=4000, help="images used (class-stratified, seeded)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--strict", action="store_true", help="exit with status 1 when a shortcut is found")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit with status 1 when a shortcut is found, 3 when there are too few images to tell")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,4 +28,6 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n" if args.json else format_report(report))
     for warning in report.warnings:
         logging.getLogger("nscfate.audit").warning("%s", warning)
-    return 1 if (args.strict and report.flagged) else 0
+    if not args.strict:
+        return 0
+    return 1 if report.flagged else 3 if not report.conclusive else 0
