@@ -660,6 +660,12 @@ function setUpHistory() {
     goHistory(p);
   });
   form.addEventListener("reset", () => setTimeout(() => goHistory({page_size: $("page-size").value}), 0));
+  // Export what the filters say now, also before they are applied to the table.
+  form.addEventListener("input", () => {
+    const filters = {};
+    for (const k of FILTERS) filters[k] = form.elements[k].value.trim();
+    $("export-csv").href = "/_/api/predictions.csv" + query(filters);
+  });
   const move = (delta) => {
     const p = {...state.historyPage};
     p.page = Math.max(0, p.page + delta);
