@@ -73,6 +73,16 @@ ACCESS_POINTS: dict[str, list[str]] = {
         "test_bad_inputs::test_rest_upload[traversal-name]", "test_bad_inputs::test_rest_upload[windows-traversal-name]",
         "test_bad_inputs::test_host_and_worker_kept_running_and_stored_only_hashes",
         "test_access::test_stored_images_are_served_only_as_the_image_type_of_their_bytes"],
+    "the worker answers only trusted callers (not browser code or client uplinks)": [
+        "test_worker::test_only_trusted_callers_reach_the_worker"],
+    "little is held for anyone before authentication": [
+        "test_http_api::test_uploads_without_valid_credentials_are_refused_before_the_body_is_read",
+        "test_http_api::test_sign_in_routes_take_small_bodies_only",
+        "test_hub::test_an_unauthenticated_connection_may_not_pile_up_frames",
+        "test_users::test_refused_attempts_do_not_grow_the_rate_limiter"],
+    "row ids are never reused (a link or an exported id keeps its prediction)": [
+        "test_tables::test_row_ids_are_never_reused",
+        "test_tables::test_a_sqlite_database_from_before_never_reused_ids_is_rebuilt_with_its_rows"],
     "no secret in the repository or the logs": [
         "test_secrets::test_no_secret_in_tracked_files", "test_secrets::test_the_scan_finds_planted_secrets",
         "test_secrets::test_no_secret_in_the_logs_of_a_session", "test_anvil_static::test_catches_secrets_and_connect_in_server_code"],
@@ -80,23 +90,23 @@ ACCESS_POINTS: dict[str, list[str]] = {
 
 FAULTS = {
     "worker killed mid-batch, a second worker connected": "test_faults::test_killed_worker_mid_batch_is_retried_on_another_worker",
-    "worker killed mid-batch, alone; then restarted": "test_faults::test_killed_lone_worker_gives_a_retryable_error_and_a_restarted_one_is_used_at_once",
+    "worker killed mid-batch, alone; then restarted": "test_faults::test_a_killed_lone_worker_is_waited_for_and_its_restart_gets_the_chunk",
     "real `python -m uplink` worker killed mid-batch, restarted": "test_faults::test_killing_the_real_worker_mid_batch_keeps_history_exact",
     "`python -m apphost` stopped with Ctrl-C during use, restarted": "test_faults::test_host_restarted_during_use_loses_nothing_and_keeps_sessions",
     "`python -m apphost` killed with SIGKILL, restarted": "test_faults::test_host_killed_with_sigkill_keeps_every_acknowledged_prediction",
     "database unreachable": "test_faults::test_database_unavailable_is_a_clear_error_and_nothing_is_written",
-    "database fails at the INSERT": "test_faults::test_database_failing_at_the_insert_stores_nothing_of_that_file",
+    "database fails at the INSERT": "test_faults::test_database_failing_at_the_insert_stores_nothing_of_that_chunk",
     "media store disk full (ENOSPC)": "test_faults::test_full_disk_for_the_media_store",
 }
 
 FAULT_OUTCOMES = {
-    "worker killed mid-batch, a second worker connected": "the chunk is retried once on the other worker: 200, every image stored exactly once",
-    "worker killed mid-batch, alone; then restarted": "stored chunks stay (200); the rest `worker_unavailable` \"send it again\"; with no worker 503 + `Retry-After`; the restarted worker answers the very next request",
+    "worker killed mid-batch, a second worker connected": "the chunk is sent again, to the other worker: 200, every image stored exactly once",
+    "worker killed mid-batch, alone; then restarted": "the request waits for the restarted worker, which gets the chunk: 200, every image stored exactly once",
     "real `python -m uplink` worker killed mid-batch, restarted": "history = the files reported stored; resending the failed ones gives exactly one row per image",
     "`python -m apphost` stopped with Ctrl-C during use, restarted": "requests in progress finish; every acknowledged upload is in the history once; the worker reconnects by itself; the browser session and its CSRF token still work",
     "`python -m apphost` killed with SIGKILL, restarted": "all 12 acknowledged predictions and their image files are there after the restart (SQLite WAL)",
     "database unreachable": "503 `database_unavailable` + `Retry-After` on every route, also for HTTP Basic (not 401); nothing written",
-    "database fails at the INSERT": "files before it stored, it and the rest `storage_unavailable`; its orphan image file is collected",
+    "database fails at the INSERT": "the chunks before it stored, it and the rest `storage_unavailable`; the image files of its rolled-back rows are removed",
     "media store disk full (ENOSPC)": "507 `storage_full`, no row, no temp file left; the same files go through once space is back",
 }
 
