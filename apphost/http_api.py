@@ -49,15 +49,17 @@ AUTH_MAX_BODY = 64 * 1024  # sign-in, sign-up, password change: an email and pas
 #: Bodies up to this size with HTTP Basic credentials are read before the credentials are checked (by the
 #: endpoint, once); larger ones only once the credentials are right.
 CHECK_CREDENTIALS_FIRST_ABOVE = 1024 * 1024
-#: What anvil-uplink's http_endpoint wrapper answers a caller it cannot authenticate (plain text; the
-#: host answers that in JSON like every other API error, see HttpApi._finish).
-UNAUTHORIZED = {"status": 401, "body": "Unauthorized", "headers": {"WWW-Authenticate": 'Basic realm="Anvil App API"'}}
 BASIC_CHALLENGE = 'Basic realm="NSC Fate API"'
 _HIDDEN_HEADERS = frozenset({"cookie", "authorization"})  # the platform handles these; endpoints never see them
 
 
 def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
+
+
+def too_many_attempts(exc: Exception) -> JSONResponse:
+    """The answer while sign-ins are blocked (``TooManyPasswordFailures``), with when to try again."""
+    return error(429, "too_many_attempts", str(exc), {"Retry-After": str(getattr(exc, "retry_after_s", 60))})
 
 
 class _BodyTooLarge(Exception):
@@ -206,7 +208,7 @@ class HttpApi:
             try:  # a script locked out for a while should be told so, not "wrong password"
                 self.accounts.check_rate_limit(username, remote)
             except anvil.users.TooManyPasswordFailures as e:
-                return error(429, "too_many_attempts", str(e), {"Retry-After": str(getattr(e, "retry_after_s", 60))})
+                return too_many_attempts(e)
         if request.method not in SAFE_METHODS:
             if self._cross_site(request):
                 return error(403, "cross_site", "Requests from other sites are not accepted")
@@ -215,7 +217,7 @@ class HttpApi:
             if endpoint.needs_credentials and not await self._may_send_a_body(request, session, username, password):
                 # Answered before the body is read: an anonymous caller cannot make the host buffer
                 # uploads (up to DEFAULT_MAX_BODY each) that the endpoint would refuse anyway.
-                return self._finish(request, _to_response(UNAUTHORIZED, request.method), username)
+                return self._finish(request, self._unauthorized(username))
         try:
             form_params, body = await self._request_data(request)
         except _BodyTooLarge:
@@ -240,14 +242,19 @@ class HttpApi:
                 raise  # answered by _guarded
             log.exception("HTTP endpoint %s %s failed", request.method, path)
             return error(500, "internal_error", "The server failed to handle this request")
-        return self._finish(request, _to_response(result, request.method), username)
+        response = _to_response(result, request.method)
+        if response.status_code == 401 and response.body == b"Unauthorized":
+            response = self._unauthorized(username)  # the endpoint wrapper's plain text, in JSON like the rest
+        return self._finish(request, response)
 
     @staticmethod
-    def _finish(request: Request, response: Response, username: str | None) -> Response:
-        if response.status_code == 401 and response.body == b"Unauthorized":  # the endpoint wrapper's answer
-            message = ("Incorrect email address or password, or the account is not enabled yet" if username
-                       else "Sign in first, or send your email and password with HTTP Basic")
-            response = error(401, "not_signed_in", message, {"WWW-Authenticate": BASIC_CHALLENGE})
+    def _unauthorized(username: str | None) -> JSONResponse:
+        message = ("Incorrect email address or password, or the account is not enabled yet" if username
+                   else "Sign in first, or send your email and password with HTTP Basic")
+        return error(401, "not_signed_in", message, {"WWW-Authenticate": BASIC_CHALLENGE})
+
+    @staticmethod
+    def _finish(request: Request, response: Response) -> Response:
         if COOKIE_NAME in request.cookies or "x-requested-with" in request.headers:
             # A browser page: no Basic challenge, or the browser would pop up its own password dialog.
             if "www-authenticate" in response.headers:
@@ -311,7 +318,7 @@ class HttpApi:
         try:
             user = await run_in_threadpool(self.accounts.authenticate, fields.get("email"), fields.get("password"), remote)
         except anvil.users.TooManyPasswordFailures as e:
-            return error(429, "too_many_attempts", str(e), {"Retry-After": str(getattr(e, "retry_after_s", 60))})
+            return too_many_attempts(e)
         except anvil.users.AccountIsNotEnabled as e:
             return error(403, "not_enabled", str(e))
         except anvil.users.AuthenticationFailed as e:

@@ -47,6 +47,9 @@ import yaml
 from anvil.tables import NoSuchColumnError, RowDeleted, TableError, TransactionConflict
 
 log = logging.getLogger(__name__)
+#: A media column is two SQL columns: ``name`` (the file's SHA-256) and ``name + MEDIA_META_SUFFIX``
+#: (its content type, name and length as JSON).
+MEDIA_META_SUFFIX = "__media"
 
 COLUMN_TYPES = frozenset(
     {"string", "number", "bool", "date", "datetime", "media", "simpleObject", "link_single", "link_multiple"}
@@ -355,7 +358,7 @@ class Database:
             "datetime": sa.DateTime, "simpleObject": sa.Text, "link_multiple": sa.Text,
         }
         if c.type == "media":
-            return [sa.Column(c.name, sa.String(64), index=True), sa.Column(f"{c.name}__media", sa.Text)]
+            return [sa.Column(c.name, sa.String(64), index=True), sa.Column(c.name + MEDIA_META_SUFFIX, sa.Text)]
         if c.type == "link_single":
             return [sa.Column(c.name, sa.Integer, index=True)]
         return [sa.Column(c.name, kinds[c.type], index=c.type in ("datetime", "date"))]
@@ -397,8 +400,8 @@ class Database:
         for name in insp.get_table_names():
             if name.startswith("app_"):
                 cols = {c["name"] for c in insp.get_columns(name)}
-                found += [(name, c[:-len("__media")]) for c in sorted(cols)
-                          if c.endswith("__media") and c[:-len("__media")] in cols]
+                found += [(name, c.removesuffix(MEDIA_META_SUFFIX)) for c in sorted(cols)
+                          if c.endswith(MEDIA_META_SUFFIX) and c.removesuffix(MEDIA_META_SUFFIX) in cols]
         return found
 
     @staticmethod
@@ -638,7 +641,7 @@ class Database:
             if value is None:
                 out[name] = None
                 if col.type == "media":
-                    out[f"{name}__media"] = None
+                    out[name + MEDIA_META_SUFFIX] = None
                 continue
             t = col.type
             if t == "string":
@@ -668,7 +671,7 @@ class Database:
                     raise TableError(f"{what} takes a Media object, not {type(value).__name__}")
                 sha, meta = self._store_media(value)
                 out[name] = sha
-                out[f"{name}__media"] = json.dumps(meta)
+                out[name + MEDIA_META_SUFFIX] = json.dumps(meta)
             elif t == "link_single":
                 out[name] = self._link_pk(col, value, what)
             elif t == "link_multiple":
@@ -696,7 +699,7 @@ class Database:
             elif c.type == "simpleObject":
                 out[c.name] = json.loads(v)
             elif c.type == "media":
-                meta = json.loads(m[f"{c.name}__media"] or "{}")
+                meta = json.loads(m[c.name + MEDIA_META_SUFFIX] or "{}")
                 out[c.name] = StoredMedia(self.media, v, meta.get("content_type"), meta.get("name"),
                                           int(meta.get("length", 0)))
             elif c.type == "link_single":

@@ -266,19 +266,23 @@ class Accounts:
             raise AuthenticationFailed("Sign-up is closed; ask a lab admin for an account")
         return self.create_user(email, password, role="researcher", enabled=False)
 
+    @staticmethod
+    def _limit_keys(email: str, remote_addr: str | None) -> list[str]:
+        """The rate limiter's keys of a sign-in: the account, and the address it came from."""
+        return [f"email:{email.strip().lower()}"] + ([f"addr:{remote_addr}"] if remote_addr else [])
+
     def check_rate_limit(self, email: Any, remote_addr: str | None = None) -> None:
         """TooManyPasswordFailures if sign-ins as ``email`` from ``remote_addr`` are blocked right now."""
-        keys = ([f"email:{email.strip().lower()}"] if isinstance(email, str) else []) + \
-            ([f"addr:{remote_addr}"] if remote_addr else [])
-        self.limiter.check(*keys)
+        if isinstance(email, str):
+            self.limiter.check(*self._limit_keys(email, remote_addr))
 
     def authenticate(self, email: Any, password: Any, remote_addr: str | None = None) -> Row:
         """The account for these credentials, or AuthenticationFailed (or a subclass) saying why."""
         if not isinstance(email, str) or not isinstance(password, str):
             raise AuthenticationFailed("Email address and password are required")
         email_norm = email.strip().lower()
-        key_email = "email:" + email_norm
-        keys = [key_email] + ([f"addr:{remote_addr}"] if remote_addr else [])
+        keys = self._limit_keys(email, remote_addr)
+        key_email = keys[0]
         self.limiter.check(*keys)
         user = self.users.get(email=email_norm) if _EMAIL_RE.match(email.strip()) else None
         stored = user["password_hash"] if user is not None else None

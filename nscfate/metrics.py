@@ -197,7 +197,8 @@ def bootstrap_intervals(metrics_of: Callable[[np.ndarray], dict[str, float]], n:
 def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a proportion ``successes / n`` (e.g. accuracy). Unlike the percentile
     bootstrap it does not collapse to a point when every (or no) sample succeeds: 20 of 20 right gives
-    [0.84, 1.00], not [1.00, 1.00]."""
+    [0.84, 1.00], not [1.00, 1.00]. (The app's server code has its own copy, server_code/stats.py:
+    Anvil's server modules cannot import nscfate.)"""
     if n <= 0:
         return float("nan"), float("nan")
     from statistics import NormalDist

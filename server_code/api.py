@@ -28,18 +28,15 @@ import urllib.parse
 
 import anvil
 import anvil.server
-import anvil.tables
 import anvil.users
 
-from . import access, errors, predictions
+from . import access, errors, predictions, uploads
 
 # A function the local host provides to report its connected workers ({"workers": n}). Hosted Anvil
 # has none; there the health check infers "at least one" from a successful list_models call.
 HOST_STATUS_FUNCTION = "nscfate_host_status"
 
 _FILTER_FIELDS = ("condition", "date_from", "date_to", "experiment", "user", "model")
-# Per-file error codes that say "nothing was stored, send it again later" (the service, not the file).
-RETRY_LATER_CODES = ("worker_unavailable", "storage_unavailable", "storage_full", "not_processed")
 
 
 def _json_default(value):
@@ -139,7 +136,7 @@ def predictions_collection(**params):
     response = json_response({"results": results, "n_ok": n_ok, "n_rejected": len(results) - n_ok}, 200)
     if n_ok == 0:
         # Not the caller's fault and worth sending again later: 503 (507 for a full disk), else 422.
-        if codes & set(RETRY_LATER_CODES):
+        if codes & set(uploads.RETRY_LATER_CODES):
             response.status = 507 if "storage_full" in codes else 503
             response.headers["Retry-After"] = "10"
         else:

@@ -234,6 +234,24 @@ def _is_prediction(out):
 # History
 
 
+# What the worker's warnings (their start) say about a prediction - the one place that reads them; the
+# clients use the fields _as_dict derives. Decoding notes (a colour image converted to grey, a
+# min-is-white TIFF inverted) are neither.
+#: About the prediction itself: the row is flagged in lists.
+FLAG_WARNINGS = ("no cell found", "does not look like", "low confidence", "image is ")
+#: The image is not one cell: left out of the experiment summary's shares, for this reason.
+NOT_A_CELL_WARNINGS = (("no cell found", "no cell found"), ("does not look like a single cell:", "not a single cell"))
+
+
+def _not_a_cell(warnings):
+    """Why an image with these warnings is not counted as a cell (None: it is)."""
+    for w in warnings or []:
+        for start, reason in NOT_A_CELL_WARNINGS:
+            if str(w).startswith(start):
+                return reason
+    return None
+
+
 def prediction_to_dict(row, viewer):
     """A history row as plain data for the client (rows themselves are never sent to clients)."""
     return _as_dict(row.get_id(), row, can_delete=access.can_delete(viewer, row),
@@ -258,6 +276,9 @@ def _as_dict(row_id, values, can_delete, shown_as_stored):
         "probabilities": probabilities,
         "classes": [{"key": k, "display_name": class_names.get(k, k)} for k in probabilities],
         "warnings": values["warnings"] or [],
+        # what the warnings say, for the clients: the ones to flag in lists, and whether there is no cell
+        "flags": [w for w in values["warnings"] or [] if str(w).startswith(FLAG_WARNINGS)],
+        "no_cell": _not_a_cell(values["warnings"]) == "no cell found",
         "experiment": values["experiment"],
         "notes": values["notes"],
         "can_delete": can_delete,
@@ -481,17 +502,6 @@ def export_predictions_csv(filters=None):
 # Experiment summary
 
 
-#: Warnings (their start) that say an image is not one cell: such images are left out of the shares.
-NOT_A_CELL_WARNINGS = (("no cell found", "no cell found"), ("does not look like a single cell:", "not a single cell"))
-
-
-def _not_a_cell(warnings):
-    """Why an image with these warnings is not counted as a cell (None: it is)."""
-    for w in warnings or []:
-        for start, reason in NOT_A_CELL_WARNINGS:
-            if str(w).startswith(start):
-                return reason
-    return None
 
 
 def summarise_experiment(experiment, model=None):

@@ -6,7 +6,8 @@ Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
 def wilson_interval(k, n, z=Z_95):
-    """Wilson score interval for a binomial proportion k/n; (0.0, 1.0) when n == 0.
+    """Wilson score interval for a binomial proportion k/n; (0.0, 1.0) when n == 0. (nscfate.metrics has
+    the same for evaluations; server code on Anvil cannot import nscfate, so this is a copy on purpose.)
 
     Unlike the normal (Wald) interval it stays inside [0, 1] and behaves well for small n and for
     proportions near 0 or 1, which is common when a batch is mostly one condition.

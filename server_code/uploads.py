@@ -89,8 +89,15 @@ def clean_text(value, field, max_chars):
     return value or None
 
 
+# Per-file error codes that say "nothing was stored, send it again later" (the service, not the file).
+RETRY_LATER_CODES = ("worker_unavailable", "storage_unavailable", "storage_full", "not_processed")
+
+
 def rejection(index, filename, code, message):
-    return {"index": index, "filename": filename, "ok": False, "error": {"code": code, "message": message}}
+    """A file that was not classified; ``retry_later``: not the file's fault, the same file may go through
+    later (clients offer to send it again rather than calling it rejected)."""
+    return {"index": index, "filename": filename, "ok": False,
+            "error": {"code": code, "message": message, "retry_later": code in RETRY_LATER_CODES}}
 
 
 def sniff_format(data):

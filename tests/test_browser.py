@@ -281,7 +281,7 @@ def test_a_file_the_server_could_not_classify_can_be_sent_again(page, images):
     expect(page.locator("#view-classify")).to_be_visible()
     name = "astro_D3B_000123_Ch1-brightfield.png"
     unavailable = {"results": [{"ok": False, "index": 0, "filename": name, "error": {
-        "code": "worker_unavailable", "message": "The prediction service is not available right now "
+        "code": "worker_unavailable", "retry_later": True, "message": "The prediction service is not available right now "
         "(UplinkDisconnectedError); nothing was stored for this file, send it again"}}], "n_ok": 0, "n_rejected": 1}
     page.route("**/_/api/predictions", lambda route: route.fulfill(
         status=503, content_type="application/json", body=json.dumps(unavailable)))

@@ -134,6 +134,7 @@ def test_post_raw_body(client):
 def test_post_errors_are_json(client, worker):
     r = client.post("/_/api/predictions", auth=ANN, files=[("file", ("x.txt", b"hello", "text/plain"))])
     assert r.status_code == 422 and r.json()["results"][0]["error"]["code"] == "not_an_image"
+    assert r.json()["results"][0]["error"]["retry_later"] is False  # the file's own fault
     r = client.post("/_/api/predictions", auth=ANN, data={"experiment": "E"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "no_files"
     r = upload(client, 1, model="no-such-model")

@@ -103,6 +103,7 @@ def test_worker_down_stores_nothing(rt, people, worker):
     worker.fail = True  # none connected: answered at once
     results = rt.call("classify_cell_images", images(3), session=people["ann"])
     assert {r["error"]["code"] for r in results} == {"worker_unavailable"}
+    assert all(r["error"]["retry_later"] for r in results)  # the clients offer to send them again
     assert n_rows(rt) == 0
 
 
@@ -415,7 +416,9 @@ def test_experiment_summary(rt, people):
     assert abs(sum(c["share"] for c in conditions) - 1.0) < 1e-9
     # an image with no cell in it is not a cell: left out of the shares, and counted as such
     blank = anvil.BlobMedia("image/png", png_bytes(99) + b"NOCELL", name="blank.png")
-    assert rt.call("classify_cell_images", [blank], experiment="E9", session=people["ann"])[0]["ok"]
+    (stored,) = rt.call("classify_cell_images", [blank], experiment="E9", session=people["ann"])
+    assert stored["ok"] and stored["no_cell"] and stored["flags"] == stored["warnings"]  # read once, on the server
+    assert not any(r["no_cell"] or r["flags"] for r in results if "colour" in " ".join(r["warnings"]))
     again = rt.call("experiment_summary", "E9", session=people["bob"])
     assert again["n_cells"] == 10 and again["n_left_out"] == 1
     assert again["models"][0]["left_out"] == {"no cell found": 1}

@@ -376,9 +376,6 @@ function gradcamControl(result) {
   return box;
 }
 
-/** Per-file codes where nothing is wrong with the file: the server could not classify it just then. */
-const TRY_AGAIN_CODES = new Set(["worker_unavailable", "storage_unavailable", "storage_full", "not_processed"]);
-
 function resultCard(file, retry) {
   const progress = h("progress", {max: "100", value: "0", "aria-label": `Upload of ${file.name}`});
   const stage = h("p", {class: "stage muted"}, "Waiting to upload…");
@@ -398,7 +395,7 @@ function resultCard(file, retry) {
       card.classList.remove("pending");
       if (!result.ok) {
         card.classList.add("rejected");
-        if (TRY_AGAIN_CODES.has(result.error.code)) {
+        if (result.error.retry_later) {  // not the file's fault: the server could not classify it just then
           card.dataset.outcome = "not-classified";
           const again = h("button", {type: "button", class: "secondary"}, "Try again");
           again.addEventListener("click", () => { card.remove(); retry(file); });
@@ -415,8 +412,7 @@ function resultCard(file, retry) {
       card.dataset.predictionId = result.id;
       thumb.append(h("img", {src: result.preview_url, class: "thumb", alt: `Cell image ${result.filename}`, loading: "lazy"}));
       // With no cell in the image the class probabilities describe nothing: say so first.
-      const noCell = (result.warnings || []).some((w) => w.startsWith("no cell found"));
-      const verdict = noCell
+      const verdict = result.no_cell
         ? h("p", {class: "verdict doubtful"}, h("strong", {}, "No cell found"),
             ` - not a meaningful prediction (the model said ${result.predicted_display_name}, ${percent(result.confidence)})`)
         : h("p", {class: "verdict"}, "Predicted condition: ", h("strong", {}, result.predicted_display_name),
@@ -487,7 +483,7 @@ async function classifyFiles(files, fields = null) {
       job.view.done(result);
       finished += 1;
       if (result.ok) ok += 1;
-      else if (TRY_AGAIN_CODES.has(result.error.code)) later += 1;
+      else if (result.error.retry_later) later += 1;
       update();
     }
   };
@@ -598,7 +594,7 @@ function historyRow(r) {
   return h("tr", {"data-id": r.id},
            h("td", {}, h("img", {src: r.preview_url, class: "mini", alt: "", loading: "lazy"})),
            h("td", {class: "filename"}, r.filename),
-           h("td", {}, r.predicted_display_name, flagMark(r.warnings)),
+           h("td", {}, r.predicted_display_name, flagMark(r.flags)),
            h("td", {class: "num"}, percent(r.confidence)),
            h("td", {}, r.experiment || ""),
            h("td", {class: "user"}, emailWithBreak(r.user || "")),
@@ -607,15 +603,10 @@ function historyRow(r) {
            actions);
 }
 
-/** A mark after a flagged prediction's condition (no cell found, several objects, low confidence...);
- * the warnings themselves are in its text for screen readers and in its tooltip. */
-/** Warnings about the prediction itself (the image's content); decoding notes such as a colour image
- * converted to grey are not flags. */
-const FLAG_WARNINGS = ["no cell found", "does not look like", "low confidence", "image is "];
-
-function flagMark(warnings) {
-  const flags = (warnings || []).filter((w) => FLAG_WARNINGS.some((start) => w.startsWith(start)));
-  if (!flags.length) return null;
+/** A mark after a flagged prediction's condition (``flags``: the server's pick of its warnings - no cell
+ * found, several objects, low confidence...); they are in its text for screen readers and its tooltip. */
+function flagMark(flags) {
+  if (!flags || !flags.length) return null;
   const text = flags.join("; ");
   return h("span", {class: "flag", title: text}, " ⚠", h("span", {class: "visually-hidden"}, ` Flagged: ${text}`));
 }

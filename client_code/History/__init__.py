@@ -8,10 +8,6 @@ from .PredictionDetail import PredictionDetail
 PAGE_SIZE = 25
 
 
-#: Warnings about the prediction itself; decoding notes (a colour image converted to grey...) are not flags.
-FLAG_WARNINGS = ("no cell found", "does not look like", "low confidence", "image is ")
-
-
 class History(HistoryTemplate):
     """The lab's predictions, newest first, filtered and paged on the server."""
 
@@ -55,8 +51,7 @@ class History(HistoryTemplate):
             row["created_text"] = row["created"].strftime("%Y-%m-%d %H:%M")
             row["confidence_text"] = charts.percent(row["confidence"])
             # flagged predictions (no cell found, several objects, low confidence) say so in the list
-            flagged = any(w.startswith(FLAG_WARNINGS) for w in row["warnings"] or [])
-            row["condition_text"] = row["predicted_display_name"] + (" (flagged)" if flagged else "")
+            row["condition_text"] = row["predicted_display_name"] + (" (flagged)" if row["flags"] else "")
         self.history_rows.items = result["rows"]
         self.pages = result["pages"]
         self.page_label.text = "Page %d of %d (%d predictions)" % (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 HELP = "predict the differentiation condition of single-cell brightfield images"
@@ -23,8 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
     from nscfate.data import IMAGE_EXTENSIONS, image_files
     from nscfate.errors import ImageError, ModelError
     from nscfate.predictor import Predictor

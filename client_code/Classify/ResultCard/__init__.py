@@ -5,10 +5,6 @@ import anvil.server
 from ... import charts, images
 
 
-#: Per-file codes where nothing is wrong with the file: the server could not classify it just then.
-TRY_AGAIN_CODES = ("worker_unavailable", "storage_unavailable", "storage_full", "not_processed")
-
-
 class ResultCard(ResultCardTemplate):
     """One image's result: the image, the predicted condition and probabilities, or why it was rejected."""
 
@@ -23,7 +19,7 @@ class ResultCard(ResultCardTemplate):
         if not result["ok"]:
             self.show_rejection(result["error"])
             return
-        if any(w.startswith("no cell found") for w in result["warnings"] or []):
+        if result["no_cell"]:
             # with no cell in the image the probabilities describe nothing: say so first
             self.condition_label.text = "No cell found - not a meaningful prediction (the model said %s)" % (
                 result["predicted_display_name"])
@@ -37,7 +33,7 @@ class ResultCard(ResultCardTemplate):
             self.warnings_label.visible = True
 
     def show_rejection(self, error):
-        label = "Not classified (send it again)" if error["code"] in TRY_AGAIN_CODES else "Rejected"
+        label = "Not classified (send it again)" if error.get("retry_later") else "Rejected"
         self.error_label.text = "%s: %s" % (label, error["message"])
         self.error_label.visible = True
         for component in (self.condition_label, self.confidence_label, self.probability_plot, self.gradcam_button):
