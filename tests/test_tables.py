@@ -263,6 +263,21 @@ def test_aborted_transaction_keeps_no_media(db):
     assert len(list(db.media.root.glob("??/*"))) == 1
 
 
+def test_a_removal_the_database_cannot_check_is_left_for_a_full_sweep(db, monkeypatch):
+    row = db.app_tables.people.add_row(name="m", photo=anvil.BlobMedia("image/png", b"gone soon"))
+    path = db.media.path(row["photo"].sha256)
+
+    def database_down(sha):
+        raise sa.exc.OperationalError("SELECT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(db, "_media_referenced", database_down)
+    assert not db.sweep_everything
+    row.delete()  # the delete itself succeeded: no error for it
+    assert path.exists() and db.sweep_everything  # the host's next sweep looks at every file
+    monkeypatch.undo()
+    assert db.collect_orphan_media(min_age_s=0) == 1 and not path.exists()
+
+
 def test_a_failed_insert_removes_the_file_it_stored(db, monkeypatch):
     with pytest.raises(TableError):
         db.app_tables.people.add_row(name="m", photo=anvil.BlobMedia("image/png", b"abc"), nosuch=1)
