@@ -1137,7 +1137,11 @@ def _compile_column(table: Table, name: str, value: Any) -> Any:
             raise TableError(f"q.{type(value).__name__} only applies to string columns, not '{name}'")
         if not isinstance(value.pattern, str):
             raise TableError(f"q.{type(value).__name__} takes a string pattern")
-        return sql_col.like(value.pattern) if isinstance(value, q.like) else sql_col.ilike(value.pattern)
+        # A backslash escapes % and _ as in PostgreSQL, which Anvil's own tables run on (SQLite has no
+        # LIKE escape character unless one is named).
+        if isinstance(value, q.like):
+            return sql_col.like(value.pattern, escape="\\")
+        return sql_col.ilike(value.pattern, escape="\\")
     for kind, op in _COMPARISONS.items():
         if isinstance(value, kind):
             if value.value is None:

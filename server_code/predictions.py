@@ -302,8 +302,9 @@ def _parse_date(value, field):
 
 
 def history_query(filters):
-    """The search arguments for the history filters: condition, date_from, date_to (inclusive, UTC
-    days), experiment, user (email) and model (name)."""
+    """The search arguments for the history filters: condition (a class key or the name the app shows for
+    it), date_from, date_to (inclusive, UTC days), experiment, user (email or a part of one) and model
+    (name); None when nothing can match."""
     filters = filters or {}
     if not isinstance(filters, dict):
         raise errors.InvalidRequest("filters must be a mapping", code="bad_filters")
@@ -319,6 +320,9 @@ def history_query(filters):
             if not isinstance(value, str):
                 raise errors.InvalidRequest("%s must be text" % key, code="bad_filters")
             kw[column] = value.strip()
+    condition = kw.pop("predicted_class", None)
+    if condition:
+        kw["predicted_class"] = q.any_of(*_condition_keys(condition))
     email = filters.get("user")
     if email not in (None, ""):
         if not isinstance(email, str):
@@ -343,6 +347,24 @@ def history_query(filters):
     if bounds:
         kw["created"] = q.all_of(*bounds)
     return kw
+
+
+def _condition_keys(text):
+    """The class keys a condition filter names: the text as typed, and the key of every class of the served
+    models whose key or display name it is, case aside ("ASTRO", "Astrocyte medium" -> "astro"). Names are
+    looked up only when a worker answers: browsing the history must not need one."""
+    wanted = text.casefold()
+    keys = [text]
+    try:
+        models = worker_models()
+    except errors.WorkerUnavailable:
+        models = []
+    for m in models:
+        for c in (m.get("classes") or []) if isinstance(m, dict) else []:
+            if isinstance(c, dict) and isinstance(c.get("key"), str) and c["key"] not in keys and wanted in (
+                    c["key"].casefold(), str(c.get("display_name") or "").casefold()):
+                keys.append(c["key"])
+    return keys
 
 
 def _utc_midnight(day):

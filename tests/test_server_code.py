@@ -301,7 +301,7 @@ def test_search_pages_newest_first(rt, people):
     assert e.value.code == "bad_page"
 
 
-def test_search_filters(rt, people):
+def test_search_filters(rt, people, worker):
     _seed_history(rt, people)
 
     def files(filters):
@@ -320,6 +320,13 @@ def test_search_filters(rt, people):
     some_class = everything[0]["predicted_class"]
     expected = sorted(r["filename"] for r in everything if r["predicted_class"] == some_class)
     assert files({"condition": some_class}) == expected
+    shown_as = everything[0]["predicted_display_name"]  # what the app shows, in any case, also finds them
+    assert shown_as != some_class and files({"condition": shown_as.upper()}) == expected
+    assert files({"condition": some_class.upper()}) == expected
+    assert files({"condition": some_class[:-1] + "%"}) == []  # matched as typed, not as a LIKE pattern
+    assert files({"condition": "no such condition"}) == []
+    worker.fail = True  # the names come from the served models; without a worker the keys still work
+    assert files({"condition": some_class}) == expected and files({"condition": shown_as}) == []
     for bad, code in (({"colour": "red"}, "bad_filters"), ({"date_from": "yesterday"}, "bad_date_from"),
                       ({"date_from": "2024-05-03", "date_to": "2024-05-01"}, "bad_date_range")):
         with pytest.raises(Exception) as e:

@@ -139,6 +139,7 @@ def test_search_operators(db):
     assert names(active=False) == ["P1", "P3", "P5"]
     assert names(name=q.like("p%")) == ["p0", "p2", "p4"]  # case-sensitive
     assert names(name=q.ilike("p%")) == ["P1", "P3", "P5", "p0", "p2", "p4"]
+    assert names(name=q.ilike("\\_1")) == []  # a backslash escapes the wildcard, as on Anvil ("P1" otherwise)
     assert names(age=q.greater_than(30)) == ["p4", "P5"] or names(age=q.greater_than(30)) == ["P5", "p4"]
     assert names(age=q.less_than_or_equal_to(10)) == ["P1", "p0"]
     assert names(seen=q.between(base + dt.timedelta(days=1), base + dt.timedelta(days=3))) == ["P1", "p2"]
