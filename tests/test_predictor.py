@@ -123,6 +123,46 @@ def test_single_cell_heuristic():
     assert any("single cell" in w for w in single_cell_warnings(doublet))
 
 
+def test_the_server_reads_every_judgement_the_predictor_makes(predictor):
+    """The worker's warnings are text, and server_code reads their starts (it cannot import nscfate on
+    Anvil): each warning the Predictor can give is read as what it means, and none is missed."""
+    import cv2
+
+    from server_code.predictions import FLAG_WARNINGS, _not_a_cell
+
+    rng = np.random.default_rng(3)
+    grey = np.round(cell_image(rng) * 255).astype(np.uint8)
+    flat = np.full((47, 60), 0.4, np.float32) + rng.normal(0, 0.004, (47, 60)).astype(np.float32)
+    specks = flat.copy()
+    for y, x in ((8, 8), (8, 30), (8, 50), (36, 10), (36, 30), (36, 50)):
+        specks[y:y + 2, x:x + 2] = 0.9  # bright dots, none of a cell's size
+    doublet = add_cell(cell_image(rng, radius=9, centre=(22, 16)), rng, (24, 44), 9)
+    yy, xx = np.mgrid[:40, :40]
+    filled = np.where((yy - 19.5) ** 2 + (xx - 19.5) ** 2 < 400, 0.7, 0.4).astype(np.float32)  # edge to edge
+    big = cell_image(rng, size=(400, 500), radius=80, noise=0.002)
+    cases = {  # image -> (the start of the warning it must get, what the server makes of it)
+        "flat": (to_png_bytes(flat), "no cell found: the image is nearly uniform", "no cell found"),
+        "specks": (to_png_bytes(specks), "no cell found: no object", "no cell found"),
+        "doublet": (to_png_bytes(doublet), "does not look like a single cell:", "not a single cell"),
+        "filled": (to_png_bytes(filled), "does not look like a single-cell crop", None),
+        "big": (to_png_bytes(big), "image is 500x400 px", None),
+        "colour": (cv2.imencode(".png", cv2.merge([grey, grey // 2, grey]))[1].tobytes(), "colour", None),
+    }
+    for name, (data, start, not_a_cell) in cases.items():
+        warnings = [w for w in predictor.predict(data).warnings if not w.startswith("low confidence")]
+        got = [w for w in warnings if w.startswith(start)]
+        assert got, f"{name}: no warning starting {start!r} in {warnings}"
+        assert _not_a_cell(got) == not_a_cell, name
+        assert all(w.startswith(FLAG_WARNINGS) != (name == "colour") for w in got), name  # a decoding note is no flag
+    old = predictor.low_confidence
+    try:
+        predictor.low_confidence = 1.01
+        unsure = [w for w in predictor.predict(_png()).warnings if w.startswith("low confidence")]
+    finally:
+        predictor.low_confidence = old
+    assert unsure and unsure[0].startswith(FLAG_WARNINGS) and _not_a_cell(unsure) is None
+
+
 def test_gradcam_png(predictor):
     import cv2
 
