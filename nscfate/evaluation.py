@@ -314,7 +314,7 @@ def report_markdown(metrics: dict, *, title: str, display_names: dict[str, str],
             lines += ["", "**The model was trained on synthetic data.**"]
         lines.append("")
     lines += [
-        "| metric | value [bootstrap 95% CI] |", "|---|---|",
+        "| metric | value [95% CI: Wilson for accuracy, bootstrap for the others] |", "|---|---|",
         f"| images | {metrics['n']} |",
         f"| accuracy | {_ci(metrics, 'accuracy')} |",
         f"| balanced accuracy | {_ci(metrics, 'balanced_accuracy')} |",
