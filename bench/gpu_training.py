@@ -159,12 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     before = report_load("before")
 
+    # Prepared first, before Keras starts its backend: the preparing processes are forked, and forking a
+    # process that holds JAX's threads or a CUDA context can deadlock them.
+    index = ensure_arrays(args.data, args.arrays, args.limit, args.prepare_jobs)
     import keras
 
     backend = keras.config.backend()
     device = describe_device()
     log.info("Keras %s on %s; device: %s", keras.__version__, backend, device)
-    index = ensure_arrays(args.data, args.arrays, args.limit, args.prepare_jobs)
     n_images = index["count"] // args.batch_size * args.batch_size  # whole batches: one compiled step shape
     steps = n_images // args.batch_size
     if steps <= args.skip_steps + args.steps_per_execution:
