@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -31,10 +32,10 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory, tiny_model):
-    tmp = tmp_path_factory.mktemp("browser-host")
-    proc = Host(tmp, "--port", "0", "--model", str(tiny_model),
+@contextmanager
+def _serving(tmp: Path, *models: Path):
+    """``python -m apphost`` with one worker serving ``models`` (the first is the default); its URL."""
+    proc = Host(tmp, "--port", "0", *(a for m in models for a in ("--model", str(m))),
                 env={"NSCFATE_ADMIN_EMAIL": ADMIN[0], "NSCFATE_ADMIN_PASSWORD": ADMIN[1]})
     try:
         yield proc.wait_ready()
@@ -42,6 +43,28 @@ def host(tmp_path_factory, tiny_model):
         if proc.proc.poll() is None:
             proc.interrupt()
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory, tiny_model):
+    with _serving(tmp_path_factory.mktemp("browser-host"), tiny_model) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def second_model(tmp_path_factory):
+    """A tiny model for another task, with another name and version than ``tiny_model``."""
+    from nscfate.testing import make_tiny_model_dir
+
+    return make_tiny_model_dir(tmp_path_factory.mktemp("models") / "tiny-astro_vs_oligo", task="astro_vs_oligo",
+                               version="0.0.2")
+
+
+@pytest.fixture(scope="module")
+def two_model_host(tmp_path_factory, tiny_model, second_model):
+    """A host of its own whose worker serves ``tiny_model`` (the default) and ``second_model``."""
+    with _serving(tmp_path_factory.mktemp("browser-host-2"), tiny_model, second_model) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +77,9 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser, host):
+@contextmanager
+def _open_page(browser, url: str):
+    """A fresh browser context on ``url``; page errors and unexpected console errors fail the test."""
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     page = context.new_page()
     problems: list[str] = []
@@ -65,10 +89,16 @@ def page(browser, host):
     expected = re.compile(r"Failed to load resource: .* status of (401|403|422|503)")
     page.on("console", lambda m: problems.append(f"console: {m.text}")
             if m.type == "error" and not expected.search(m.text) else None)
-    page.goto(host + "/")
+    page.goto(url + "/")
     yield page
     context.close()
     assert problems == []
+
+
+@pytest.fixture
+def page(browser, host):
+    with _open_page(browser, host) as page:
+        yield page
 
 
 def shot(page, name: str) -> None:
@@ -332,6 +362,47 @@ def test_a_new_account_waits_for_a_lab_admin(page, browser, host):
     sign_in(page, *newcomer)
     expect(page.locator("#view-classify")).to_be_visible()
     expect(page.locator("#nav-users")).to_be_hidden()  # a researcher
+
+
+def test_the_model_banner_follows_the_model_picked(browser, two_model_host, tiny_model, second_model, images):
+    """The banner names the model the next upload goes to: the default at first, then the one picked;
+    and the picked model is the one that classifies."""
+    from nscfate.modeldir import read_model_dir
+
+    expect.set_options(timeout=60_000)
+    a, b = read_model_dir(tiny_model).card(), read_model_dir(second_model).card()
+    assert (a["name"], a["version"], len(a["classes"])) != (b["name"], b["version"], len(b["classes"]))
+    assert a["trained_on"] != b["trained_on"]
+    with _open_page(browser, two_model_host) as page:
+        sign_in(page)
+        expect(page.locator("#view-classify")).to_be_visible()
+        banner, picker = page.locator("#model-banner"), page.locator("#model-select")
+        expect(picker.locator("option")).to_have_count(2)
+        expect(picker).to_have_value(a["name"])
+        expect(banner).to_contain_text(f"Predictions by {a['name']} {a['version']} (tiny-cnn, 4 classes).")
+        expect(banner).to_contain_text(f"Trained on SYNTHETIC data: {a['trained_on']}")
+        expect(banner).not_to_contain_text(b["name"])
+
+        picker.select_option(b["name"])
+        expect(banner).to_contain_text(f"Predictions by {b['name']} {b['version']} (tiny-cnn, 2 classes).")
+        expect(banner).to_contain_text(f"Trained on SYNTHETIC data: {b['trained_on']}")
+        expect(banner).to_contain_text("It has never seen real cells")
+        expect(banner).not_to_contain_text(a["name"])
+        expect(banner).not_to_contain_text(a["trained_on"])
+        shot(page, "09-classify-second-model")
+
+        # An upload now goes to the picked model, and its result card says so.
+        page.fill("#experiment", "E-second-model")
+        page.set_input_files("#files", [str(images["astro_D3B_000123_Ch1-brightfield.png"])])
+        card = page.locator('#results .result[data-outcome="ok"]')
+        expect(card).to_have_count(1)
+        expect(card.locator(".model-line")).to_have_text(
+            f"Model {b['name']} {b['version']} (trained on synthetic data: not for real cells)")
+        expect(card.locator(".bar-row")).to_have_count(2)  # the picked model's classes, not the default's 4
+
+        picker.select_option(a["name"])  # and back
+        expect(banner).to_contain_text(f"Predictions by {a['name']} {a['version']}")
+        expect(banner).not_to_contain_text(b["name"])
 
 
 def _wait_for_image(page, locator):

@@ -206,6 +206,55 @@ def test_binding_beyond_loopback_needs_an_admin_account(tmp_path, hosts):
     assert host.interrupt() == 0
 
 
+def test_forwarded_headers_are_trusted_from_the_allowed_proxy_only(tmp_path, hosts):
+    """``--forwarded-allow-ips``: X-Forwarded-Proto/-For from that address decide the scheme (secure
+    cookie, same-origin check) and the client address (the sign-in rate limiter's key); from any other
+    address, this machine's own 127.0.0.1 included, they are ignored. The flag wins over
+    $FORWARDED_ALLOW_IPS (and uvicorn's default, 127.0.0.1)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from apphost.users import LoginRateLimiter
+
+    proxy_addr = "127.0.0.2"  # the "TLS proxy": a client bound to another loopback address
+    admin = {"NSCFATE_ADMIN_EMAIL": "ada@lab.org", "NSCFATE_ADMIN_PASSWORD": "correct horse battery",
+             "FORWARDED_ALLOW_IPS": "127.0.0.1"}
+    host = Host(tmp_path, "--port", "0", "--workers", "0", "--forwarded-allow-ips", proxy_addr, env=admin)
+    hosts.append(host)
+    url = host.wait_ready(60)
+    proxy = httpx.Client(base_url=url, transport=httpx.HTTPTransport(local_address=proxy_addr), timeout=60)
+    direct = httpx.Client(base_url=url, transport=httpx.HTTPTransport(local_address="127.0.0.1"), timeout=60)
+    credentials = {"email": "ada@lab.org", "password": "correct horse battery"}
+    https = {"Host": "nscfate.lab.example", "X-Forwarded-Proto": "https"}
+
+    # X-Forwarded-Proto: https from the proxy: the browser's https origin is this site's, the cookie secure.
+    r = proxy.post("/_/auth/login", json=credentials, headers={**https, "Origin": "https://nscfate.lab.example"})
+    assert r.status_code == 200 and "; secure" in r.headers["set-cookie"].lower()
+    # The same headers from elsewhere are not believed: the request is plain http.
+    r = direct.post("/_/auth/login", json=credentials, headers={**https, "Origin": "https://nscfate.lab.example"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "cross_site"
+    r = direct.post("/_/auth/login", json=credentials, headers=https)
+    assert r.status_code == 200 and "secure" not in r.headers["set-cookie"].lower()
+
+    # X-Forwarded-For from the proxy: failed sign-ins count against the browser's address, so enough
+    # of them (spread over accounts) block that address, and only that one.
+    guesser, limit = "203.0.113.7", LoginRateLimiter().max_address_failures
+    with ThreadPoolExecutor(4) as pool:
+        failed = list(pool.map(
+            lambda i: proxy.post("/_/auth/login", json={"email": f"user{i % 10}@lab.org", "password": "wrong guess"},
+                                 headers={"X-Forwarded-For": guesser}).status_code, range(limit)))
+    assert failed == [401] * limit
+
+    def sign_in(client, forwarded_for):
+        return client.post("/_/auth/login", json=credentials, headers={"X-Forwarded-For": forwarded_for}).status_code
+
+    assert sign_in(proxy, guesser) == 429  # the guesser's address is blocked...
+    assert sign_in(proxy, "203.0.113.8") == 200  # ...not the proxy, nor anyone else behind it
+    assert sign_in(direct, guesser) == 200  # not from the proxy: the header names no one
+    proxy.close()
+    direct.close()
+    assert host.interrupt() == 0
+
+
 def test_a_host_without_a_usable_model_says_how_to_get_one(tmp_path, hosts):
     host = Host(tmp_path, "--port", "0", "--model", str(tmp_path / "no-such-model"))
     hosts.append(host)

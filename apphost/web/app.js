@@ -274,7 +274,8 @@ function trainedOn(name) {
     ? (card.trained_on || "").replace(/^SYNTHETIC /, "")  // older cards repeat what the label says
     : card.trained_on;
   return h("span", {class: card.synthetic_training_data ? "synthetic" : ""},
-           card.synthetic_training_data ? "Trained on SYNTHETIC data: " : "Trained on: ", what || "not stated");
+           card.synthetic_training_data ? "Trained on SYNTHETIC data: " : "Trained on: ",
+           (what || "not stated").replace(/[.\s]+$/, ""));  // callers end the sentence
 }
 
 function renderModelBanner() {
@@ -290,7 +291,7 @@ function renderModelBanner() {
   }
   const parts = [h("span", {}, "Predictions by ", h("strong", {}, `${card.name} ${card.version}`),
                    ` (${card.arch || "model"}, ${(card.classes || []).length} classes). `)];
-  parts.push(trainedOn(card.name));
+  parts.push(trainedOn(card.name), ".");
   if (card.synthetic_training_data) {
     parts.push(h("span", {}, " It has never seen real cells: its predictions are for trying the tool only."));
   }
