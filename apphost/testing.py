@@ -116,9 +116,13 @@ class FakeWorker:
         return result
 
     def list_models(self, plots: bool = False) -> list[dict[str, Any]]:
-        return [{"name": self.model_name, "version": self.model_version, "task": "medium4",
-                 "classes": [{"key": k, "display_name": d} for k, d in CLASSES],
-                 "trained_on": "synthetic IFC-like benchmark", "metrics": {"accuracy": 0.9}}]
+        # the fields of the worker's cards (Predictor.card() + default, plots; tests/test_client_cards.py
+        # checks that they stay the same)
+        return [{"name": self.model_name, "version": self.model_version, "task": "medium4", "arch": "tiny-cnn",
+                 "classes": [{"key": k, "display_name": d} for k, d in CLASSES], "input_size": [32, 32],
+                 "trained_on": "synthetic IFC-like benchmark", "synthetic_training_data": True,
+                 "test_accuracy": 0.9, "grouped_test_accuracy": 0.85, "created": "2024-05-01T00:00:00+00:00",
+                 "low_confidence_threshold": 0.5, "default": True, "plots": []}]
 
 
 def free_port() -> int:

@@ -2,7 +2,7 @@ from ._anvil_designer import ClassifyTemplate
 from anvil import *
 import anvil.server
 
-from .. import images
+from .. import cards, images
 
 # Images per server call: keeps each call well inside Anvil's 30 s server-call limit.
 FILES_PER_CALL = 16
@@ -17,12 +17,25 @@ class Classify(ClassifyTemplate):
 
     def load_models(self):
         try:
-            cards = anvil.server.call("get_model_cards")
+            model_cards = anvil.server.call("get_model_cards")
         except Exception as e:
             self.status_label.text = "No prediction worker is connected right now: %s" % e
-            cards = []
+            model_cards = []
+        self.model_cards = model_cards
         self.model_dropdown.items = [("%s %s" % (c.get("name"), c.get("version") or ""), c.get("name"))
-                                     for c in cards]
+                                     for c in model_cards]
+        self.show_model_note()
+
+    def model_dropdown_change(self, **event_args):
+        self.show_model_note()
+
+    def show_model_note(self):
+        """Which model the next upload goes to and what it was trained on (synthetic data: said plainly)."""
+        card = cards.card_for(self.model_cards, self.model_dropdown.selected_value)
+        self.model_note_label.text = cards.banner_text(card)
+        warn = card is None or bool(card.get("synthetic_training_data"))
+        self.model_note_label.foreground = "#8a5a00" if warn else ""
+        self.model_note_label.bold = warn
 
     def file_loader_change(self, file, files, **event_args):
         self.status_label.text = "%d image(s) selected" % len(files)

@@ -1,11 +1,7 @@
 from ._anvil_designer import ModelCardTemplate
 from anvil import *
 
-
-def _format_metric(value):
-    if isinstance(value, float):
-        return "%.3f" % value
-    return str(value)
+from ... import cards
 
 
 class ModelCard(ModelCardTemplate):
@@ -18,12 +14,11 @@ class ModelCard(ModelCardTemplate):
         classes = card.get("classes") or []
         names = [c["display_name"] if isinstance(c, dict) else str(c) for c in classes]
         self.task_label.text = "Task: %s - %s" % (card.get("task") or "?", ", ".join(names))
-        self.trained_on_label.text = "Trained on: %s" % (card.get("trained_on") or card.get("data") or "not stated")
-        metrics = card.get("metrics") or {}
-        self.metrics_label.text = "Held-out metrics: " + (", ".join(
-            "%s %s" % (k, _format_metric(v)) for k, v in sorted(metrics.items())
-            if not isinstance(v, (dict, list))) or "none reported")
-        self.description_text.content = card.get("readme") or card.get("description") or ""
+        self.trained_on_label.text = cards.trained_on_text(card)
+        if card.get("synthetic_training_data"):
+            self.trained_on_label.foreground = "#8a5a00"
+            self.trained_on_label.bold = True
+        self.metrics_label.text = cards.held_out_text(card)
         for plot in card.get("plots") or []:
             source = plot.get("image") if isinstance(plot, dict) else plot
             if source is not None:
