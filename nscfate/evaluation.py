@@ -3,7 +3,8 @@
 ``nscfate evaluate MODEL_DIR --data DIR --out OUT_DIR`` writes into OUT_DIR:
 
 - ``metrics.json``: accuracy, balanced accuracy, macro-F1, macro AUC, ECE, per-class precision/recall/
-  F1/AUC, confusion matrix, 95% intervals (Wilson for accuracy, bootstrap for the others), accuracy per acquisition batch (group), and the
+  F1/AUC, confusion matrix, 95% intervals (Wilson for accuracy, bootstrap for the others), accuracy per acquisition batch (group;
+  listed up to 1,000 groups, summarised always), and the
   model's own random-split vs grouped-split test numbers from its ``metrics.json``;
 - ``confusion_matrix.png`` (paper Fig. 4), ``roc.png`` (one-vs-rest, paper Fig. 3),
   ``reliability.png`` (calibration), ``per_group_accuracy.png``;
@@ -29,6 +30,11 @@ from nscfate import metrics as M
 log = logging.getLogger(__name__)
 
 PLOTS = ("confusion_matrix.png", "roc.png", "reliability.png", "per_group_accuracy.png")
+# Acquisition batches are tens to hundreds. More groups than this (e.g. one per image, when the file
+# names carry no batch) are not listed in metrics.json, and more than MAX_GROUP_BARS are drawn as a
+# histogram of their accuracies rather than a bar each (a bar per image made a plot too wide to save).
+MAX_GROUPS_LISTED = 1000
+MAX_GROUP_BARS = 80
 
 
 def predict_samples(predictor, samples: Sequence, batch_size: int = 64, progress: bool = False):
@@ -66,13 +72,22 @@ def predict_samples(predictor, samples: Sequence, batch_size: int = 64, progress
 
 
 def per_group_accuracy(labels: np.ndarray, probs: np.ndarray, groups: Sequence[str]) -> dict[str, dict]:
-    """Accuracy of each group (acquisition batch): spread across groups shows batch effects."""
-    out = {}
-    groups = np.asarray(groups, dtype=object)
-    for g in sorted(set(groups.tolist())):
-        sel = groups == g
-        out[str(g)] = {"n": int(sel.sum()), "accuracy": M.accuracy(labels[sel], probs[sel])}
-    return out
+    """Accuracy of each group (acquisition batch): spread across groups shows batch effects. One pass
+    over the images, however many groups (a dataset without batch information has one per image)."""
+    names, index = np.unique(np.asarray([str(g) for g in groups], dtype=object), return_inverse=True)
+    correct = np.asarray(probs).argmax(axis=1) == np.asarray(labels)
+    n = np.bincount(index, minlength=len(names))
+    right = np.bincount(index, weights=correct, minlength=len(names))
+    return {str(g): {"n": int(k), "accuracy": float(r / k) if k else None} for g, k, r in zip(names, n, right)}
+
+
+def group_summary(per_group: dict[str, dict]) -> dict[str, Any]:
+    """How many groups, their sizes and the spread of their accuracies (what the report says of them)."""
+    sizes = np.array([g["n"] for g in per_group.values()])
+    accs = np.array([g["accuracy"] for g in per_group.values() if g["accuracy"] is not None])
+    return {"groups": len(per_group), "median_images": float(np.median(sizes)) if sizes.size else 0.0,
+            "accuracy_min": float(accs.min()) if accs.size else None,
+            "accuracy_max": float(accs.max()) if accs.size else None}
 
 
 def evaluate_predictions(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], out_dir: str | os.PathLike,
@@ -85,7 +100,10 @@ def evaluate_predictions(labels: np.ndarray, probs: np.ndarray, classes: Sequenc
     out.mkdir(parents=True, exist_ok=True)
     metrics = M.summarize(labels, probs, classes, n_boot=n_boot, seed=seed)
     if groups is not None:
-        metrics["per_group"] = per_group_accuracy(labels, probs, groups)
+        per_group = per_group_accuracy(labels, probs, groups)
+        metrics["per_group_summary"] = group_summary(per_group)
+        if len(per_group) <= MAX_GROUPS_LISTED:
+            metrics["per_group"] = per_group
     if model_metrics:
         metrics["model_reported"] = {split: {k: m.get(k) for k in ("n", "accuracy", "accuracy_ci95", "macro_auc")}
                                      for split, m in model_metrics.items() if isinstance(m, dict) and "accuracy" in m}
@@ -96,7 +114,7 @@ def evaluate_predictions(labels: np.ndarray, probs: np.ndarray, classes: Sequenc
     plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), names, out / "confusion_matrix.png")
     plot_roc(labels, probs, names, out / "roc.png")
     plot_reliability(labels, probs, out / "reliability.png", ece=metrics["ece"])
-    plot_per_group(metrics.get("per_group", {}), out / "per_group_accuracy.png")
+    plot_per_group(per_group if groups is not None else {}, out / "per_group_accuracy.png")
     write_report(metrics, out, title=title, display_names=display_names or {}, model_card=model_card)
     return metrics
 
@@ -276,18 +294,25 @@ def plot_reliability(labels: np.ndarray, probs: np.ndarray, path: Path, ece: flo
 
 
 def plot_per_group(per_group: dict[str, dict], path: Path) -> None:
-    """Accuracy per acquisition batch."""
+    """Accuracy per acquisition batch: a bar each, or a histogram when there are many."""
     plt = _pyplot()
-    names = list(per_group)
-    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(names) + 2), 3.5))
-    if names:
-        ax.bar(range(len(names)), [per_group[g]["accuracy"] or 0 for g in names], color="C0")
-        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    names = [g for g in per_group if per_group[g]["accuracy"] is not None]
+    many = len(names) > MAX_GROUP_BARS
+    fig, ax = plt.subplots(figsize=(6 if many else max(4, 0.5 * len(names) + 2), 3.5))
+    if many:
+        ax.hist([per_group[g]["accuracy"] for g in names], bins=20, range=(0, 1), color="C0")
+        ax.set_xlabel("accuracy of a group")
+        ax.set_ylabel("groups")
+        ax.set_title(f"accuracy of {len(names)} groups (acquisition batches)")
     else:
-        ax.text(0.5, 0.5, "no group information", ha="center", va="center")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("accuracy")
-    ax.set_title("accuracy per acquisition batch (group)")
+        if names:
+            ax.bar(range(len(names)), [per_group[g]["accuracy"] for g in names], color="C0")
+            ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no group information", ha="center", va="center")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("accuracy")
+        ax.set_title("accuracy per acquisition batch (group)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -339,11 +364,16 @@ def report_markdown(metrics: dict, *, title: str, display_names: dict[str, str],
             if m.get("accuracy_ci95"):
                 acc += f" [{_f(m['accuracy_ci95'][0])}, {_f(m['accuracy_ci95'][1])}]"
             lines.append(f"| {split} | {m.get('n', '-')} | {acc} | {_f(m.get('macro_auc'))} |")
-    if metrics.get("per_group"):
-        accs = [g["accuracy"] for g in metrics["per_group"].values() if g["accuracy"] is not None]
-        lines += ["", "## Per acquisition batch", "",
-                  f"{len(metrics['per_group'])} groups; accuracy from {_f(min(accs))} to {_f(max(accs))}.", "",
-                  "![accuracy per group](per_group_accuracy.png)"]
+    groups = metrics.get("per_group_summary")
+    if groups and groups["groups"]:
+        lines += ["", "## Per acquisition batch", ""]
+        if groups["median_images"] <= 1:
+            lines += [f"{groups['groups']} groups of about one image each: the file names carry no acquisition "
+                      "batch, so accuracy per batch cannot be told (see docs/DATA.md for the naming)."]
+        else:
+            lines += [f"{groups['groups']} groups (median {groups['median_images']:g} images); accuracy from "
+                      f"{_f(groups['accuracy_min'])} to {_f(groups['accuracy_max'])}.", "",
+                      "![accuracy per group](per_group_accuracy.png)"]
     lines += ["", "## Plots", "", "![confusion matrix](confusion_matrix.png)", "", "![ROC curves](roc.png)", "",
               "![reliability diagram](reliability.png)", ""]
     return "\n".join(lines)

@@ -246,6 +246,7 @@ def summarize(y_true, probs, classes: Sequence[str], *, n_boot: int = 1000, seed
                 "f1": float(f1[i]), "auc": float(aucs[i])}
             for i, c in enumerate(classes)
         },
+        "accuracy_ci95": list(wilson_interval(int(np.trace(cm)), int(y.size))),  # needs no resampling
     }
     if n_boot:
         def metrics_of(weights: np.ndarray) -> dict[str, float]:
@@ -253,7 +254,6 @@ def summarize(y_true, probs, classes: Sequence[str], *, n_boot: int = 1000, seed
             return {"balanced_accuracy": _balanced_accuracy(resampled), "macro_f1": _macro_f1(resampled),
                     "macro_auc": _mean_defined(ranked.aucs(weights))}
 
-        out["accuracy_ci95"] = list(wilson_interval(int(np.trace(cm)), int(y.size)))
         for name, interval in bootstrap_intervals(metrics_of, y.size, n_boot=n_boot, seed=seed).items():
             out[f"{name}_ci95"] = list(interval)
     return _nan_to_none(out)

@@ -595,8 +595,13 @@ def render_card(meta: dict, labels: dict, metrics: dict, config: dict, reproduce
                   "|---|---|---|---|---|"]
         lines += [f"| {names.get(k, k)} | {m.get('support')} | {_fmt(m.get('precision'))} | {_fmt(m.get('recall'))} | "
                   f"{_fmt(m.get('auc'))} |" for k, m in per_class.items()]
-    lines += ["", "`test` is a random split by image; `grouped_test` holds out whole acquisition batches "
-              "(day + replicate), which is the honest number when batches differ.", ""]
+    if rows:
+        test_is = ("holds whole acquisition batches out (day + replicate), as `grouped_test` does"
+                   if data.get("split") == "grouped" else "is a random split by image")
+        held = ("; `grouped_test` holds out whole acquisition batches (day + replicate), which is the honest "
+                "number when batches differ" if "grouped_test" in metrics and data.get("split") != "grouped" else "")
+        lines += ["", f"`test` {test_is}{held}."]
+    lines.append("")
     if reproduce_command:
         lines += ["## Reproduce", "", "```bash", reproduce_command, "```", ""]
     if notes:

@@ -20,7 +20,7 @@ def test_evaluate_predictions_writes_metrics_plots_and_report(tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["accuracy"] == m["accuracy"] and np.asarray(on_disk["confusion_matrix"]).sum() == 100
-    assert set(on_disk["per_group"]) == {"D1A", "D2A", "D3A"}
+    assert set(on_disk["per_group"]) == {"D1A", "D2A", "D3A"} and on_disk["per_group_summary"]["groups"] == 3
     report = (tmp_path / "report.md").read_text()
     assert "grouped_test" in report and "0.880" in report and "Astrocyte medium" in report
     assert (tmp_path / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
@@ -28,10 +28,29 @@ def test_evaluate_predictions_writes_metrics_plots_and_report(tmp_path):
 
 
 def test_per_group_accuracy():
-    labels = np.array([0, 0, 1, 1])
-    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.3, 0.7]])
-    out = per_group_accuracy(labels, probs, ["a", "a", "b", "b"])
-    assert out == {"a": {"n": 2, "accuracy": 0.5}, "b": {"n": 2, "accuracy": 1.0}}
+    labels = np.array([0, 0, 1, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.3, 0.7], [0.6, 0.4]])
+    out = per_group_accuracy(labels, probs, ["a", "a", "b", "b", "c"])
+    assert out == {"a": {"n": 2, "accuracy": 0.5}, "b": {"n": 2, "accuracy": 1.0}, "c": {"n": 1, "accuracy": 0.0}}
+
+
+def test_a_group_per_image_is_summarised_not_listed(tmp_path):
+    """File names without a batch make one group per image: metrics.json does not list them all, the plot
+    is a histogram (a bar each made a PNG too wide to save), and the report says why no batch is shown."""
+    from PIL import Image
+
+    from nscfate.evaluation import MAX_GROUPS_LISTED
+
+    n = MAX_GROUPS_LISTED + 200
+    labels = np.arange(n) % 2
+    probs = np.where(np.arange(n)[:, None] % 3 == 0, [[0.3, 0.7]], [[0.7, 0.3]])
+    m = evaluate_predictions(labels, probs, ["astro", "oligo"], tmp_path, groups=[f"cell{i}" for i in range(n)],
+                             n_boot=10)
+    assert "per_group" not in m and m["per_group_summary"]["groups"] == n
+    assert m["per_group_summary"]["median_images"] == 1
+    assert "carry no acquisition batch" in (tmp_path / "report.md").read_text()
+    with Image.open(tmp_path / "per_group_accuracy.png") as plot:
+        assert plot.width < 1500
 
 
 def test_evaluate_command_on_a_dataset_through_the_predictor(tmp_path, capsys):
@@ -50,6 +69,12 @@ def test_evaluate_command_on_a_dataset_through_the_predictor(tmp_path, capsys):
     assert set(m["per_group"]) == {"D3A", "D3B", "D3C"}
     assert "accuracy" in capsys.readouterr().out
     assert (out / "roc.png").is_file() and (out / "report.html").is_file()
+    # no resampling: accuracy keeps its (Wilson) interval, the others have none, and nothing breaks
+    assert main(["evaluate", str(model), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "e0"),
+                 "--bootstrap", "0"]) == 0
+    m0 = json.loads((tmp_path / "e0" / "metrics.json").read_text())
+    assert m0["accuracy_ci95"] == m["accuracy_ci95"] and "macro_f1_ci95" not in m0
+    assert "accuracy %.4f [" % m0["accuracy"] in capsys.readouterr().out
 
 
 def test_evaluating_a_split_without_the_models_classes_says_so(tmp_path, tiny_model):

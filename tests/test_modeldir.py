@@ -193,3 +193,15 @@ def test_registry_hash_pins_directory_content(tmp_path):
     _save(tmp_path / "a", name="alpha", metrics={"test": {"accuracy": 0.9}})
     with pytest.raises(ModelError, match="does not match"):
         reg.info("alpha")
+
+
+def test_the_card_says_how_test_was_split(tmp_path):
+    metrics = {"test": {"accuracy": 0.9, "n": 10}, "grouped_test": {"accuracy": 0.8, "n": 10}}
+    _save(tmp_path / "r", metrics=metrics,
+          training_data={"description": "synthetic test images", "synthetic": True, "split": "random"})
+    card = (tmp_path / "r" / "README.md").read_text()
+    assert "`test` is a random split by image; `grouped_test` holds out whole acquisition batches" in card
+    _save(tmp_path / "g", metrics=metrics,
+          training_data={"description": "synthetic test images", "synthetic": True, "split": "grouped"})
+    card = (tmp_path / "g" / "README.md").read_text()
+    assert "`test` holds whole acquisition batches out" in card and "random split" not in card

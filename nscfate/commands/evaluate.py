@@ -35,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
     except ModelError as exc:
         logging.getLogger(__name__).error("%s", exc)
         return 2
-    ci = m.get("accuracy_ci95") or [None, None]
-    sys.stdout.write(f"accuracy {m['accuracy']:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]  balanced {m['balanced_accuracy']:.4f}  "
+    ci = m.get("accuracy_ci95")
+    interval = f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci and None not in ci else ""
+    sys.stdout.write(f"accuracy {m['accuracy']:.4f}{interval}  balanced {m['balanced_accuracy']:.4f}  "
                      f"macro-F1 {m['macro_f1']:.4f}  macro AUC {m['macro_auc'] or float('nan'):.4f}  "
                      f"ECE {m['ece']:.4f}  (n={m['n']})\nreport: {args.out}/report.md\n")
     return 0
