@@ -4,7 +4,7 @@ Which feature map: the last layer of the backbone whose output is a 4-D feature 
 sides >= :data:`MIN_CAM_SIDE`. Small inputs shrink to 1x1 or 2x2 at the end of deep backbones
 (InceptionV3 at 75x75 ends at 1x1, ResNet50 at 45x60 at 2x2), where a class activation map has no
 spatial content, so the search walks back to the last map that still has some. Preprocessing layers
-(normalisation, grey-to-RGB, scaling, upsampling) are never chosen.
+(normalisation, grey-to-RGB, scaling, upsampling) and padding layers are never chosen.
 
 :func:`gradcam` returns the map at input resolution in [0, 1]; :func:`overlay_png` renders it over the
 image as PNG bytes (what the worker sends back); :class:`GradCam` caches the gradient model so a
@@ -31,7 +31,9 @@ def find_cam_layer(model) -> str:
     """Name of the layer whose feature map Grad-CAM uses (see module docstring)."""
     candidates = []
     for layer in model.layers:
-        if layer.name in PREPROCESSING_LAYERS or layer.__class__.__name__ == "InputLayer":
+        # A padding layer's map has rows and columns of zeros that are not in the image (MobileNet's last
+        # pad before a strided conv): resized to the input, the heat would sit off the cell.
+        if layer.name in PREPROCESSING_LAYERS or layer.__class__.__name__ in ("InputLayer", "ZeroPadding2D"):
             continue
         shape = getattr(layer, "output", None)
         shape = getattr(shape, "shape", None)
