@@ -398,12 +398,24 @@ def _decode_tiff(data: bytes, page: int | None, limits: DecodeLimits, label: str
             photometric = int(tpage.photometric)
             colormap = tpage.colormap
             bit_depth, ome = int(tpage.bitspersample), bool(tif.is_ome)
+            extras = tuple(int(e) for e in (tpage.extrasamples or ()))
         except Exception as exc:  # noqa: BLE001
             raise CorruptImageError(f"{label}: corrupt TIFF tags on page {page} ({exc})") from None
         info = ImageInfo(format="tiff", dtype=str(dtype), bit_depth=bit_depth, original_shape=shape,
                          pages=n_pages, page=page, channels=channels, ome=ome, warnings=warnings)
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("="))
+    if arr.ndim == 3 and extras and len(extras) < arr.shape[2]:
+        # ExtraSamples says what the samples after the image's own are: 1 and 2 are transparency, 0 is
+        # anything else (e.g. a marker channel stored beside the brightfield), which must not be blended
+        # into the image as if it were alpha.
+        base = arr.shape[2] - len(extras)
+        alpha = [base + i for i, e in enumerate(extras) if e in (1, 2)][:1]
+        if len(alpha) < len(extras):
+            info.warnings.append(f"{len(extras) - len(alpha)} extra sample(s) per pixel that are not transparency "
+                                 "(another channel?) ignored; the image is the first "
+                                 + ("sample" if base == 1 else f"{base} samples"))
+            arr = arr[:, :, [*range(base), *alpha]]
     if photometric == 0 and arr.ndim == 2:  # MINISWHITE: 0 is white; flip so bright stays bright
         arr = _invert(arr)
         info.warnings.append("min-is-white TIFF inverted")

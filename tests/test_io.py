@@ -351,3 +351,22 @@ def test_limits_are_documented_defaults():
                                           max_channels=4, max_pages=256)
     with pytest.raises(ValueError):
         DecodeLimits(max_pixels=0)
+
+
+def test_a_tiff_sample_that_is_not_transparency_is_not_blended_in():
+    """Brightfield + another channel in one TIFF page (ExtraSamples: unspecified): the image is the first
+    sample, and the other is left out with a warning, not composited as if it were alpha."""
+    import tifffile
+
+    marker = np.full(GREY8.shape, 200, np.uint8)
+    for extrasamples, blended in (([0], False), ([2], True)):
+        buf = io.BytesIO()
+        tifffile.imwrite(buf, np.dstack([GREY8, marker]), photometric="minisblack", planarconfig="contig",
+                         extrasamples=extrasamples)
+        out = decode_image(buf.getvalue())
+        assert out.info.channels == 2
+        if blended:  # 2 = unassociated alpha: real transparency, composited as before
+            assert any("composited" in w for w in out.info.warnings)
+        else:
+            np.testing.assert_allclose(out.pixels, expected_float(GREY8), atol=1e-6)
+            assert any("not transparency" in w for w in out.info.warnings)
