@@ -100,10 +100,11 @@ class FakeWorker:
             raise anvil.server.UplinkDisconnectedError("Connection to Anvil Uplink server lost")
         self.batch_sizes.append(len(images))
         out = []
-        for media in images:
+        for index, media in enumerate(images):
             data = media.get_bytes()
-            if b"BAD" in data:
-                out.append({"error": {"code": "corrupt", "message": "The image data is corrupt"}})
+            if b"BAD" in data:  # as the worker's per-image error entry (uplink/service.py predict_batch)
+                out.append({"error": {"code": "corrupt", "message": "The image data is corrupt"}, "index": index,
+                            "filename": media.name})
             else:
                 out.append(self._result(data))
         return out

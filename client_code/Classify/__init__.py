@@ -2,10 +2,7 @@ from ._anvil_designer import ClassifyTemplate
 from anvil import *
 import anvil.server
 
-from .. import cards, images
-
-# Images per server call: keeps each call well inside Anvil's 30 s server-call limit.
-FILES_PER_CALL = 16
+from .. import batches, cards, images
 
 
 class Classify(ClassifyTemplate):
@@ -48,8 +45,8 @@ class Classify(ClassifyTemplate):
         results = []
         self.classify_button.enabled = False
         try:
-            for start in range(0, len(files), FILES_PER_CALL):
-                chunk = files[start:start + FILES_PER_CALL]
+            # at most 16 images and 128 MB per call: the server refuses a bigger call as a whole
+            for start, chunk in batches.upload_chunks(files):
                 self.status_label.text = "Classifying images %d-%d of %d ..." % (
                     start + 1, start + len(chunk), len(files))
                 out = anvil.server.call("classify_cell_images", chunk, experiment=self.experiment_box.text,

@@ -47,6 +47,9 @@ class History(HistoryTemplate):
         except Exception as e:
             alert("Could not search the history: %s" % e)
             return
+        if not result["rows"] and 0 < result["pages"] <= self.page:
+            self.page = result["pages"] - 1  # the last page emptied (its last row deleted): show the one before
+            return self.load()
         for row in result["rows"]:
             row["created_text"] = row["created"].strftime("%Y-%m-%d %H:%M")
             row["confidence_text"] = charts.percent(row["confidence"])
@@ -72,10 +75,19 @@ class History(HistoryTemplate):
         self.load()
 
     def export_button_click(self, **event_args):
-        download(anvil.server.call("export_predictions_csv", self.filters()))
+        try:
+            csv_file = anvil.server.call("export_predictions_csv", self.filters())
+        except Exception as e:  # e.g. a 'to' date before the 'from' date
+            alert("Could not export the history: %s" % e)
+            return
+        download(csv_file)
 
     def open_detail(self, item, **event_args):
-        detail = anvil.server.call("get_prediction", item["id"])
+        try:
+            detail = anvil.server.call("get_prediction", item["id"])
+        except Exception as e:  # e.g. deleted meanwhile by its owner or a lab admin
+            alert("Could not open this prediction: %s" % e)
+            return
         alert(content=PredictionDetail(item=detail), large=True, title=detail["filename"])
 
     def row_deleted(self, **event_args):

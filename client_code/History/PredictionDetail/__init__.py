@@ -31,4 +31,6 @@ class PredictionDetail(PredictionDetailTemplate):
             return
         self.gradcam_image.source = out["gradcam"]
         self.gradcam_image.visible = True
+        self.gradcam_note.text = out["note"] or "Regions that most raised the predicted condition's score."
+        self.gradcam_note.visible = True
         self.gradcam_button.visible = False
