@@ -589,11 +589,12 @@ def worker_models(plots=False):
 
 
 @anvil.server.callable
-def get_model_cards():
+def get_model_cards(plots=False):
     """The model cards of the models the connected workers serve (the worker's ``list_models``; named
-    differently because on Anvil an uplink function shadows a server function of the same name)."""
+    differently because on Anvil an uplink function shadows a server function of the same name). With
+    ``plots``, each plot's PNG too (a few hundred KB: for the Models page, not for a model picker)."""
     access.require_user()
-    return worker_models(plots=True)
+    return worker_models(plots=bool(plots))
 
 
 @anvil.server.callable

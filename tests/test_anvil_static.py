@@ -125,7 +125,7 @@ def test_catches_browser_unavailable_imports_and_bad_relative_imports(app):
 
 
 def test_catches_a_server_function_shadowed_by_the_worker(app):
-    edit(app / "server_code/predictions.py", "def get_model_cards():", "def list_models():")
+    edit(app / "server_code/predictions.py", "def get_model_cards(plots=False):", "def list_models(plots=False):")
     edit(app / "client_code/Models/__init__.py", '"get_model_cards"', '"list_models"')
     assert "server function 'list_models' has the same name as a worker function" in messages(app)
 

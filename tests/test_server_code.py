@@ -441,6 +441,10 @@ def test_experiment_summary(rt, people):
 
 def test_models_passthrough_and_worker_down(rt, people, worker):
     assert rt.call("get_model_cards", session=people["ann"])[0]["name"] == "tiny-medium4"
+    # the plot images only for the Models page, not for every model picker
+    assert [kw for name, _, kw in worker.calls if name == "list_models"] == [{"plots": False}]
+    rt.call("get_model_cards", plots=True, session=people["ann"])
+    assert worker.calls[-1][2] == {"plots": True}
     worker.fail = True
     with pytest.raises(Exception) as e:
         rt.call("get_model_cards", session=people["ann"])

@@ -12,7 +12,7 @@ class Models(ModelsTemplate):
 
     def load(self):
         try:
-            cards = anvil.server.call("get_model_cards")
+            cards = anvil.server.call("get_model_cards", plots=True)
         except Exception as e:
             self.status_label.text = "No prediction worker is connected right now: %s" % e
             self.models_panel.items = []
