@@ -122,7 +122,7 @@ class FakeWorker:
         return [{"name": self.model_name, "version": self.model_version, "task": "medium4", "arch": "tiny-cnn",
                  "classes": [{"key": k, "display_name": d} for k, d in CLASSES], "input_size": [32, 32],
                  "trained_on": "synthetic IFC-like benchmark", "synthetic_training_data": True,
-                 "test_accuracy": 0.9, "grouped_test_accuracy": 0.85, "created": "2024-05-01T00:00:00+00:00",
+                 "test_accuracy": 0.9, "test_split": "random", "grouped_test_accuracy": 0.85, "created": "2024-05-01T00:00:00+00:00",
                  "low_confidence_threshold": 0.5, "default": True, "plots": []}]
 
 

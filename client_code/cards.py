@@ -32,8 +32,10 @@ def trained_on_text(card):
 def held_out_text(card):
     """The held-out accuracy the card reports: the random test split, and the held-out acquisition batches
     (the honest figure when batches differ)."""
+    test_is = {"random": "random test split", "grouped": "test split by acquisition batch"}.get(
+        card.get("test_split"), "test split")
     parts = []
-    for key, what in (("test_accuracy", "random test split"), ("grouped_test_accuracy", "held-out acquisition batches")):
+    for key, what in (("test_accuracy", test_is), ("grouped_test_accuracy", "held-out acquisition batches")):
         value = card.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             parts.append("%.1f%% (%s)" % (100.0 * value, what))

@@ -110,6 +110,7 @@ class ModelInfo:
             "trained_on": self.metadata.get("training_data", {}).get("description", "unknown"),
             "synthetic_training_data": self.synthetic,
             "test_accuracy": test.get("accuracy"),
+            "test_split": self.metadata.get("training_data", {}).get("split"),  # how test was held out
             "grouped_test_accuracy": self.metrics.get("grouped_test", {}).get("accuracy")
             if isinstance(self.metrics.get("grouped_test"), dict) else None,
             "created": self.metadata.get("created"),

@@ -63,7 +63,10 @@ def test_held_out_accuracy_comes_from_the_card(cards, worker_cards):
     card = worker_cards[0]
     assert isinstance(card["test_accuracy"], float)  # the tiny model's card has its evaluation
     text = cards.held_out_text(card)
-    assert text.startswith("Held-out accuracy: ") and "%.1f%% (random test split)" % (100 * card["test_accuracy"]) in text
+    assert text.startswith("Held-out accuracy: ") and "%.1f%% (" % (100 * card["test_accuracy"]) in text
+    for split, says in (("random", "(random test split)"), ("grouped", "(test split by acquisition batch)"),
+                        (None, "(test split)")):
+        assert says in cards.held_out_text(dict(card, test_split=split))
     assert cards.held_out_text({"name": "x"}) == "No held-out accuracy reported"
 
 
