@@ -7,6 +7,7 @@ Layouts read by :func:`read_dataset`:
    ``.png``; ``<batch>`` is day + replicate (e.g. ``D3B``) and becomes the group. Only brightfield
    ``Ch1`` is read by default; the fluorescence marker channels Ch2-Ch4 define the answer and are refused
    as model input (:class:`~nscfate.errors.MarkerChannelError`) unless ``allow_marker_channels=True``.
+   The channel comes from the ``_Ch<n>`` suffix of any file name (:func:`file_channel`), in every layout.
 2. **Class folders**: ``root/<class>/*.{tif,tiff,png,bmp,jpg,jpeg}``, optionally one level deeper,
    ``root/<class>/<group>/*``, where the sub-folder names the acquisition batch.
 3. **CSV manifest**: a ``.csv`` file with header ``path,label[,group]`` (extra columns ignored);
@@ -14,7 +15,8 @@ Layouts read by :func:`read_dataset`:
 
 Labels are medium keys of :data:`nscfate.classes.MEDIA` (folder names are matched case-insensitively).
 Every sample has a group: the IFC batch, the class sub-folder, the CSV ``group`` column, or - when the
-data carry no batch information - the file itself (so a grouped split degrades to a random one).
+data carry no batch information - the file itself, or for ``<cell>_Ch<n>`` names the cell, so that a
+cell's channels share a group (a grouped split then degrades to a random one).
 
 Splits are seeded: :func:`split_random` (stratified, as in the paper) and :func:`split_grouped` (no
 group on both sides). :func:`write_split_manifest` records every file's SHA-256 and a manifest hash
@@ -50,6 +52,9 @@ IFC_NAME = re.compile(
     r"^(?P<prefix>.+)_(?P<batch>[^_]+)_(?P<object>\d+)_Ch(?P<channel>\d+)\.(?:ome\.)?(?:tiff?|bmp|png)$",
     re.IGNORECASE,
 )
+#: The channel suffix alone, whatever precedes it: IDEAS's default ``<object>_Ch<n>.ome.tif`` and names
+#: with no batch carry marker channels too. Decides the channel of every file (:func:`file_channel`).
+CHANNEL_SUFFIX = re.compile(r"(?:^|_)Ch(?P<channel>\d+)(?:\.ome)?\.[^.]+$", re.IGNORECASE)
 #: Fewest images of one class that a split can put on both sides.
 MIN_PER_CLASS = 2
 SPLIT_KINDS = ("random", "grouped")
@@ -177,6 +182,19 @@ def parse_ifc_name(filename: str) -> tuple[str, str, int] | None:
     return m["prefix"], m["batch"], int(m["channel"])
 
 
+def file_channel(filename: str | os.PathLike) -> int | None:
+    """The IFC channel of a file (``..._Ch<n>.[ome.]<ext>``, 1 = brightfield), or None if its name
+    carries none. The one rule for "is this a marker channel" (datasets, ``nscfate predict``)."""
+    m = CHANNEL_SUFFIX.search(os.path.basename(filename))
+    return int(m["channel"]) if m else None
+
+
+def _cell_name(filename: str) -> str:
+    """The file name without its channel suffix: the cell, shared by all its channels' files."""
+    m = CHANNEL_SUFFIX.search(filename)
+    return filename[:m.start()] if m and m.start() else filename
+
+
 def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
@@ -220,19 +238,20 @@ def _read_tree(root: Path, channel: int | None) -> list[Sample]:
         before = len(samples)
         for f, sub in files:
             name = os.path.basename(f)
+            ch = file_channel(name)
+            if channel is not None and ch is not None and ch != channel:
+                skipped[ch] += 1
+                continue
             ifc = parse_ifc_name(name)
             if ifc is not None:
-                prefix, batch, ch = ifc
-                if channel is not None and ch != channel:
-                    skipped[ch] += 1
-                    continue
+                prefix, batch, _ = ifc
                 prefix_mismatch += prefix.lower() != label
                 # interned: a handful of batch names shared by every image of a 600,000-image index
                 samples.append(Sample(f, label, sys.intern(batch), ch))
             elif sub:  # root/<class>/<group>/file
-                samples.append(Sample(f, label, sys.intern("/".join(sub)), None))
-            else:  # no batch information: the file is its own group
-                samples.append(Sample(f, label, f"{label}/{name}", None))
+                samples.append(Sample(f, label, sys.intern("/".join(sub)), ch))
+            else:  # no batch information: the file (all channels of its cell) is its own group
+                samples.append(Sample(f, label, f"{label}/{_cell_name(name)}", ch))
         if len(samples) == before:  # images, but all of other channels
             raise DatasetError(f"{class_dir}: no Ch{channel} files in class folder {class_dir.name!r}; "
                                f"found only channels {sorted(skipped)}")
@@ -266,14 +285,13 @@ def _read_csv(path: Path, channel: int | None, allow_marker_channels: bool) -> l
         if not file.is_file():
             missing.append(row["path"])
             continue
-        ifc = parse_ifc_name(file.name)
-        ch = ifc[2] if ifc else None
+        ifc, ch = parse_ifc_name(file.name), file_channel(file.name)
         if ch is not None and ch != BRIGHTFIELD_CHANNEL and not allow_marker_channels:
             raise MarkerChannelError(f"{path}, line {line}: {file.name} is marker channel Ch{ch}; markers define the "
                                      "label and must not be model input (list brightfield Ch1 files)")
         if channel is not None and ch is not None and ch != channel:
             continue
-        group = row.get("group") or (ifc[1] if ifc else f"{label}/{file.name}")
+        group = row.get("group") or (ifc[1] if ifc else f"{label}/{_cell_name(file.name)}")
         samples.append(Sample(str(file), label, group, ch))
     if missing:
         raise DatasetError(f"{path}: {len(missing)} listed file(s) do not exist, e.g. {', '.join(missing[:3])}")
@@ -366,34 +384,38 @@ def split_grouped(samples: Sequence[Sample], test_fraction: float = 0.2, seed: i
     among those with every class on both sides.
     """
     _check_fraction(test_fraction)
-    by_group: dict[str, list[Sample]] = {}
+    # Each sample as (group, label) codes and each attempt in NumPy: without batch information every
+    # file is its own group (600,000 of them), where testing membership in a list of the chosen groups
+    # was quadratic. Same seeded orders and the same choices as that loop.
+    group_code: dict[str, int] = {}
+    label_code: dict[str, int] = {}
+    g_codes, l_codes = array("q"), array("q")
     for s in samples:
-        by_group.setdefault(s.group, []).append(s)
-    groups = sorted(by_group)
-    labels = {s.label for s in samples}
+        g_codes.append(group_code.setdefault(s.group, len(group_code)))
+        l_codes.append(label_code.setdefault(s.label, len(label_code)))
+    groups, labels = sorted(group_code), sorted(label_code)
     if len(groups) < 2:
         raise DatasetError(f"a grouped split needs at least 2 groups; the data has {len(groups)} ({', '.join(groups)})")
-    for label in sorted(labels):
-        label_groups = {s.group for s in samples if s.label == label}
-        if len(label_groups) < 2:
+    gi = _ranks(group_code, groups)[np.frombuffer(g_codes, np.int64)]  # each sample's index in groups
+    li = _ranks(label_code, labels)[np.frombuffer(l_codes, np.int64)]
+    size = np.bincount(gi, minlength=len(groups))
+    has = np.zeros((len(groups), len(labels)), bool)  # group holds label
+    has[gi, li] = True
+    groups_with = has.sum(axis=0)
+    for j, label in enumerate(labels):
+        if groups_with[j] < 2:
+            label_groups = [groups[i] for i in np.flatnonzero(has[:, j])]
             raise DatasetError(f"grouped split impossible: all images of class {label!r} are in one group "
                                f"({', '.join(label_groups)}), so it cannot be on both sides")
     total = len(samples)
+    target = test_fraction * total
     rng = np.random.default_rng([seed, 3])
-    best: tuple[float, list[str]] | None = None
+    best: tuple[float, np.ndarray] | None = None
     for _ in range(attempts):
-        order = [groups[i] for i in rng.permutation(len(groups))]
-        chosen, n = [], 0
-        for g in order:
-            if n >= test_fraction * total:
-                break
-            if n + len(by_group[g]) > total - 1:
-                continue
-            chosen.append(g)
-            n += len(by_group[g])
-        test_labels = {s.label for g in chosen for s in by_group[g]}
-        train_labels = {s.label for g in groups if g not in chosen for s in by_group[g]}
-        if test_labels != labels or train_labels != labels:
+        order = rng.permutation(len(groups))
+        chosen, n = _fill_test(order, size[order], target, total)
+        counts = has[chosen].sum(axis=0)  # chosen groups holding each label
+        if not (counts > 0).all() or not (counts < groups_with).all():  # a class missing from a side
             continue
         score = abs(n / total - test_fraction)
         if best is None or score < best[0]:
@@ -401,10 +423,38 @@ def split_grouped(samples: Sequence[Sample], test_fraction: float = 0.2, seed: i
     if best is None:
         raise DatasetError(f"grouped split impossible: no choice of the {len(groups)} groups puts every class "
                            "on both sides; add acquisition batches or use a random split")
-    test_groups = set(best[1])
-    test = [s for s in samples if s.group in test_groups]
-    train = [s for s in samples if s.group not in test_groups]
+    in_test = np.zeros(len(groups), bool)
+    in_test[best[1]] = True
+    test, train = [], []
+    for s, t in zip(samples, in_test[gi].tolist()):
+        (test if t else train).append(s)
     return Split(_sorted(train), _sorted(test), "grouped", seed, test_fraction)
+
+
+def _ranks(codes: dict[str, int], names: list[str]) -> np.ndarray:
+    """For each code (in order of first appearance), the position of its name in sorted ``names``."""
+    ranks = np.empty(len(names), np.int64)
+    ranks[[codes[name] for name in names]] = np.arange(len(names))
+    return ranks
+
+
+def _fill_test(order: np.ndarray, sizes: np.ndarray, target: float, total: int) -> tuple[np.ndarray, int]:
+    """The groups (indices, in ``order``) that fill the test set: take groups in order until it holds
+    ``target`` images, passing over a group that would leave no training image. Returns them and their
+    image count."""
+    before = np.cumsum(sizes) - sizes  # images taken before each group, if none is passed over
+    k = int(np.searchsorted(before, target, side="left"))  # first group reached with the target met
+    if not (before[:k] + sizes[:k] > total - 1).any():
+        return order[:k], int(before[k]) if k < len(order) else int(sizes.sum())
+    chosen, n = [], 0  # a group passed over (one holding most images): group by group
+    for g, m in zip(order.tolist(), sizes.tolist()):
+        if n >= target:
+            break
+        if n + m > total - 1:
+            continue
+        chosen.append(g)
+        n += m
+    return np.array(chosen, np.int64), n
 
 
 def make_split(samples: Sequence[Sample], kind: str = "random", test_fraction: float = 0.2, seed: int = 0,

@@ -55,6 +55,33 @@ def test_predict_a_folder_reads_every_image_in_it(model_dir, tmp_path, capsys, c
     assert "a folder with no image files" in caplog.text
 
 
+def test_predict_a_folder_skips_marker_channels_and_refuses_named_ones(model_dir, tmp_path, capsys, caplog):
+    """An IFC export folder holds every channel of every cell: only brightfield Ch1 (and un-numbered
+    files) is predicted; a marker-channel file named on the command line is refused."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    png = to_png_bytes(cell_image(np.random.default_rng(3)))
+    names = [f"astro_D3B_000001_Ch{ch}.ome.tif" for ch in (1, 2, 3, 4)] + ["7_Ch1.png", "7_Ch2.png", "plain.png"]
+    for name in names:
+        (folder / name).write_bytes(png)  # PNG bytes under .tif names decode all the same
+    caplog.set_level("INFO")
+    assert main(["predict", str(folder), "--model", str(model_dir), "--json"]) == 0
+    files = [json.loads(line)["file"] for line in capsys.readouterr().out.splitlines()]
+    assert files == [str(folder / n) for n in ("7_Ch1.png", "astro_D3B_000001_Ch1.ome.tif", "plain.png")]
+    assert "skipped 4 marker-channel files" in caplog.text
+    marker, good = folder / "astro_D3B_000001_Ch3.ome.tif", folder / "plain.png"
+    assert main(["predict", str(marker), str(good), "--model", str(model_dir), "--json"]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["file"] for line in lines] == [str(marker), str(good)]
+    assert lines[0]["error"]["code"] == "marker_channel" and "Ch3" in lines[0]["error"]["message"]
+    assert "predicted_class" in lines[1]
+    only_markers = tmp_path / "markers"
+    only_markers.mkdir()
+    (only_markers / "1_Ch2.png").write_bytes(png)
+    assert main(["predict", str(only_markers), "--model", str(model_dir)]) == 2
+    assert "no brightfield" in caplog.text
+
+
 def test_unknown_model_is_a_clean_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("NSCFATE_MODELS_DIR", str(tmp_path))
     good = tmp_path / "cell.png"

@@ -11,6 +11,7 @@ import pytest
 from nscfate import errors
 from nscfate.data import (
     Sample,
+    file_channel,
     file_sha256,
     inspect_dataset,
     make_split,
@@ -51,6 +52,21 @@ def _write(path, data):
 ])
 def test_parse_ifc_name(name, expected):
     assert parse_ifc_name(name) == expected
+
+
+@pytest.mark.parametrize("name, channel", [
+    ("astro_D3B_000042_Ch1.ome.tif", 1),
+    ("123_Ch2.ome.tif", 2),  # IDEAS's default export name: object number and channel only
+    ("astro_123_Ch3.OME.TIFF", 3),
+    ("Ch4.bmp", 4),
+    ("astro_D3B_000042_ch2.jpg", 2),
+    ("cell_001.png", None),
+    ("Chart.png", None),
+    ("x_Ch2_crop.png", None),
+])
+def test_file_channel(name, channel):
+    assert file_channel(name) == channel
+    assert file_channel(f"/data/astro/{name}") == channel
 
 
 def test_ifc_layout_reads_brightfield_only(ifc_root):
@@ -99,6 +115,33 @@ def test_ifc_extensions_tolerated(tmp_path, ext):
     assert len(samples) == 2 and all(s.group == "D7A" and s.channel == 1 for s in samples)
 
 
+def test_marker_channels_refused_whatever_precedes_the_channel(tmp_path):
+    """IDEAS's default names (``<object>_Ch<n>``) and names without a batch carry markers too: only Ch1
+    is read, and a cell's channels share one group (the cell: no batch to group by)."""
+    data = tiff_bytes(cell_array())
+    for label in ("astro", "oligo"):
+        for i in range(3):
+            for ch in (1, 2, 3):
+                _write(tmp_path / label / f"{i}_Ch{ch}.ome.tif", data)
+                _write(tmp_path / label / f"{label}_{i}_Ch{ch}.ome.tif", data)
+    samples = read_dataset(tmp_path)
+    assert len(samples) == 12 and {s.channel for s in samples} == {1}
+    assert all(s.path.endswith("_Ch1.ome.tif") for s in samples)
+    everything = read_dataset(tmp_path, channel=None, allow_marker_channels=True)
+    assert Counter(s.channel for s in everything) == {1: 12, 2: 12, 3: 12}
+    by_group: dict[str, set] = {}
+    for s in everything:
+        by_group.setdefault(s.group, set()).add(s.channel)
+    assert len(by_group) == 12 and all(channels == {1, 2, 3} for channels in by_group.values())
+    assert {"astro/0", "astro/astro_0", "oligo/2"} <= set(by_group)
+    split = split_grouped(everything, 0.3, seed=0)  # no cell on both sides
+    assert {s.group for s in split.train}.isdisjoint({s.group for s in split.test})
+    _write(tmp_path / "m" / "astro" / "7_Ch2.ome.tif", data)
+    _write(tmp_path / "m" / "oligo" / "7_Ch1.ome.tif", data)
+    with pytest.raises(errors.DatasetError, match="no Ch1 files in class folder 'astro'"):
+        read_dataset(tmp_path / "m")
+
+
 def test_class_folder_layout_with_and_without_groups(tmp_path):
     png = pil_bytes(cell_array(), "PNG")
     _write(tmp_path / "astro" / "plate1" / "a.png", png)
@@ -143,6 +186,10 @@ def test_csv_errors(tmp_path):
     (tmp_path / "marker.csv").write_text("path,label\noligo_D1A_1_Ch2.ome.tif,oligo\n")
     with pytest.raises(errors.MarkerChannelError, match="Ch2"):
         read_dataset(tmp_path / "marker.csv")
+    _write(tmp_path / "123_Ch3.ome.tif", tiff_bytes(cell_array()))  # IDEAS's default name
+    (tmp_path / "marker2.csv").write_text("path,label\n123_Ch3.ome.tif,oligo\n")
+    with pytest.raises(errors.MarkerChannelError, match="Ch3"):
+        read_dataset(tmp_path / "marker2.csv")
 
 
 def test_directory_errors(tmp_path):
@@ -215,6 +262,33 @@ def test_grouped_split_impossible():
     one_group_class = _samples(groups=4) + [Sample(f"/d/ctrl{i}.png", "ctrl", "X", 1) for i in range(5)]
     with pytest.raises(errors.DatasetError, match="class 'ctrl' are in one group"):
         split_grouped(one_group_class)
+
+
+class _CountedName(str):
+    """A group name that counts its comparisons."""
+
+    compared = 0
+    __hash__ = str.__hash__
+
+    def __eq__(self, other):
+        _CountedName.compared += 1
+        return str.__eq__(self, other)
+
+    def __lt__(self, other):
+        _CountedName.compared += 1
+        return str.__lt__(self, other)
+
+
+def test_grouped_split_compares_group_names_a_linear_number_of_times():
+    """Data without batch information make every file its own group (600,000 of them): the split must
+    not compare every group with every chosen one in each of its attempts (that never finished)."""
+    n = 400
+    samples = [Sample(f"/d/{lab}/{i}.png", lab, _CountedName(f"{lab}/{i}.png"), None)
+               for lab in ("astro", "oligo") for i in range(n // 2)]
+    _CountedName.compared = 0
+    split = split_grouped(samples, 0.2, seed=0)
+    assert len(split.test) == 80
+    assert _CountedName.compared < 20 * n  # sorting and a few look-ups per image; quadratic: millions
 
 
 def test_subsample_and_make_split():

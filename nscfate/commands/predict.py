@@ -15,7 +15,9 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE",
-                        help="image files (PNG, JPEG, BMP, TIFF), or folders: every image file in them")
+                        help="image files (PNG, JPEG, BMP, TIFF), or folders: every image in them. Brightfield "
+                             "only: IFC marker-channel files (*_Ch2 .. *_Ch4) are skipped in folders and refused "
+                             "when named (the markers define the label)")
     parser.add_argument("--model", "-m", default=None,
                         help="model directory or registered name[@version] (default: the registry's default)")
     parser.add_argument("--json", action="store_true",
@@ -24,32 +26,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nscfate.data import IMAGE_EXTENSIONS, image_files
-    from nscfate.errors import ImageError, ModelError
+    from nscfate.data import BRIGHTFIELD_CHANNEL, IMAGE_EXTENSIONS, file_channel, image_files
+    from nscfate.errors import ImageError, MarkerChannelError, ModelError
     from nscfate.predictor import Predictor
 
     if args.batch_size < 1:
         log.error("--batch-size must be at least 1")
         return 2
-    paths = []
+    paths, skipped = [], 0
     for arg in args.images:  # folders are expanded before the model loads, so a wrong one fails fast
         if os.path.isdir(arg):
             found = image_files(arg)
             if not found:
                 log.error("%s: a folder with no image files (%s) in it", arg, ", ".join(IMAGE_EXTENSIONS))
                 return 2
-            paths.extend(found)
+            # an IFC export holds every channel of every cell; the model reads brightfield only
+            kept = [p for p in found if file_channel(p) in (None, BRIGHTFIELD_CHANNEL)]
+            if not kept:
+                log.error("%s: a folder with no brightfield images in it (only marker-channel files, e.g. %s)",
+                          arg, os.path.basename(found[0]))
+                return 2
+            skipped += len(found) - len(kept)
+            paths.extend(kept)
         else:
             paths.append(arg)
+    if skipped:
+        log.info("skipped %d marker-channel files in the folders (brightfield Ch%d only)", skipped, BRIGHTFIELD_CHANNEL)
+    # marker-channel files named on the command line: refused, in their place in the output
+    refusals = {p: MarkerChannelError(f"{p}: channel Ch{ch} is a fluorescence marker channel; the markers "
+                                      f"define the label, so only brightfield Ch{BRIGHTFIELD_CHANNEL} is predicted")
+                for p in paths if (ch := file_channel(p)) not in (None, BRIGHTFIELD_CHANNEL)}
     try:
         predictor = Predictor.load(args.model, batch_size=args.batch_size)
     except ModelError as exc:  # a broken model directory is the caller's to fix: no traceback
         log.error("%s", exc)
         return 2
     refused = 0
-    results = predictor.predict_many(paths)
+    predicted = iter(predictor.predict_many([p for p in paths if p not in refusals]))
+    results = [refusals[p] if p in refusals else next(predicted) for p in paths]
     for path, result in zip(paths, results):
-        if isinstance(result, ImageError):
+        if isinstance(result, (ImageError, MarkerChannelError)):
             refused += 1
             record = {"file": path, "error": {"code": result.code, "message": str(result)}}
             if not args.json:
