@@ -70,8 +70,9 @@ class DatasetError(InputError):
     code = "bad_dataset"
 
 
-class MarkerChannelError(DatasetError):
-    """A fluorescence marker channel was asked for as model input (it leaks the label)."""
+class MarkerChannelError(DatasetError, ImageError):
+    """A fluorescence marker channel was asked for as model input (it leaks the label): in a dataset, or
+    as an image to classify (its file name says so)."""
 
     code = "marker_channel"
 

@@ -32,7 +32,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from nscfate.errors import ImageError, UnknownModelError
+from nscfate.errors import ImageError, MarkerChannelError, UnknownModelError
 from nscfate.modeldir import (GOLDEN_INPUT_FILE, GOLDEN_OUTPUT_FILE, DEFAULT_GOLDEN_ATOL, ModelInfo,
                               check_golden, load_keras_model, read_model_dir)
 from nscfate.preprocessing import border_pixels, median, prepare_image
@@ -203,10 +203,16 @@ class Predictor:
         Raises:
             ImageError: (a subclass saying what was wrong) for anything that is not a usable image.
         """
+        from nscfate.data import BRIGHTFIELD_CHANNEL, file_channel
         from nscfate.io import decode_image
 
         if filename is None and isinstance(source, (str, os.PathLike)):
             filename = os.fspath(source)
+        channel = file_channel(filename) if filename else None
+        if channel not in (None, BRIGHTFIELD_CHANNEL):  # as datasets refuse them: the markers define the label
+            raise MarkerChannelError(f"{os.path.basename(filename)}: the file name says channel Ch{channel}, a "
+                                     "fluorescence marker channel; the model reads brightfield "
+                                     f"(Ch{BRIGHTFIELD_CHANNEL}) images only")
         t0 = time.perf_counter()
         decoded = decode_image(source, name=filename)
         t1 = time.perf_counter()

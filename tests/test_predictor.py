@@ -113,6 +113,18 @@ def test_warnings(predictor):
         predictor.low_confidence = old
 
 
+def test_a_marker_channel_file_is_refused_by_its_name(predictor):
+    """As datasets refuse them: a fluorescence channel shows the label the model is meant to predict."""
+    from nscfate.errors import MarkerChannelError
+
+    for name in ("astro_D3B_000001_Ch2.ome.tif", "123_Ch4.png"):
+        with pytest.raises(MarkerChannelError) as info:
+            predictor.prepare(_png(), filename=name)
+        assert isinstance(info.value, ImageError) and info.value.code == "marker_channel"
+    for name in ("astro_D3B_000001_Ch1.png", "cell.png", None):
+        predictor.prepare(_png(), filename=name)
+
+
 def test_single_cell_heuristic():
     rng = np.random.default_rng(0)
     assert single_cell_warnings(cell_image(rng, radius=10)) == []

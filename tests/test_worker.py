@@ -166,13 +166,15 @@ def test_not_media_and_unknown_model_are_refused(server, worker_a):
 
 
 def test_batch_with_a_bad_image_in_the_middle(server, worker_a, model_classes):
-    images = [media(cell_png(2), "a.png"), media(b"GIF89a nope", "b.gif", "image/gif"), media(cell_png(3), "c.png")]
+    images = [media(cell_png(2), "a.png"), media(b"GIF89a nope", "b.gif", "image/gif"), media(cell_png(3), "c.png"),
+              media(cell_png(4), "astro_D3B_000001_Ch3.png")]  # a fluorescence channel: the label itself
     results = server.hub.call_sync("predict_cell_fate_batch", images)
-    assert len(results) == 3
+    assert len(results) == 4
     assert_prediction(results[0], model_classes)
     assert_prediction(results[2], model_classes)
     assert results[1]["error"]["code"] in {"not_an_image", "unsupported_format"}
     assert results[1]["index"] == 1 and results[1]["filename"] == "b.gif"
+    assert results[3]["error"]["code"] == "marker_channel" and "Ch3" in results[3]["error"]["message"]
     # The same image alone gives the same answer as in a batch.
     alone = server.hub.call_sync("predict_cell_fate", media(cell_png(2), "a.png"))
     assert alone["probabilities"] == pytest.approx(results[0]["probabilities"], abs=1e-5)

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nscfate.data import BRIGHTFIELD_CHANNEL, IMAGE_EXTENSIONS, file_channel, image_files
-    from nscfate.errors import ImageError, MarkerChannelError, ModelError
+    from nscfate.errors import ImageError, ModelError
     from nscfate.predictor import Predictor
 
     if args.batch_size < 1:
@@ -52,20 +52,15 @@ def run(args: argparse.Namespace) -> int:
             paths.append(arg)
     if skipped:
         log.info("skipped %d marker-channel files in the folders (brightfield Ch%d only)", skipped, BRIGHTFIELD_CHANNEL)
-    # marker-channel files named on the command line: refused, in their place in the output
-    refusals = {p: MarkerChannelError(f"{p}: channel Ch{ch} is a fluorescence marker channel; the markers "
-                                      f"define the label, so only brightfield Ch{BRIGHTFIELD_CHANNEL} is predicted")
-                for p in paths if (ch := file_channel(p)) not in (None, BRIGHTFIELD_CHANNEL)}
     try:
         predictor = Predictor.load(args.model, batch_size=args.batch_size)
     except ModelError as exc:  # a broken model directory is the caller's to fix: no traceback
         log.error("%s", exc)
         return 2
     refused = 0
-    predicted = iter(predictor.predict_many([p for p in paths if p not in refusals]))
-    results = [refusals[p] if p in refusals else next(predicted) for p in paths]
+    results = predictor.predict_many(paths)  # a marker-channel file named here is refused in its place
     for path, result in zip(paths, results):
-        if isinstance(result, (ImageError, MarkerChannelError)):
+        if isinstance(result, ImageError):
             refused += 1
             record = {"file": path, "error": {"code": result.code, "message": str(result)}}
             if not args.json:
