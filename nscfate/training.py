@@ -6,7 +6,10 @@ Steps of :func:`train`:
    acquisition batches are held out first (``data.grouped_holdout``; reported as ``grouped_test``), the
    rest is split into train / val / test at random or by group (``data.split``); ``data.subsample``
    thins the training set. The split manifest (with file hashes) is written to the run folder and its
-   hash goes into the model's metadata.
+   hash goes into the model's metadata. A resumed run keeps its split: once an epoch has run, the data
+   must split exactly as the run's ``split.json`` says (same files, same contents), or the run is
+   refused (``--restart`` trains from scratch on the current data), so that a file added between
+   sessions cannot reshuffle earlier training images into the test set.
 2. stream the images with ``nscfate.pipeline`` (the whole set shuffled every epoch, decode +
    ``prepare_image`` in parallel, batches, prefetch): no pixels are held beyond the batches in flight,
    only an index of paths and labels grows with the dataset, and glibc's mmap threshold is fixed
@@ -16,8 +19,11 @@ Steps of :func:`train`:
    mixed precision when GPUs are present (``train.distribute``/``train.mixed_precision`` = auto), AdamW
    or SGD with warm-up + cosine decay, balanced class weights.
 4. fit with checkpoints in the run folder: ``backup/`` (``keras.callbacks.BackupAndRestore``, so
-   running the same command again resumes after the last finished epoch), ``best.weights.h5`` (best
-   validation accuracy), ``history.csv``, ``train.log``; early stopping on validation accuracy.
+   running the same command again resumes after the last finished epoch; Keras deletes it when the fit
+   ends), ``best.weights.h5`` (best validation accuracy), ``history.csv``, ``train.log``; early stopping
+   on validation accuracy. A run whose fit has ended (epochs in ``history.csv``, no ``backup/``) is not
+   trained again: running the command again (with ``--overwrite`` if the model directory exists) only
+   repeats step 5 with its best weights; ``--restart`` trains it again from scratch.
 5. restore the best weights, evaluate on the held-out sets (same pipeline, no augmentation), and
    export the model directory (:func:`nscfate.modeldir.save_model_dir`) with those metrics.
 """
@@ -28,6 +34,7 @@ import csv
 import json
 import logging
 import math
+import re
 import shutil
 import sys
 import time
@@ -47,6 +54,7 @@ CONFIG_FILE = "config.yaml"
 BEST_WEIGHTS = "best.weights.h5"
 HISTORY_FILE = "history.csv"
 SPLIT_FILE = "split.json"
+BACKUP_DIR = "backup"
 MONITOR = "val_accuracy"
 #: Held-out images kept as the golden input of the exported model.
 GOLDEN_COUNT = 8
@@ -122,6 +130,77 @@ def read_manifest(path: str | Path, subset: str, *, verify: bool = True) -> list
         known = sorted({str(e.get("subset")) for e in doc["samples"] if isinstance(e, dict)})
         raise DatasetError(f"{path} has no {subset!r} images; subsets: {', '.join(known)}")
     return parts[subset]
+
+
+def _run_split(run: Path, splits: Splits, cfg: RunConfig) -> str:
+    """Write the run's split manifest, or keep the one an earlier session trained on; returns its hash.
+
+    Once an epoch has run, the current data must give exactly the recorded split (the manifest hash
+    covers subset, label, group and file SHA-256 of every image, so an equal hash means the same images
+    in every subset): the run then resumes on it and ``split.json`` is left as it is. Otherwise (files
+    added, removed or changed; or a split that comes out differently) a :class:`DatasetError` says what
+    changed: a new random split would move images the run has trained on into val/test. Before any
+    epoch has run there is nothing to leak, and the current split replaces the recorded one.
+
+    The check hashes every file once, as writing the manifest always has, into a streamed temporary
+    manifest; only the refusal reads both manifests to count the differences."""
+    path = run / SPLIT_FILE
+    if not path.is_file() or not _started(run):
+        return write_manifest(path, splits.parts(), cfg)
+    fresh = run / f"{SPLIT_FILE}.new"
+    try:
+        digest = write_manifest(fresh, splits.parts(), cfg)
+        if digest == _recorded_manifest_hash(path):
+            log.info("the data split as this run's %s says: resuming on it", SPLIT_FILE)
+            return digest
+        raise DatasetError(_split_changed(path, fresh, cfg))
+    finally:
+        fresh.unlink(missing_ok=True)
+
+
+def _recorded_manifest_hash(path: Path) -> str | None:
+    """The ``manifest_sha256`` a manifest records: written last, so read from the file's end (a large
+    manifest is not parsed whole); the whole file only if the end does not hold it."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - 512))
+            tail = f.read().decode("utf-8", "replace")
+        found = re.search(r'"manifest_sha256":\s*"([0-9a-f]{64})"\s*}\s*$', tail)
+        if found:
+            return found.group(1)
+        return json.loads(path.read_text(encoding="utf-8")).get("manifest_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _manifest_entries(path: Path) -> dict[str, tuple]:
+    """path -> (subset, label, group, sha256) of a manifest's images (both manifests compared lie in
+    the run folder, so their stored paths compare as they are)."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    return {e["path"]: (e["subset"], e["label"], e["group"], e["sha256"]) for e in doc["samples"]}
+
+
+def _split_changed(recorded: Path, fresh: Path, cfg: RunConfig) -> str:
+    """The message refusing to resume a run whose data no longer give its split."""
+    what = f"the data in {cfg.data.path} no longer give this run's split ({recorded})"
+    try:
+        old, new = _manifest_entries(recorded), _manifest_entries(fresh)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        old = new = None
+    if old is not None and new is not None:
+        added = sum(1 for p in new if p not in old)
+        removed = sum(1 for p in old if p not in new)
+        both = [p for p in new if p in old]
+        changed = sum(1 for p in both if new[p][1:] != old[p][1:])
+        moved = sum(1 for p in both if new[p][1:] == old[p][1:] and new[p][0] != old[p][0])
+        what += f": {added} file(s) added, {removed} removed, {changed} changed"
+        if moved:
+            what += f", and {moved} unchanged image(s) would move between train/val/test"
+        if not (added or removed or changed or moved):
+            what += " (the manifest was edited)"
+    return (f"{what}. A resumed run keeps its split, so that no image it trained on lands in val or test: "
+            "put the data back as it was to resume, or run again with --restart to train from scratch on "
+            "the current data (or choose another --run-dir)")
 
 
 def _dataset(samples: Sequence, cfg: RunConfig, classes: Sequence[str], *, training: bool):
@@ -234,8 +313,20 @@ def _best_so_far(run: Path) -> float | None:
     return max(values) if values else None
 
 
+def _started(run: Path) -> bool:
+    """Whether an epoch of the run has finished in some session (history, backup or best weights)."""
+    return bool(history(run)) or (run / BACKUP_DIR).exists() or (run / BEST_WEIGHTS).is_file()
+
+
+def _fit_ended(run: Path) -> bool:
+    """Whether the run's fit ended in an earlier session: epochs in its history and no backup left
+    (``BackupAndRestore`` deletes it when ``fit`` returns, early stopping included; a session stopped
+    by a crash or Ctrl-C leaves it, and the run resumes from it)."""
+    return bool(history(run)) and not (run / BACKUP_DIR).exists()
+
+
 def _check_run_dir(cfg: RunConfig, restart: bool) -> Path:
-    """Create the run folder, or resume it when it holds the same config."""
+    """Create the run folder, or keep it when it holds the same config (to resume or re-export it)."""
     run = cfg.run_path
     saved = run / CONFIG_FILE
     if run.exists() and restart:
@@ -247,7 +338,6 @@ def _check_run_dir(cfg: RunConfig, restart: bool) -> Path:
         if previous != cfg:
             raise ConfigError(f"run folder {run} holds a different config; run again with --restart to start "
                               "over, or choose another --run-dir")
-        log.info("resuming the run in %s", run)
     run.mkdir(parents=True, exist_ok=True)
     saved.write_text(cfg.to_yaml(), encoding="utf-8")
     return run
@@ -261,8 +351,10 @@ def train(cfg: RunConfig, *, restart: bool = False, overwrite: bool = False, com
 
     Args:
         cfg: the validated run config.
-        restart: discard an existing run folder instead of resuming it.
-        overwrite: replace an existing model directory at ``cfg.out``.
+        restart: discard an existing run folder (its split, history and weights) and train from scratch,
+            instead of resuming it (or, when its training has ended, exporting its best weights again).
+        overwrite: replace an existing model directory at ``cfg.out``; it does not change what happens
+            in the run folder.
         command: the command line that started the run (recorded in the model card).
         extra_callbacks: more Keras callbacks for ``fit``.
     """
@@ -284,12 +376,22 @@ def train(cfg: RunConfig, *, restart: bool = False, overwrite: bool = False, com
     if missing:
         raise DatasetError(f"no training images of class(es) {', '.join(missing)} in {cfg.data.path}")
     run = _check_run_dir(cfg, restart)
-    manifest_hash = write_manifest(run / SPLIT_FILE, splits.parts(), cfg)
+    manifest_hash = _run_split(run, splits, cfg)
+    rows = history(run)
+    ended = _fit_ended(run)
+    if ended and not (run / BEST_WEIGHTS).is_file():
+        raise ConfigError(f"the run in {run} finished training but kept no best weights ({BEST_WEIGHTS}: no epoch "
+                          "had a finite validation accuracy); run again with --restart to train it from scratch")
     file_log = logging.FileHandler(run / "train.log")
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("nscfate").addHandler(file_log)
     old_policy = keras.config.dtype_policy()
     try:
+        if ended:
+            log.info("the run in %s finished training in an earlier session (%d epochs): exporting its best "
+                     "weights without training; run again with --restart to train it from scratch", run, len(rows))
+        elif rows:
+            log.info("resuming the run in %s after epoch %d", run, len(rows))
         keras.utils.set_random_seed(cfg.train.seed)
         steps = cfg.train.steps_per_epoch or math.ceil(len(splits.train) / cfg.train.batch_size)
         strategy, mixed = _strategy_and_precision(cfg)
@@ -298,36 +400,20 @@ def train(cfg: RunConfig, *, restart: bool = False, overwrite: bool = False, com
         with strategy.scope():
             model = build_model(cfg.model.arch, len(classes), cfg.model.input_size, cfg.model.pretrained,
                                 dropout=cfg.model.dropout)
-            loss = (keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing)
-                    if cfg.train.label_smoothing else keras.losses.SparseCategoricalCrossentropy())
-            model.compile(optimizer=_optimizer(cfg, steps), loss=loss, metrics=["accuracy"])
+            if not ended:  # (an ended run only loads its best weights: no optimizer state to restore)
+                loss = (keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing)
+                        if cfg.train.label_smoothing else keras.losses.SparseCategoricalCrossentropy())
+                model.compile(optimizer=_optimizer(cfg, steps), loss=loss, metrics=["accuracy"])
         log.info("model %s: %s parameters, input %s", cfg.model.arch, f"{model.count_params():,}", cfg.model.input_size)
 
-        train_ds = _dataset(splits.train, cfg, classes, training=True)
-        val_ds = _dataset(splits.val, cfg, classes, training=False)
-        callbacks = [
-            keras.callbacks.BackupAndRestore(str(run / "backup")),
-            keras.callbacks.ModelCheckpoint(str(run / BEST_WEIGHTS), monitor=MONITOR, mode="max",
-                                            save_best_only=True, save_weights_only=True,
-                                            initial_value_threshold=_best_so_far(run)),
-            keras.callbacks.CSVLogger(str(run / HISTORY_FILE), append=True),
-            _ProgressLog(steps, cfg.train.epochs),
-            *extra_callbacks,
-        ]
-        if cfg.train.early_stopping_patience:
-            callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", min_delta=1e-3,
-                                                           patience=cfg.train.early_stopping_patience))
-        weights = class_weights(splits.train, classes) if cfg.train.class_weights == "balanced" else None
-        epochs_before = len(history(run))  # a resumed run: those epochs ran in an earlier session
-        t0 = time.perf_counter()
-        model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs, steps_per_epoch=steps,
-                  class_weight=weights, callbacks=callbacks, shuffle=False, verbose=0)  # the pipeline shuffles
-        train_seconds = time.perf_counter() - t0
+        train_seconds = 0.0
+        if not ended:
+            train_seconds = _fit(model, run, splits, cfg, classes, steps, extra_callbacks)
         if (run / BEST_WEIGHTS).is_file():
             model.load_weights(run / BEST_WEIGHTS)
 
         metrics, predictions = evaluate_splits(model, splits, cfg, classes)
-        metrics["training"] = _training_summary(run, train_seconds, steps, cfg, epochs_before)
+        metrics["training"] = _training_summary(run, train_seconds, steps, cfg, len(rows))
         info = export(model, cfg, splits, metrics, manifest_hash, overwrite=overwrite, command=command,
                       predictions=predictions)
         log.info("exported %s@%s to %s: test accuracy %s", info.name, info.version, out,
@@ -337,6 +423,32 @@ def train(cfg: RunConfig, *, restart: bool = False, overwrite: bool = False, com
         keras.config.set_dtype_policy(old_policy)
         logging.getLogger("nscfate").removeHandler(file_log)
         file_log.close()
+
+
+def _fit(model, run: Path, splits: Splits, cfg: RunConfig, classes: Sequence[str], steps: int,
+         extra_callbacks: Sequence = ()) -> float:
+    """Fit ``model`` with the run folder's checkpoints (resuming from its backup); returns the seconds."""
+    import keras
+
+    train_ds = _dataset(splits.train, cfg, classes, training=True)
+    val_ds = _dataset(splits.val, cfg, classes, training=False)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(run / BACKUP_DIR)),
+        keras.callbacks.ModelCheckpoint(str(run / BEST_WEIGHTS), monitor=MONITOR, mode="max",
+                                        save_best_only=True, save_weights_only=True,
+                                        initial_value_threshold=_best_so_far(run)),
+        keras.callbacks.CSVLogger(str(run / HISTORY_FILE), append=True),
+        _ProgressLog(steps, cfg.train.epochs),
+        *extra_callbacks,
+    ]
+    if cfg.train.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", min_delta=1e-3,
+                                                       patience=cfg.train.early_stopping_patience))
+    weights = class_weights(splits.train, classes) if cfg.train.class_weights == "balanced" else None
+    t0 = time.perf_counter()
+    model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs, steps_per_epoch=steps,
+              class_weight=weights, callbacks=callbacks, shuffle=False, verbose=0)  # the pipeline shuffles
+    return time.perf_counter() - t0
 
 
 def _fmt(v) -> str:

@@ -150,3 +150,84 @@ def test_bad_data_fails_before_anything_is_written(tmp_path):
     with pytest.raises(DatasetError):
         train(cfg)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+class _StopAfterFirstEpoch:
+    """A Keras callback that stops the session (like Ctrl-C) after epoch 0 has been saved."""
+
+    def __new__(cls):
+        import keras
+
+        class Interrupt(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch == 0:
+                    raise KeyboardInterrupt
+
+        return Interrupt()
+
+
+def _subset_paths(run_dir, subset):
+    from nscfate.training import SPLIT_FILE, read_manifest
+
+    return {s.path for s in read_manifest(run_dir / SPLIT_FILE, subset, verify=False)}
+
+
+def test_resumed_run_keeps_its_split_and_refuses_changed_data(tmp_path, synth_dir):
+    import shutil
+
+    from nscfate.errors import DatasetError
+    from nscfate.training import SPLIT_FILE, history, train
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    cfg = _cfg(tmp_path, data, epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, extra_callbacks=[_StopAfterFirstEpoch()])
+    manifest = (cfg.run_path / SPLIT_FILE).read_bytes()
+    trained = _subset_paths(cfg.run_path, "train")
+    # one more image between the sessions: a new random split would move trained images into the test set
+    extra = sorted((data / "astro").iterdir())[0]
+    added = extra.with_name("astro_D3A_009999_Ch1.ome.tif")
+    shutil.copy(extra, added)
+    with pytest.raises(DatasetError, match=r"1 file\(s\) added, 0 removed, 0 changed.*--restart"):
+        train(cfg)
+    assert (cfg.run_path / SPLIT_FILE).read_bytes() == manifest  # the run's split is untouched
+    assert [row["epoch"] for row in history(cfg.run_path)] == [0]  # nothing trained on the changed data
+    # the data as it was: the run resumes on its own split, and no held-out image is trained on
+    added.unlink()
+    result = train(cfg)
+    assert [row["epoch"] for row in history(cfg.run_path)] == [0, 1]
+    assert (cfg.run_path / SPLIT_FILE).read_bytes() == manifest
+    assert _subset_paths(cfg.run_path, "train") == trained
+    held_out = set().union(*(_subset_paths(cfg.run_path, s) for s in ("val", "test", "grouped_test")))
+    assert held_out and not held_out & trained
+    assert result.metrics["training"]["epochs_this_session"] == 1
+
+
+def test_finished_run_is_exported_again_not_retrained(tmp_path, synth_dir, monkeypatch):
+    from nscfate import training
+    from nscfate.modeldir import verify_model_dir
+    from nscfate.training import MONITOR, history, train
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    cfg = _cfg(tmp_path, synth_dir, epochs=2)
+    with monkeypatch.context() as m:  # training finishes, the export fails
+        m.setattr(training, "export", disk_full)
+        with pytest.raises(OSError, match="No space"):
+            train(cfg)
+    rows = history(cfg.run_path)
+    assert [row["epoch"] for row in rows] == [0, 1] and not cfg.run_path.joinpath("backup").exists()
+    best = max(rows, key=lambda r: r[MONITOR])
+    # the same command again: the run is complete, so its best weights are exported without training
+    first = train(cfg).metrics
+    # and again with --overwrite (it replaces the model directory; it does not retrain the run)
+    second = train(cfg, overwrite=True).metrics
+    assert [row["epoch"] for row in history(cfg.run_path)] == [0, 1]  # no epoch trained twice
+    for summary in (first["training"], second["training"]):
+        assert (summary["epochs_run"], summary["epochs_this_session"]) == (2, 0)
+        assert summary["train_images_per_second"] is None
+        assert (summary["best_epoch"], summary["best_val_accuracy"]) == (best["epoch"] + 1, best[MONITOR])
+    assert second["test"]["accuracy"] == first["test"]["accuracy"]  # the same weights
+    assert verify_model_dir(cfg.out).metrics["training"]["epochs_run"] == 2

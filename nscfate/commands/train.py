@@ -35,8 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", metavar="DIR", help="checkpoints and logs (default MODEL_DIR.run)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config field, e.g. --set train.weight_decay=0 (repeatable)")
-    parser.add_argument("--restart", action="store_true", help="discard an existing run folder instead of resuming")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
+    parser.add_argument("--restart", action="store_true",
+                        help="discard an existing run folder and train from scratch (default: resume it, on its "
+                             "own split; a run whose training ended is exported again, not retrained)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing model directory (the run folder is resumed all the same)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
