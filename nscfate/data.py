@@ -537,6 +537,29 @@ class _ManifestDigest:
             h.update((line if i == 0 else "\n" + line).encode())
         return h.hexdigest()
 
+    def cross_subset_copies(self) -> int:
+        """How many images have the same content (file SHA-256) as an image of another subset: copies
+        of one picture in train and test make the held-out numbers look better than they are."""
+        if self._lines is not None:
+            pairs = [(line.split("\t", 1)[0], line.rsplit("\t", 1)[1]) for line in self._lines]
+            subsets_of: dict[str, set[str]] = {}
+            for subset, sha in pairs:
+                subsets_of.setdefault(sha, set()).add(subset)
+            return sum(1 for _, sha in pairs if len(subsets_of[sha]) > 1)
+        if not len(self._ranks):
+            return 0
+        subset_names = sorted({p.split("\t", 1)[0] for p in self._prefixes})
+        subset_of_prefix = np.array([subset_names.index(p.split("\t", 1)[0]) for p in self._prefixes])
+        subsets = subset_of_prefix[np.frombuffer(self._ranks, np.int32)]
+        words = np.frombuffer(bytes(self._digests), np.uint64).reshape(-1, 4)
+        _, content = np.unique(words, axis=0, return_inverse=True)
+        content = content.ravel()
+        lowest = np.full(content.max() + 1, len(subset_names))
+        highest = np.full(content.max() + 1, -1)
+        np.minimum.at(lowest, content, subsets)
+        np.maximum.at(highest, content, subsets)
+        return int((lowest[content] != highest[content]).sum())
+
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -547,8 +570,9 @@ def _hash_line(e: dict) -> str:
 
 def write_manifest_file(path: str | Path, parts: dict[str, Sequence[Sample]], header: dict) -> str:
     """Write a split manifest: ``header`` (kind, seed, fractions...), the counts, then one JSON line per
-    image (subset, path, label, group, channel, SHA-256 of the file) and the manifest hash last; returns
-    the hash. Paths are stored relative to the manifest's folder when they lie under it. Entries are
+    image (subset, path, label, group, channel, SHA-256 of the file), how many images have the content of
+    an image in another subset (``copies_across_subsets``, also a logged warning), and the manifest hash
+    last; returns the hash. Paths are stored relative to the manifest's folder when they lie under it. Entries are
     streamed to the file (a 600,000-image manifest never sits in memory whole); only what the hash is
     made of is kept, compactly (:class:`_ManifestDigest`)."""
     path = Path(path)
@@ -580,7 +604,12 @@ def _stream_manifest(tmp: Path, head: dict, parts: dict[str, Sequence[Sample]], 
                 first = False
                 digest.add(entry)
         hexdigest = digest.hexdigest()
-        f.write(f'\n], "manifest_sha256": "{hexdigest}"}}\n')
+        copies = digest.cross_subset_copies()
+        f.write(f'\n], "copies_across_subsets": {copies}, "manifest_sha256": "{hexdigest}"}}\n')
+    if copies:
+        log.warning("%d image(s) have the same content (file SHA-256) as an image in another subset of this "
+                    "split (train / val / test): the held-out numbers count pictures the model was trained on; "
+                    "remove the copies from the dataset (the manifest lists each file's sha256)", copies)
     return hexdigest
 
 

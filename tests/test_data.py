@@ -360,6 +360,32 @@ def test_run_manifests_refuse_edits_and_malformed_entries(ifc_root, tmp_path):
     assert list((tmp_path / "new").iterdir()) == []
 
 
+def test_a_manifest_counts_copies_of_one_picture_across_subsets(tmp_path, caplog):
+    """The same picture in train and test (a re-export, a copied file) is counted and warned about: the
+    held-out numbers would count pictures the model trained on. Copies within one subset are not."""
+    import logging
+
+    from nscfate.data import write_manifest_file
+
+    pictures = [pil_bytes(cell_array(seed=k), "PNG") for k in range(3)]
+    files = {}
+    for name, k in (("a.png", 0), ("a-again.png", 0), ("b.png", 1), ("b-copy.png", 1), ("c.png", 2)):
+        (tmp_path / name).write_bytes(pictures[k])
+        files[name] = Sample(str(tmp_path / name), "astro", name)
+    parts = {"train": [files["a.png"], files["a-again.png"], files["b.png"]],
+             "test": [files["b-copy.png"], files["c.png"]]}
+    for group_tab in ("", "\t"):  # compact hashing, and the plain one a tab in a field switches to
+        parts["train"][2] = Sample(files["b.png"].path, "astro", "b" + group_tab)
+        path = tmp_path / "split.json"
+        with caplog.at_level(logging.WARNING, logger="nscfate.data"):
+            caplog.clear()
+            write_manifest_file(path, parts, {"kind": "random", "seed": 0})
+        assert json.loads(path.read_text())["copies_across_subsets"] == 2  # b.png and its copy
+        assert "2 image(s) have the same content" in caplog.text
+    write_manifest_file(path, {"train": [files["a.png"], files["a-again.png"]], "test": [files["c.png"]]}, {})
+    assert json.loads(path.read_text())["copies_across_subsets"] == 0
+
+
 def test_inspect_dataset(ifc_root):
     report = inspect_dataset(ifc_root)
     assert report["images"] == 48 and report["files"] == 192
