@@ -446,7 +446,10 @@ def _fit(model, run: Path, splits: Splits, cfg: RunConfig, classes: Sequence[str
                                                        patience=cfg.train.early_stopping_patience))
     weights = class_weights(splits.train, classes) if cfg.train.class_weights == "balanced" else None
     t0 = time.perf_counter()
+    # validation_steps: without it Keras counts the validation batches on the first pass and warns
+    # "Your input ran out of data" in every run's log when the pass ends
     model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs, steps_per_epoch=steps,
+              validation_steps=math.ceil(len(splits.val) / cfg.train.batch_size),
               class_weight=weights, callbacks=callbacks, shuffle=False, verbose=0)  # the pipeline shuffles
     return time.perf_counter() - t0
 
