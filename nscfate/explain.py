@@ -3,8 +3,10 @@
 Which feature map: the last layer of the backbone whose output is a 4-D feature map with both spatial
 sides >= :data:`MIN_CAM_SIDE`. Small inputs shrink to 1x1 or 2x2 at the end of deep backbones
 (InceptionV3 at 75x75 ends at 1x1, ResNet50 at 45x60 at 2x2), where a class activation map has no
-spatial content, so the search walks back to the last map that still has some. Preprocessing layers
-(normalisation, grey-to-RGB, scaling, upsampling) and padding layers are never chosen.
+spatial content, so the search walks back to the last map that still has some. Only maps every path to
+the output goes through are candidates (a block's output, not a branch inside an Inception block or a
+residual block); preprocessing layers (normalisation, grey-to-RGB, scaling, upsampling) and padding
+layers are never chosen.
 
 :func:`gradcam` returns the map at input resolution in [0, 1]; :func:`overlay_png` renders it over the
 image as PNG bytes (what the worker sends back); :class:`GradCam` caches the gradient model so a
@@ -27,13 +29,47 @@ HEAD_LAYER = "predictions"
 OVERLAY_SCALE = 4
 
 
+def _bottlenecks(model) -> set[str]:
+    """The layers every path from the input to the output goes through (in a residual or Inception
+    network: the block outputs, not the branches inside a block, whose maps hold only part of what the
+    next block sees). Read from the model's config: a layer is one when no tensor made before it is used
+    after it."""
+    layers = model.get_config()["layers"]
+    position = {layer["name"]: k for k, layer in enumerate(layers)}
+    last_use = list(range(len(layers)))
+
+    def sources(node):
+        if isinstance(node, dict):
+            if "keras_history" in node:
+                yield node["keras_history"][0]
+            for value in node.values():
+                yield from sources(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                yield from sources(value)
+
+    for k, layer in enumerate(layers):
+        for name in sources(layer.get("inbound_nodes", [])):
+            if name in position:
+                last_use[position[name]] = max(last_use[position[name]], k)
+    out, reach = set(), -1
+    for k, layer in enumerate(layers):
+        if reach <= k:
+            out.add(layer["name"])
+        reach = max(reach, last_use[k])
+    return out
+
+
 def find_cam_layer(model) -> str:
     """Name of the layer whose feature map Grad-CAM uses (see module docstring)."""
     candidates = []
+    bottlenecks = _bottlenecks(model)
     for layer in model.layers:
         # A padding layer's map has rows and columns of zeros that are not in the image (MobileNet's last
         # pad before a strided conv): resized to the input, the heat would sit off the cell.
         if layer.name in PREPROCESSING_LAYERS or layer.__class__.__name__ in ("InputLayer", "ZeroPadding2D"):
+            continue
+        if layer.name not in bottlenecks:
             continue
         shape = getattr(layer, "output", None)
         shape = getattr(shape, "shape", None)
