@@ -16,8 +16,12 @@ ROLES = ("researcher", "lab_admin")
 
 
 def current_user():
-    """The signed-in, enabled user row, or None."""
-    return anvil.users.get_user()
+    """The signed-in, enabled user row, or None. On Anvil, get_user() returns the session's account
+    without looking at ``enabled``: an account a lab admin disables would keep its open sessions."""
+    user = anvil.users.get_user()
+    if user is None or not user["enabled"]:
+        return None
+    return user
 
 
 def require_user():

@@ -73,7 +73,9 @@ def _api(fn):
 
 def _user():
     user = anvil.server.request.user
-    if user is None:
+    # the endpoint wrapper takes the session's account first, and on Anvil that one is not checked for
+    # being enabled (HTTP Basic sign-ins are)
+    if user is None or not user["enabled"]:
         raise errors.NotSignedIn("Authenticate with your email and password (HTTP Basic)")
     return user
 

@@ -8,6 +8,7 @@ import io
 import sys
 
 import anvil
+import anvil.users
 import pytest
 import sqlalchemy as sa
 
@@ -576,3 +577,19 @@ def test_a_stored_prediction_that_cannot_be_read_back_is_still_reported(rt, peop
     for key in ("id", "user", "filename", "image_sha256", "model", "predicted_class", "predicted_display_name",
                 "confidence", "probabilities", "classes", "warnings", "experiment", "notes", "can_delete"):
         assert result[key] == again[key], key  # what was written is what a read gives
+
+
+def test_a_disabled_account_loses_its_open_sessions_as_on_anvil(rt, people, monkeypatch):
+    """On Anvil, get_user() returns a session's account without looking at ``enabled`` (the local host
+    checks it itself, which hid this): the server code refuses a disabled account in its own right."""
+    ann = rt.run(lambda: rt.db.app_tables.users.get(email="ann@lab.org"))
+    rt.run(lambda: ann.update(enabled=False))
+    monkeypatch.setattr(anvil.users, "get_user", lambda *a, **k: ann)  # Anvil's answer for her open session
+    with pytest.raises(Exception) as e:
+        rt.call("search_predictions", None, 0, 10, session=people["ann"])
+    assert type(e.value).__name__ == "NotSignedIn"
+    endpoint = rt.find_endpoint("/predictions")
+    out = rt.handle_http(endpoint, method="GET", path="/predictions", query_params={}, form_params={}, origin="",
+                         headers={}, remote_address="127.0.0.1", body=None, username=None, password=None,
+                         session=people["ann"])
+    assert out["status"] == 401
