@@ -37,7 +37,9 @@ WORKER_USER_ERRORS = ("UnknownModelError",)  # worker exception types that are t
 # again cannot duplicate one.
 RETRYABLE_WORKER_ERRORS = ("UplinkDisconnectedError", "WorkerUnavailableError")
 # At most this many requests of this server process wait for a worker at a time; others fail at once
-# (a worker gone for good must not tie up the threads every other request needs).
+# (a worker gone for good must not tie up the threads every other request needs). It holds where
+# server calls share a process (the local host; Anvil with Persistent Server); on Anvil without it each
+# call has a process of its own and only the time budget bounds the wait.
 _WAITING_FOR_A_WORKER = threading.BoundedSemaphore(2)
 
 
@@ -91,12 +93,13 @@ def classify_for_user(user, files, experiment=None, notes=None, model=None, cloc
                          "The prediction service is not available right now (%s); nothing was stored for "
                          "this file, send it again" % type(e).__name__)
             break
-        slowest_chunk = max(slowest_chunk, clock() - t0)
         try:
             results.update(_record_chunk(user, chunk, outputs, experiment, notes))
         except _NotStored as e:  # the database or the media store failed: stop, the rest would fail too
             _reject_rest(results, chunks[n:], e.code, e.message)
             break
+        # a chunk's cost includes storing it (up to 16 images of 20 MB in one transaction)
+        slowest_chunk = max(slowest_chunk, clock() - t0)
     return [results[i] for i in sorted(results)]
 
 

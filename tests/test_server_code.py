@@ -226,6 +226,23 @@ def test_time_budget_stops_before_the_30s_limit(rt, people, worker, monkeypatch)
     assert n_rows(rt) == 32
 
 
+def test_time_budget_counts_the_time_storing_takes(rt, people, worker, monkeypatch):
+    """Storing a chunk (16 images of up to 20 MB, one transaction) is part of what the next chunk costs."""
+    now = [0.0]
+    predictions = module(rt, "predictions")
+    record = predictions._record_chunk
+
+    def ten_seconds_to_store(*args, **kwargs):
+        now[0] += 10.0
+        return record(*args, **kwargs)
+
+    monkeypatch.setattr(predictions, "_record_chunk", ten_seconds_to_store)
+    user = rt.run(lambda: rt.accounts.session_user(people["ann"]))
+    results = rt.run(predictions.classify_for_user, user, images(48), clock=lambda: now[0])
+    assert worker.batch_sizes == [16, 16]  # a third chunk would end at 30 s, when Anvil kills the call
+    assert [r["error"]["code"] for r in results[32:]] == ["not_processed"] * 16
+
+
 def test_unknown_model_is_the_callers_error(rt, people):
     with pytest.raises(Exception) as e:
         rt.call("classify_cell_images", images(1), model="nope", session=people["ann"])

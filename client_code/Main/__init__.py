@@ -30,7 +30,7 @@ class Main(MainTemplate):
         self.sign_in_button.visible = not signed_in
         self.sign_out_button.visible = signed_in
         for link in self.nav_links().values():
-            link.enabled = signed_in
+            link.visible = signed_in  # (Anvil's Link has no `enabled`)
         self.admin_link.visible = signed_in and self.session_info["is_lab_admin"]
         self.show_page(self.current_page)
 
