@@ -261,9 +261,20 @@ def _to_utc_naive(value: dt.datetime) -> dt.datetime:
     return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
 
 
+def _jsonb_order(value: Any) -> Any:
+    """``value`` with every dict's keys in the order PostgreSQL's jsonb keeps them, which is where
+    Anvil stores simpleObject columns: shorter keys first, then by their bytes (so code that relies on
+    a dict's order, e.g. a model's class order, fails here as it would on Anvil)."""
+    if isinstance(value, dict):
+        return {k: _jsonb_order(value[k]) for k in sorted(value, key=lambda k: (len(str(k).encode()), str(k).encode()))}
+    if isinstance(value, (list, tuple)):
+        return [_jsonb_order(v) for v in value]
+    return value
+
+
 def _json_or_error(value: Any, what: str) -> str:
     try:
-        return json.dumps(value, allow_nan=False)  # keeps key order (e.g. class order)
+        return json.dumps(_jsonb_order(value), allow_nan=False)
     except (TypeError, ValueError) as e:
         raise TableError(f"{what} must be JSON-compatible (dict, list, str, number, bool, None): {e}") from None
 

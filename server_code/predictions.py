@@ -186,8 +186,9 @@ def _record(user, f, out, experiment, notes):
         return uploads.rejection(f.index, f.filename, "bad_worker_response",
                                  "The prediction service returned an unusable result; nothing was stored")
     model = out.get("model") or {}
-    class_names = {c["key"]: c.get("display_name") or c["key"] for c in out.get("classes") or []
-                   if isinstance(c, dict) and "key" in c}
+    # [key, display name] pairs in the model's order: a dict's key order does not survive Anvil's tables
+    class_names = [[str(c["key"]), str(c.get("display_name") or c["key"])] for c in out.get("classes") or []
+                   if isinstance(c, dict) and "key" in c]
     values = _prediction_values(user, f, out, model, class_names, experiment, notes)
     try:
         row = app_tables.predictions.add_row(**values)
@@ -261,10 +262,26 @@ def prediction_to_dict(row, viewer):
                     shown_as_stored=previews.shown_as_stored(row["image"]))
 
 
+def _classes_of(values):
+    """(key, display name) of a stored prediction's classes in its model's order. Stored as a list of
+    pairs because Anvil keeps simpleObject columns as PostgreSQL jsonb, which orders a dict's keys by
+    length (nt3 before astro); a row written as a dict gives its probabilities' keys, and any key either
+    lacks comes last."""
+    names = values["class_names"] or []
+    probabilities = values["probabilities"] or {}
+    if isinstance(names, dict):
+        pairs = [(k, names.get(k, k)) for k in probabilities] + [(k, d) for k, d in names.items() if k not in probabilities]
+    else:
+        pairs = [(str(p[0]), str(p[1])) for p in names if isinstance(p, (list, tuple)) and len(p) == 2]
+    known = {k for k, _ in pairs}
+    return pairs + [(k, k) for k in probabilities if k not in known]
+
+
 def _as_dict(row_id, values, can_delete, shown_as_stored):
     """The client's view of a prediction; ``values``: its row, or the column values it was written with."""
     owner = values["user"]
-    class_names = values["class_names"] or {}
+    classes = _classes_of(values)
+    class_names = dict(classes)
     probabilities = values["probabilities"] or {}
     return {
         "id": row_id,
@@ -277,7 +294,7 @@ def _as_dict(row_id, values, can_delete, shown_as_stored):
         "predicted_display_name": class_names.get(values["predicted_class"], values["predicted_class"]),
         "confidence": values["confidence"],
         "probabilities": probabilities,
-        "classes": [{"key": k, "display_name": class_names.get(k, k)} for k in probabilities],
+        "classes": [{"key": k, "display_name": d} for k, d in classes],
         "warnings": values["warnings"] or [],
         # what the warnings say, for the clients: the ones to flag in lists, and whether there is no cell
         "flags": [w for w in values["warnings"] or [] if str(w).startswith(FLAG_WARNINGS)],
@@ -495,7 +512,7 @@ def history_csv(filters=None):
     rows = list(search_rows(filters))
     classes = []
     for r in rows:
-        for key in r["probabilities"] or {}:
+        for key, _ in _classes_of(r):
             if key not in classes:
                 classes.append(key)
     out = io.StringIO()
@@ -503,7 +520,7 @@ def history_csv(filters=None):
     writer.writerow(list(CSV_COLUMNS) + ["p_" + k for k in classes])
     for r in rows:
         owner = r["user"]
-        names = r["class_names"] or {}
+        names = dict(_classes_of(r))
         probs = r["probabilities"] or {}
         created = r["created"]
         writer.writerow([_csv_cell(v) for v in (
@@ -553,10 +570,11 @@ def summarise_experiment(experiment, model=None):
             continue
         g["n"] += 1
         g["counts"][r["predicted_class"]] = g["counts"].get(r["predicted_class"], 0) + 1
-        g["names"].update(r["class_names"] or {})
-        for k, p in (r["probabilities"] or {}).items():
+        for k, name in _classes_of(r):
+            g["names"][k] = name
             if k not in g["order"]:
                 g["order"].append(k)
+        for k, p in (r["probabilities"] or {}).items():
             g["prob_sums"][k] = g["prob_sums"].get(k, 0.0) + p
     models = []
     for (name, version), g in sorted(groups.items(), key=lambda kv: -kv[1]["n"]):

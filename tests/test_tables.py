@@ -91,6 +91,14 @@ def test_simple_object_reads_are_copies(db):
     assert row["extra"] == {"a": [1]}
 
 
+def test_simple_object_dicts_keep_the_key_order_anvils_jsonb_keeps(db):
+    """Anvil stores simpleObject columns as PostgreSQL jsonb: shorter keys first, then by bytes, at
+    every depth; lists keep their order. Code that relies on a dict's order fails here as it would there."""
+    row = db.app_tables.people.add_row(name="D", extra={"astro": 1, "oligo": {"rashh": 0, "nt3": 0}, "nt3": [3, 1]})
+    assert list(row["extra"]) == ["nt3", "astro", "oligo"] and list(row["extra"]["oligo"]) == ["nt3", "rashh"]
+    assert row["extra"]["nt3"] == [3, 1]
+
+
 @pytest.mark.parametrize(
     "column,value",
     [("age", "12"), ("age", True), ("active", 1), ("born", dt.datetime(2020, 1, 1)), ("seen", "2020"),
