@@ -120,9 +120,12 @@ def predictions_collection(**params):
                                           _int_param(params, "page_size", 25))
         page["rows"] = [_with_links(r) for r in page["rows"]]
         return json_response(page)
+    body = request.body
+    if "file" not in params and body is not None and (body.content_type or "").startswith("multipart/form-data"):
+        params = dict(uploads.multipart_fields(body.content_type, body.get_bytes()), **params)  # as on Anvil
+        body = None
     files = params.get("file")
-    if files is None and request.body is not None:
-        body = request.body
+    if files is None and body is not None:
         name = _single(params, "filename") or "upload"
         files = [anvil.BlobMedia(body.content_type or "application/octet-stream", body.get_bytes(), name=name)]
     if isinstance(files, anvil.Media):

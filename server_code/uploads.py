@@ -5,6 +5,8 @@ decoding and the pixel limits are the worker's job (nscfate's decoder), and its 
 back as rejections too.
 """
 
+import email.parser
+import email.policy
 import hashlib
 import re
 
@@ -183,3 +185,39 @@ def check_files(files):
 
 def _too_big(n):
     return "The file is %.1f MB; the limit is %d MB per image" % (n / 1048576.0, MAX_BYTES_PER_FILE // 1048576)
+
+
+def multipart_fields(content_type, data):
+    """The fields of a ``multipart/form-data`` body: name -> text, or Media for a file part (a list when
+    the name repeats). Anvil hands an HTTP endpoint such a body whole (its ``form_params`` are the
+    url-encoded fields), so the REST API reads the parts itself: split at the boundary (no copy of the
+    bytes through a parser: an upload may be 128 MB), each part's few header lines read by ``email``."""
+    def bad(why):
+        return errors.InvalidRequest("The multipart form data could not be read: %s" % why, code="bad_form")
+
+    head = email.parser.BytesHeaderParser(policy=email.policy.HTTP).parsebytes(
+        ("Content-Type: %s\r\n\r\n" % (content_type or "")).encode("latin-1", "replace"))
+    boundary = head.get_param("boundary")
+    if not boundary:
+        raise bad("no boundary in its Content-Type")
+    pieces = data.split(b"--" + boundary.encode("latin-1", "replace"))
+    if len(pieces) < 2 or not pieces[-1].startswith(b"--"):
+        raise bad("the body is cut short")
+    fields = {}
+    for piece in pieces[1:-1]:
+        headers, sep, payload = piece.partition(b"\r\n\r\n")
+        if not (sep and piece.startswith(b"\r\n") and payload.endswith(b"\r\n")):
+            raise bad("a part is malformed")
+        part = email.parser.BytesHeaderParser(policy=email.policy.HTTP).parsebytes(headers[2:] + b"\r\n\r\n")
+        name = part.get_param("name", header="content-disposition")
+        if not name:
+            continue
+        payload = payload[:-2]
+        if part.get_filename() is not None:
+            value = anvil.BlobMedia(part.get_content_type(), payload, name=part.get_filename())
+        else:
+            value = payload.decode(part.get_content_charset() or "utf-8", "replace")
+        previous = fields.get(name)
+        fields[name] = value if name not in fields else (
+            previous + [value] if isinstance(previous, list) else [previous, value])
+    return fields

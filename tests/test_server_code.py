@@ -612,3 +612,20 @@ def test_a_disabled_account_loses_its_open_sessions_as_on_anvil(rt, people, monk
                          headers={}, remote_address="127.0.0.1", body=None, username=None, password=None,
                          session=people["ann"])
     assert out["status"] == 401
+
+
+def test_a_multipart_upload_handed_over_whole_is_read_as_on_anvil(rt, people):
+    """Anvil passes a multipart/form-data body to an HTTP endpoint whole (its form_params are the
+    url-encoded fields): the REST API reads the files and fields from it."""
+    import httpx
+
+    files = [("file", (f"cell{i}.png", png_bytes(i), "image/png")) for i in range(3)]
+    request = httpx.Request("POST", "http://host/_/api/predictions", files=files, data={"experiment": "E9"})
+    body = anvil.BlobMedia(request.headers["content-type"], request.read())
+    endpoint = rt.find_endpoint("/predictions")
+    out = rt.handle_http(endpoint, method="POST", path="/predictions", query_params={}, form_params={}, origin="",
+                         headers={}, remote_address="127.0.0.1", body=body, username=None, password=None,
+                         session=people["ann"])
+    assert out["status"] == 200
+    stored = rt.call("search_predictions", {"experiment": "E9"}, 0, 10, session=people["ann"])["rows"]
+    assert sorted(r["filename"] for r in stored) == ["cell0.png", "cell1.png", "cell2.png"]
