@@ -3,8 +3,9 @@
 Each subcommand lives in ``nscfate/commands/<name>.py`` and defines ``HELP`` (one line),
 ``add_arguments(parser)`` and ``run(args) -> int``. Command modules import nothing heavy at module
 level (TensorFlow, OpenCV, matplotlib are imported inside ``run``), so ``nscfate --help`` is instant.
-Bad input (an ``nscfate.errors.InputError``) ends with a one-line message and exit status 2, never a
-traceback.
+Bad input (an ``nscfate.errors.InputError``), a broken model directory (``ModelError``) and a file
+that cannot be read or written (``OSError``: a missing output folder, an output path that is a file)
+end with a one-line message and exit status 2, never a traceback (``-v`` adds it to the log).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import sys
 
 from nscfate import __version__
-from nscfate.errors import InputError
+from nscfate.errors import NscFateError
 
 #: Subcommands in the order ``--help`` lists them.
 COMMANDS: tuple[str, ...] = ("synth", "inspect", "audit", "train", "evaluate", "predict", "explain", "models")
@@ -57,9 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose, args.quiet)
     try:
         return int(args._run(args) or 0)
-    except InputError as exc:
+    except (NscFateError, OSError) as exc:
+        log.debug("details", exc_info=True)
         log.error("%s", exc)
         return 2
     except KeyboardInterrupt:
-        log.warning("interrupted")
+        log.warning("interrupted" + ("; run the same command again to resume from the last finished epoch"
+                                     if args.command == "train" else ""))
         return 130

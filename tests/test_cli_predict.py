@@ -102,6 +102,33 @@ def test_models_lists_the_registry(model_dir, tmp_path, capsys):
     assert "tiny-astro_vs_oligo@0.0.1" in capsys.readouterr().out
 
 
+def test_models_register_mistakes_are_said_not_raised(model_dir, tmp_path, capsys, caplog):
+    root = tmp_path / "registry"
+    shutil.copytree(model_dir, root / "tiny")
+    for wrong in (model_dir, root / "missing", tmp_path):  # outside the registry, no such folder, not a model
+        assert main(["models", "--root", str(root), "--register", str(wrong)]) == 2
+    assert main(["models", "--root", str(root), "--default"]) == 2  # --default alone did nothing, silently
+    assert "Traceback" not in capsys.readouterr().err
+    assert main(["models", "--root", str(root), "--register", str(root / "tiny")]) == 0
+    shutil.copytree(model_dir, root / "tiny-again")  # the same name@version from another folder
+    caplog.clear()
+    assert main(["models", "--root", str(root), "--register", str(root / "tiny-again")]) == 0
+    assert "now points to" in caplog.text
+
+
+def test_an_output_path_that_cannot_be_written_is_said_not_raised(model_dir, tmp_path, capsys, caplog):
+    for k, label in enumerate(("astro", "oligo")):
+        image = tmp_path / "data" / label / "cell.png"
+        image.parent.mkdir(parents=True)
+        image.write_bytes(to_png_bytes(cell_image(np.random.default_rng(k))))
+    assert main(["explain", str(model_dir), str(image), "--out", str(tmp_path / "no" / "such" / "h.png")]) == 2
+    assert "No such file or directory" in caplog.text
+    caplog.clear()
+    assert main(["evaluate", str(model_dir), "--data", str(tmp_path / "data"), "--out", str(image)]) == 2  # a file
+    assert "File exists" in caplog.text
+    assert "Traceback" not in capsys.readouterr().err + caplog.text
+
+
 def test_explain_writes_an_overlay_png(model_dir, tmp_path, capsys):
     image = tmp_path / "cell.png"
     image.write_bytes(to_png_bytes(cell_image(np.random.default_rng(2))))

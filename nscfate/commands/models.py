@@ -18,11 +18,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from nscfate.errors import ModelError
     from nscfate.registry import Registry
 
-    registry = Registry(args.root)
+    log = logging.getLogger(__name__)
+    if args.default and not args.register:
+        log.error("--default goes with --register MODEL_DIR (it makes that model the default)")
+        return 2
+    try:
+        registry = Registry(args.root)
+    except ModelError as exc:
+        log.error("%s", exc)
+        return 2
     if args.register:
-        entry = registry.add(args.register, default=args.default)
+        try:
+            before = {e.ref: e.path for e in registry.entries}
+            entry = registry.add(args.register, default=args.default)
+        except ModelError as exc:  # not under the registry folder, not a model directory, ...: the user's to fix
+            log.error("%s", exc)
+            return 2
+        if before.get(entry.ref) not in (None, entry.path):
+            log.warning("%s was registered from %s; it now points to %s", entry.ref, before[entry.ref], entry.path)
         sys.stdout.write(f"registered {entry.ref} ({entry.path})\n")
         return 0
     cards = registry.list()
