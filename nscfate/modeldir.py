@@ -597,10 +597,14 @@ def render_card(meta: dict, labels: dict, metrics: dict, config: dict, reproduce
         lines += [f"| {names.get(k, k)} | {m.get('support')} | {_fmt(m.get('precision'))} | {_fmt(m.get('recall'))} | "
                   f"{_fmt(m.get('auc'))} |" for k, m in per_class.items()]
     if rows:
-        test_is = ("holds whole acquisition batches out (day + replicate), as `grouped_test` does"
-                   if data.get("split") == "grouped" else "is a random split by image")
-        held = ("; `grouped_test` holds out whole acquisition batches (day + replicate), which is the honest "
-                "number when batches differ" if "grouped_test" in metrics and data.get("split") != "grouped" else "")
+        batches = not str(data.get("groups", "")).startswith("single")
+        grouped_is = ("whole acquisition batches (day + replicate)" if batches else
+                      "single images, because the data's names carry no acquisition batch: no more honest "
+                      "than a random split")
+        test_is = (f"holds out {grouped_is}" if data.get("split") == "grouped" else "is a random split by image")
+        held = (f"; `grouped_test` holds out {grouped_is}"
+                + (", which is the honest number when batches differ" if batches else "")
+                if "grouped_test" in metrics and data.get("split") != "grouped" else "")
         lines += ["", f"`test` {test_is}{held}."]
     lines.append("")
     if reproduce_command:

@@ -90,14 +90,34 @@ def load_splits(cfg: RunConfig) -> Splits:
     if not samples:
         raise DatasetError(f"no images for task {cfg.task} in {cfg.data.path}")
     seed = cfg.data.seed
+    grouped = cfg.data.split == "grouped" or bool(cfg.data.grouped_holdout)
+    if grouped and not groups_are_batches(samples):
+        log.warning("the file names and folders of %s carry no acquisition batch (day + replicate), so each "
+                    "image is its own group: the grouped split holds out single images, which is no more "
+                    "honest than a random one (the model card will say so); see docs/DATA.md for the naming",
+                    cfg.data.path)
     grouped_test: list = []
     rest = list(samples)
+
+    def split(what, parts, kind, fraction, seed):
+        try:
+            return D.make_split(parts, kind, fraction, seed=seed)
+        except DatasetError as exc:
+            per_class = Counter()
+            for label, group in {(s.label, s.group) for s in samples}:
+                per_class[label] += 1
+            raise DatasetError(
+                f"{exc} (while splitting off {what}). The data has {min(per_class.values())} to "
+                f"{max(per_class.values())} groups per class; grouped train / val / test splits need at least 3 "
+                "groups (acquisition batches) per class, 4 with --grouped-holdout: use --split random, or no "
+                "--grouped-holdout") from None
+
     if cfg.data.grouped_holdout:
-        held = D.split_grouped(rest, cfg.data.grouped_holdout, seed=seed + 100)
+        held = split("the held-out batches (--grouped-holdout)", rest, "grouped", cfg.data.grouped_holdout, seed + 100)
         rest, grouped_test = held.train, held.test
-    test_split = D.make_split(rest, cfg.data.split, cfg.data.test_fraction, seed=seed)
+    test_split = split("test", rest, cfg.data.split, cfg.data.test_fraction, seed)
     val_share = cfg.data.val_fraction / (1.0 - cfg.data.test_fraction)
-    val_split = D.make_split(test_split.train, cfg.data.split, val_share, seed=seed + 1)
+    val_split = split("val", test_split.train, cfg.data.split, val_share, seed + 1)
     train = val_split.train
     if cfg.data.subsample < 1.0:
         train = D.subsample(train, cfg.data.subsample, seed=seed)
@@ -106,6 +126,12 @@ def load_splits(cfg: RunConfig) -> Splits:
     for name, part in splits.parts().items():
         log.info("%s: %d images, %d groups", name, len(part), len({s.group for s in part}))
     return splits
+
+
+def groups_are_batches(samples) -> bool:
+    """Whether the samples' groups are acquisition batches (many images each), not one group per image
+    (what data whose names carry no batch get)."""
+    return len({s.group for s in samples}) <= len(samples) / 2
 
 
 def write_manifest(path: Path, parts: dict[str, list], cfg: RunConfig) -> str:
@@ -535,16 +561,20 @@ def export(model, cfg: RunConfig, splits: Splits, metrics: dict, manifest_sha256
     held_out = (splits.test or splits.val)[:GOLDEN_COUNT]
     golden = np.stack([load_prepared(s.path, cfg.model.input_size) for s in held_out])
     synthetic = _is_synthetic(cfg)
+    batches = groups_are_batches([s for part in splits.parts().values() for s in part])
     description = cfg.export.description or (
         f"{'synthetic ' if synthetic else ''}images of {Path(cfg.data.path).name} "
         f"({len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test"
-        + (f" / {len(splits.grouped_test)} in held-out acquisition batches" if splits.grouped_test else "") + ")")
+        + (f" / {len(splits.grouped_test)} " + ("in held-out acquisition batches" if batches else
+                                                  "held out as grouped_test (no batch in the names)")
+           if splits.grouped_test else "") + ")")
     training_data = {
         "description": description,
         "synthetic": synthetic,
         "path": str(cfg.data.path),
         "manifest_sha256": manifest_sha256,
         "split": cfg.data.split,
+        "groups": "acquisition batches" if batches else "single images (the names carry no batch)",
         "num_train": len(splits.train), "num_val": len(splits.val), "num_test": len(splits.test),
         "num_grouped_test": len(splits.grouped_test),
     }

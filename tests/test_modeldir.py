@@ -204,4 +204,8 @@ def test_the_card_says_how_test_was_split(tmp_path):
     _save(tmp_path / "g", metrics=metrics,
           training_data={"description": "synthetic test images", "synthetic": True, "split": "grouped"})
     card = (tmp_path / "g" / "README.md").read_text()
-    assert "`test` holds whole acquisition batches out" in card and "random split" not in card
+    assert "`test` holds out whole acquisition batches" in card and "random split" not in card
+    _save(tmp_path / "s", metrics=metrics, training_data={"description": "x", "synthetic": True, "split": "random",
+                                                           "groups": "single images (the names carry no batch)"})
+    card = (tmp_path / "s" / "README.md").read_text()
+    assert "`grouped_test` holds out single images" in card and "honest number" not in card

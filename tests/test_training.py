@@ -3,7 +3,7 @@ import json
 import pytest
 
 from nscfate.config import load_config
-from nscfate.errors import ConfigError
+from nscfate.errors import ConfigError, DatasetError
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +231,30 @@ def test_finished_run_is_exported_again_not_retrained(tmp_path, synth_dir, monke
         assert (summary["best_epoch"], summary["best_val_accuracy"]) == (best["epoch"] + 1, best[MONITOR])
     assert second["test"]["accuracy"] == first["test"]["accuracy"]  # the same weights
     assert verify_model_dir(cfg.out).metrics["training"]["epochs_run"] == 2
+
+
+def test_a_grouped_split_of_data_without_batches_says_so(tmp_path, synth_dir, caplog):
+    """Names that carry no acquisition batch make each image its own group: a 'grouped' split is then
+    a random one, and the run says so (its card too, test_modeldir); too few batches for the parts
+    asked for is explained in terms of the options."""
+    import logging
+    import shutil
+
+    from nscfate.training import groups_are_batches, load_splits
+
+    flat = tmp_path / "flat"
+    for k, path in enumerate(sorted(synth_dir.rglob("*.tif"))):
+        (flat / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, flat / path.parent.name / f"{k}_Ch1.ome.tif")  # IDEAS's default names: no batch
+    cfg = _cfg(tmp_path, flat)
+    with caplog.at_level(logging.WARNING, logger="nscfate.training"):
+        splits = load_splits(cfg)
+    assert "carry no acquisition batch" in caplog.text
+    assert not groups_are_batches(list(splits.train)) and groups_are_batches(list(load_splits(_cfg(tmp_path, synth_dir)).train))
+    from nscfate.synth import SynthConfig, write_dataset
+
+    write_dataset(SynthConfig(per_class=12, seed=1, replicates=3), tmp_path / "three")
+    three = load_config(overrides={**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "path": str(tmp_path / "three"),
+                                                             "split": "grouped"}})
+    with pytest.raises(DatasetError, match="while splitting off val.*3 to 3 groups per class.*4 with --grouped-holdout"):
+        load_splits(three)  # 3 batches per class: one held out, one for test, too few left for val
