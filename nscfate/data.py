@@ -54,7 +54,10 @@ IFC_NAME = re.compile(
 )
 #: The channel suffix alone, whatever precedes it: IDEAS's default ``<object>_Ch<n>.ome.tif`` and names
 #: with no batch carry marker channels too. Decides the channel of every file (:func:`file_channel`).
-CHANNEL_SUFFIX = re.compile(r"(?:^|_)Ch(?P<channel>\d+)(?:\.ome)?\.[^.]+$", re.IGNORECASE)
+#: A copy's mark that file managers add ("x_Ch2 (1).ome.tif", "x_Ch2.ome (1).tif", "x_Ch2-1.ome.tif",
+#: "x_Ch2 copy.ome.tif"): a copied marker file is still a marker file.
+_COPY_MARK = r"(?: ?\(\d+\)| copy(?: \d+)?|-\d+)?"
+CHANNEL_SUFFIX = re.compile(rf"(?:^|_)Ch(?P<channel>\d+){_COPY_MARK}(?:\.ome)?{_COPY_MARK}\.[^.]+$", re.IGNORECASE)
 #: Fewest images of one class that a split can put on both sides.
 MIN_PER_CLASS = 2
 SPLIT_KINDS = ("random", "grouped")
@@ -303,6 +306,10 @@ def _read_csv(path: Path, channel: int | None, allow_marker_channels: bool) -> l
 def _restrict_to_task(samples: list[Sample], task_name: str, where: Path) -> list[Sample]:
     task = get_task(task_name)
     kept = [s for s in samples if s.label in task.classes]
+    if len(kept) < len(samples):  # e.g. a binary model on a 4-medium export: said, not silent
+        others = Counter(s.label for s in samples if s.label not in task.classes)
+        log.info("%s: %d images of classes outside task %r left out (%s)", where, len(samples) - len(kept),
+                 task.name, ", ".join(f"{label} {n}" for label, n in sorted(others.items())))
     present = {s.label for s in kept}
     absent = [c for c in task.classes if c not in present]
     if absent:

@@ -153,6 +153,11 @@ def evaluate(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: 
         # compact: ~100 bytes an image where the list of Samples takes ~200 (600,000 images: 60 MB less)
         samples = SampleTable(read_dataset(data, task=predictor.task,
                                            channel=BRIGHTFIELD_CHANNEL if channel is None else channel))
+        trained_on = predictor.info.metadata.get("training_data", {}).get("path")
+        if trained_on and Path(trained_on).resolve() == Path(data).resolve():
+            log.warning("%s is the dataset %s was trained on: these numbers include its training images; "
+                        "evaluate its run's split.json (--subset test or grouped_test) or new data instead",
+                        os.fspath(data), predictor.name)
     if limit is not None:
         rng = np.random.default_rng(0)
         samples = [samples[i] for i in sorted(rng.permutation(len(samples))[:limit])]
@@ -368,8 +373,8 @@ def report_markdown(metrics: dict, *, title: str, display_names: dict[str, str],
     if groups and groups["groups"]:
         lines += ["", "## Per acquisition batch", ""]
         if groups["median_images"] <= 1:
-            lines += [f"{groups['groups']} groups of about one image each: the file names carry no acquisition "
-                      "batch, so accuracy per batch cannot be told (see docs/DATA.md for the naming)."]
+            lines += [f"{groups['groups']} groups, most of them a single image: most file names carry no "
+                      "acquisition batch, so accuracy per batch cannot be told (see docs/DATA.md for the naming)."]
         else:
             lines += [f"{groups['groups']} groups (median {groups['median_images']:g} images); accuracy from "
                       f"{_f(groups['accuracy_min'])} to {_f(groups['accuracy_max'])}.", "",

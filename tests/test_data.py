@@ -63,6 +63,11 @@ def test_parse_ifc_name(name, expected):
     ("cell_001.png", None),
     ("Chart.png", None),
     ("x_Ch2_crop.png", None),
+    ("x_Ch2 (1).ome.tif", 2),  # copies a file manager made: still that channel
+    ("x_Ch3.ome (1).tif", 3),
+    ("x_Ch4-1.ome.tif", 4),
+    ("x_Ch2 copy.tif", 2),
+    ("cell-7.png", None),
 ])
 def test_file_channel(name, channel):
     assert file_channel(name) == channel

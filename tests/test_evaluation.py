@@ -135,3 +135,24 @@ def test_predict_samples_skips_unusable_images_and_keeps_the_rest_aligned(tmp_pa
     expected = np.stack([predictor.predict(s.path).probabilities for s in kept])
     assert probs.dtype == np.float32 and probs.shape == (4, 4)
     np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_says_what_it_left_out_and_when_the_data_trained_the_model(tmp_path, caplog):
+    import logging
+
+    from nscfate.evaluation import evaluate
+    from nscfate.modeldir import write_checksums
+    from nscfate.synth import SynthConfig, write_dataset
+    from nscfate.testing import make_tiny_model_dir
+
+    write_dataset(SynthConfig(per_class=6, seed=3, replicates=2), tmp_path / "data")  # 4 media
+    model = make_tiny_model_dir(tmp_path / "tiny", task="astro_vs_oligo")
+    meta = json.loads((model / "metadata.json").read_text())
+    meta["training_data"] = {**meta["training_data"], "path": str(tmp_path / "data")}
+    (model / "metadata.json").write_text(json.dumps(meta))
+    write_checksums(model)
+    with caplog.at_level(logging.INFO, logger="nscfate"):
+        m = evaluate(model, tmp_path / "data", tmp_path / "out", n_boot=0, progress=False)
+    assert m["n"] == 12
+    assert "12 images of classes outside task 'astro_vs_oligo' left out (nt3 6, rashh 6)" in caplog.text
+    assert "is the dataset tiny-astro_vs_oligo was trained on" in caplog.text
