@@ -139,3 +139,23 @@ def test_explain_writes_an_overlay_png(model_dir, tmp_path, capsys):
     assert line["explained_class"] == "oligo" and line["heatmap"] == str(out)
     assert main(["explain", str(model_dir), str(image), "--out", str(out), "--class", "neuron"]) == 2
     assert main(["explain", str(model_dir), str(tmp_path / "none.png"), "--out", str(out)]) == 2
+
+
+def test_a_synthetic_models_predictions_are_flagged_and_explain_writes_png_only(model_dir, tmp_path, caplog):
+    image = tmp_path / "cell.png"
+    image.write_bytes(to_png_bytes(cell_image(np.random.default_rng(4))))
+    assert main(["predict", str(image), "--model", str(model_dir)]) == 0
+    assert "trained on SYNTHETIC data" in caplog.text  # the tiny test model is
+    assert main(["explain", str(model_dir), str(image), "--out", str(tmp_path / "heat.jpg")]) == 2
+
+
+def test_inspect_sums_up_a_long_group_table():
+    from nscfate.commands.inspect import MAX_ROWS, format_report
+
+    groups = {f"astro/{k}": 1 for k in range(MAX_ROWS + 60)}
+    report = {"source": "x", "images": len(groups), "files": len(groups), "classes": {"astro": len(groups)},
+              "groups": groups, "channels": {"1": len(groups)}, "height": None, "bit_depths": {}, "formats": {},
+              "unreadable": {}}
+    text = format_report(report)
+    assert f"... 60 more groups (60 images" in text and "names carry no acquisition batch" in text
+    assert text.count("astro/") == MAX_ROWS

@@ -24,11 +24,16 @@ def run(args: argparse.Namespace) -> int:
     from nscfate.errors import ConfigError, ModelError
     from nscfate.predictor import Predictor
 
+    if Path(args.out).suffix.lower() != ".png":
+        logging.getLogger(__name__).error("--out %s: the overlay is a PNG; name the file .png", args.out)
+        return 2
     try:
         predictor = Predictor.load(args.model)
     except ModelError as exc:
         logging.getLogger(__name__).error("%s", exc)
         return 2
+    if predictor.info.synthetic:
+        logging.getLogger(__name__).warning("%s was trained on SYNTHETIC data", predictor.name)
     prepared = predictor.prepare(args.image)
     result = predictor.predict_prepared([prepared])[0]
     if args.class_key is None:

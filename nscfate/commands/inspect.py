@@ -25,10 +25,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Rows a table prints; the rest is summed up in one line (--json has them all).
+MAX_ROWS = 40
+
+
 def _table(title: str, counts: dict, total: int) -> list[str]:
-    width = max([len(str(k)) for k in counts] + [len(title)])
+    shown = dict(list(counts.items())[:MAX_ROWS])
+    width = max([len(str(k)) for k in shown] + [len(title)])
     lines = [f"{title:<{width}}  {'count':>8}  {'share':>6}"]
-    lines += [f"{str(k):<{width}}  {v:>8}  {v / max(total, 1):>6.1%}" for k, v in counts.items()]
+    lines += [f"{str(k):<{width}}  {v:>8}  {v / max(total, 1):>6.1%}" for k, v in shown.items()]
+    if len(counts) > MAX_ROWS:
+        rest = sum(counts.values()) - sum(shown.values())
+        lines.append(f"... {len(counts) - MAX_ROWS} more {title}s ({rest} images; --json lists them all)")
     return lines
 
 
@@ -36,7 +44,10 @@ def format_report(r: dict) -> str:
     """The human-readable summary printed by ``nscfate inspect``."""
     lines = [f"dataset: {r['source']}", f"images (brightfield): {r['images']}   files (all channels): {r['files']}", ""]
     lines += _table("class", r["classes"], r["images"]) + [""]
-    lines += _table("group", r["groups"], r["images"]) + [""]
+    lines += _table("group", r["groups"], r["images"])
+    if r["images"] and len(r["groups"]) > r["images"] / 2:
+        lines.append("(most images are a group of their own: the names carry no acquisition batch; see docs/DATA.md)")
+    lines.append("")
     lines += _table("channel", {("brightfield 1" if k == "1" else "unnamed" if k == "none" else f"marker {k}"): v
                                 for k, v in r["channels"].items()}, r["files"]) + [""]
     if r["height"]:

@@ -11,7 +11,9 @@ HELP = "list the registered models (name, version, task, architecture, held-out 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the model cards as a JSON list")
-    parser.add_argument("--root", default=None, help="registry folder (default: $NSCFATE_MODELS_DIR or models/)")
+    parser.add_argument("--root", default=None,
+                        help="registry folder (default: $NSCFATE_MODELS_DIR, else the models/ folder shipped "
+                             "with nscfate, whatever the current folder)")
     parser.add_argument("--register", metavar="MODEL_DIR", default=None,
                         help="add a model directory that lies under the registry folder")
     parser.add_argument("--default", action="store_true", help="with --register: make it the default model")

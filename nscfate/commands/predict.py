@@ -57,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
     except ModelError as exc:  # a broken model directory is the caller's to fix: no traceback
         log.error("%s", exc)
         return 2
+    if predictor.info.synthetic:
+        log.warning("%s %s was trained on SYNTHETIC data: its predictions say nothing about real cells",
+                    predictor.name, predictor.version)
     refused = 0
     results = predictor.predict_many(paths)  # a marker-channel file named here is refused in its place
     for path, result in zip(paths, results):
