@@ -339,6 +339,28 @@ def _best_so_far(run: Path) -> float | None:
     return max(values) if values else None
 
 
+def _early_stopping(run: Path, patience: int):
+    """Early stopping on validation accuracy that counts the epochs of the run's earlier sessions (its
+    history.csv): a resumed run stops where an uninterrupted one would, instead of granting its patience
+    afresh after every restart."""
+    import keras
+
+    min_delta = 1e-3
+
+    class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            best, best_epoch = None, None
+            values = [r.get(MONITOR) for r in history(run)]
+            for epoch, value in enumerate(values):
+                if _finite(value) and (best is None or value - min_delta > best):
+                    best, best_epoch = value, epoch
+            if best is not None:  # as EarlyStopping would stand after those epochs
+                self.best, self.best_epoch, self.wait = best, best_epoch, len(values) - 1 - best_epoch
+
+    return ResumedEarlyStopping(monitor=MONITOR, mode="max", min_delta=min_delta, patience=patience)
+
+
 def _started(run: Path) -> bool:
     """Whether an epoch of the run has finished in some session (history, backup or best weights)."""
     return bool(history(run)) or (run / BACKUP_DIR).exists() or (run / BEST_WEIGHTS).is_file()
@@ -468,8 +490,7 @@ def _fit(model, run: Path, splits: Splits, cfg: RunConfig, classes: Sequence[str
         *extra_callbacks,
     ]
     if cfg.train.early_stopping_patience:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", min_delta=1e-3,
-                                                       patience=cfg.train.early_stopping_patience))
+        callbacks.append(_early_stopping(run, cfg.train.early_stopping_patience))
     weights = class_weights(splits.train, classes) if cfg.train.class_weights == "balanced" else None
     t0 = time.perf_counter()
     # validation_steps: without it Keras counts the validation batches on the first pass and warns

@@ -258,3 +258,23 @@ def test_a_grouped_split_of_data_without_batches_says_so(tmp_path, synth_dir, ca
                                                              "split": "grouped"}})
     with pytest.raises(DatasetError, match="while splitting off val.*3 to 3 groups per class.*4 with --grouped-holdout"):
         load_splits(three)  # 3 batches per class: one held out, one for test, too few left for val
+
+
+def test_early_stopping_counts_the_epochs_of_earlier_sessions(tmp_path):
+    """A resumed run stops where an uninterrupted one would: the patience is not granted afresh."""
+    import keras
+
+    from nscfate.training import HISTORY_FILE, _early_stopping
+
+    (tmp_path / HISTORY_FILE).write_text("epoch,accuracy,val_accuracy\n0,0.4,0.5\n1,0.6,0.7\n2,0.6,0.69\n3,0.7,0.7005\n")
+    stopper = _early_stopping(tmp_path, patience=3)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    stopper.set_model(model)
+    stopper.on_train_begin()
+    assert (stopper.best, stopper.best_epoch, stopper.wait) == (0.7, 1, 2)  # 0.7005 is within min_delta
+    stopper.on_epoch_end(4, {"val_accuracy": 0.65})
+    assert model.stop_training  # 3 epochs without improvement, counting the 2 of the earlier session
+    fresh = _early_stopping(tmp_path / "new", patience=3)
+    fresh.set_model(model)
+    fresh.on_train_begin()
+    assert fresh.wait == 0 and fresh.best is None
