@@ -544,17 +544,19 @@ class _ManifestDigest:
             h.update((line if i == 0 else "\n" + line).encode())
         return h.hexdigest()
 
-    def cross_subset_copies(self) -> int:
-        """How many images have the same content (file SHA-256) as an image of another subset: copies
-        of one picture in train and test make the held-out numbers look better than they are."""
+    def cross_subset_copies(self, examples: int = 3) -> tuple[int, list[str]]:
+        """How many images have the same content (file SHA-256) as an image of another subset, and the
+        SHA-256 of up to ``examples`` such contents: copies of one picture in train and test make the
+        held-out numbers look better than they are."""
         if self._lines is not None:
             pairs = [(line.split("\t", 1)[0], line.rsplit("\t", 1)[1]) for line in self._lines]
             subsets_of: dict[str, set[str]] = {}
             for subset, sha in pairs:
                 subsets_of.setdefault(sha, set()).add(subset)
-            return sum(1 for _, sha in pairs if len(subsets_of[sha]) > 1)
+            shared = sorted(sha for sha, subsets in subsets_of.items() if len(subsets) > 1)
+            return sum(1 for _, sha in pairs if len(subsets_of[sha]) > 1), shared[:examples]
         if not len(self._ranks):
-            return 0
+            return 0, []
         subset_names = sorted({p.split("\t", 1)[0] for p in self._prefixes})
         subset_of_prefix = np.array([subset_names.index(p.split("\t", 1)[0]) for p in self._prefixes])
         subsets = subset_of_prefix[np.frombuffer(self._ranks, np.int32)]
@@ -565,7 +567,10 @@ class _ManifestDigest:
         highest = np.full(content.max() + 1, -1)
         np.minimum.at(lowest, content, subsets)
         np.maximum.at(highest, content, subsets)
-        return int((lowest[content] != highest[content]).sum())
+        copied = lowest[content] != highest[content]
+        first = np.flatnonzero(copied)[:examples * 2]
+        shas = list(dict.fromkeys(bytes(self._digests[32 * i:32 * i + 32]).hex() for i in first))[:examples]
+        return int(copied.sum()), shas
 
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -611,13 +616,26 @@ def _stream_manifest(tmp: Path, head: dict, parts: dict[str, Sequence[Sample]], 
                 first = False
                 digest.add(entry)
         hexdigest = digest.hexdigest()
-        copies = digest.cross_subset_copies()
+        copies, shas = digest.cross_subset_copies()
         f.write(f'\n], "copies_across_subsets": {copies}, "manifest_sha256": "{hexdigest}"}}\n')
     if copies:
         log.warning("%d image(s) have the same content (file SHA-256) as an image in another subset of this "
                     "split (train / val / test): the held-out numbers count pictures the model was trained on; "
-                    "remove the copies from the dataset (the manifest lists each file's sha256)", copies)
+                    "remove the copies from the dataset. For example: %s", copies,
+                    "; ".join(" = ".join(paths) for paths in _paths_with(tmp, shas).values()))
     return hexdigest
+
+
+def _paths_with(manifest: Path, shas: list[str]) -> dict[str, list[str]]:
+    """The paths of a just-written manifest's entries with these file SHA-256s (read line by line)."""
+    wanted: dict[str, list[str]] = {sha: [] for sha in shas}
+    with manifest.open(encoding="utf-8") as f:
+        for line in f:
+            if line.startswith('{"subset"'):
+                entry = json.loads(line.rstrip().rstrip(","))
+                if entry["sha256"] in wanted:
+                    wanted[entry["sha256"]].append(f"{entry['subset']}:{entry['path']}")
+    return wanted
 
 
 def write_split_manifest(split: Split, path: str | Path) -> str:

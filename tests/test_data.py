@@ -386,7 +386,7 @@ def test_a_manifest_counts_copies_of_one_picture_across_subsets(tmp_path, caplog
             caplog.clear()
             write_manifest_file(path, parts, {"kind": "random", "seed": 0})
         assert json.loads(path.read_text())["copies_across_subsets"] == 2  # b.png and its copy
-        assert "2 image(s) have the same content" in caplog.text
+        assert "2 image(s) have the same content" in caplog.text and "b-copy.png" in caplog.text
     write_manifest_file(path, {"train": [files["a.png"], files["a-again.png"]], "test": [files["c.png"]]}, {})
     assert json.loads(path.read_text())["copies_across_subsets"] == 0
 
