@@ -342,7 +342,7 @@ class LocalHost:
 
     # ---- serving
 
-    async def _sweep_orphan_media(self, every_s: float = ORPHAN_SWEEP_S) -> None:
+    async def _sweep_orphan_media(self) -> None:
         """Remove image files no row refers to, at start and hourly. A write that fails removes its own
         files at once; this catches those it could not (the database was down) and a crash mid-write."""
         judged_before = None  # files modified before this were judged by an earlier sweep
@@ -358,7 +358,7 @@ class LocalHost:
                     logger.info("removed %d stored image file(s) that no row refers to", removed)
             except Exception as e:  # noqa: BLE001 - the database may be down: try again next time
                 logger.warning("could not sweep the media store for orphan files: %s", e)
-            await asyncio.sleep(every_s)
+            await asyncio.sleep(ORPHAN_SWEEP_S)
 
     async def serve(self) -> int:
         import uvicorn

@@ -63,7 +63,7 @@ def too_many_attempts(exc: Exception) -> JSONResponse:
 
 
 class _BodyTooLarge(Exception):
-    pass
+    """A request body over the route's limit (the limit in bytes is its argument); _guarded answers 413."""
 
 
 def _is_database_failure(exc: BaseException) -> bool:
@@ -99,8 +99,10 @@ def _guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Req
     async def wrapper(request: Request) -> Response:
         try:
             return await handler(request)
-        except _BodyTooLarge:
-            return error(413, "request_too_large", "The request is too large")
+        except _BodyTooLarge as e:
+            limit = e.args[0] if e.args else 0
+            size = f"{limit // 1048576} MB" if limit >= 1048576 else f"{limit // 1024} KB"
+            return error(413, "request_too_large", f"The request body is larger than {size}")
         except Exception as e:
             if not is_infrastructure_error(e):
                 raise
@@ -168,12 +170,12 @@ class HttpApi:
         limit = self.max_body_bytes if limit is None else limit
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise _BodyTooLarge
+            raise _BodyTooLarge(limit)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise _BodyTooLarge
+                raise _BodyTooLarge(limit)
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -204,7 +206,7 @@ class HttpApi:
         session = await self._session(request)
         username, password = _basic_credentials(request)
         if username is not None:
-            remote = request.client.host if request.client else None
+            remote = _remote(request)
             try:  # a script locked out for a while should be told so, not "wrong password"
                 self.accounts.check_rate_limit(username, remote)
             except anvil.users.TooManyPasswordFailures as e:
@@ -220,8 +222,6 @@ class HttpApi:
                 return self._finish(request, self._unauthorized(username))
         try:
             form_params, body = await self._request_data(request)
-        except _BodyTooLarge:
-            return error(413, "request_too_large", f"The request body is larger than {self.max_body_bytes // 1048576} MB")
         except (MultiPartException, HTTPException) as e:
             # Starlette reports unreadable form data as HTTPException(400); the API answers in JSON.
             detail = e.message if isinstance(e, MultiPartException) else e.detail
@@ -235,7 +235,7 @@ class HttpApi:
             result = await self.runtime.handle_http_async(
                 endpoint, method=request.method, path=path, query_params=query, form_params=form_params,
                 origin=self._origin(request), headers=headers,
-                remote_address=request.client.host if request.client else None, body=body,
+                remote_address=_remote(request), body=body,
                 username=username, password=password, session=session)
         except Exception as e:
             if is_infrastructure_error(e):
@@ -275,7 +275,7 @@ class HttpApi:
             return False
         if small:
             return True  # read it, and let the endpoint check the credentials once (no extra lookup)
-        remote = request.client.host if request.client else None
+        remote = _remote(request)
         try:
             await run_in_threadpool(self.accounts.authenticate, username, password, remote)
         except anvil.users.AuthenticationFailed:  # wrong, rate-limited or not enabled: the wrapper's 401
@@ -314,7 +314,7 @@ class HttpApi:
         if self._cross_site(request):
             return error(403, "cross_site", "Sign-in from other sites is not accepted")
         fields = await self._json_or_form(request)
-        remote = request.client.host if request.client else None
+        remote = _remote(request)
         try:
             user = await run_in_threadpool(self.accounts.authenticate, fields.get("email"), fields.get("password"), remote)
         except anvil.users.TooManyPasswordFailures as e:
@@ -405,6 +405,11 @@ API_ROUTE = "/_/api/{path:anypath}"
 def api_routes(runtime: AppRuntime, **options: Any) -> list[BaseRoute]:
     """The routes for ``create_app``: ``/_/api/...`` (the app's http_endpoints) and ``/_/auth/...``."""
     return HttpApi(runtime, **options).routes()
+
+
+def _remote(request: Request) -> str | None:
+    """The client's address (after --forwarded-allow-ips' proxy headers), if known."""
+    return request.client.host if request.client else None
 
 
 def _basic_credentials(request: Request) -> tuple[str | None, str | None]:

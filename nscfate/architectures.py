@@ -36,6 +36,9 @@ from keras import layers
 from nscfate.errors import ConfigError
 from nscfate.layers import GreyToRGB, PercentileNormalization
 
+#: The classifier layer every nscfate model ends with (Dense, softmax); Grad-CAM takes its logits.
+HEAD_LAYER = "predictions"
+
 #: BatchNormalization momentum of every backbone (Keras' default is 0.99). Our CPU schedules are
 #: short (hundreds to a few thousand steps) and with 0.99 the moving averages lag the changing weights
 #: so far that inference-mode accuracy collapses to chance while training accuracy is high; 0.9 keeps
@@ -195,7 +198,7 @@ def build_model(
     x = layers.GlobalAveragePooling2D(name="avg_pool")(backbone.output)
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name=HEAD_LAYER)(x)
     return keras.Model(inputs, outputs, name=f"nscfate_{arch}")
 
 

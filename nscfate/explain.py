@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from nscfate.architectures import HEAD_LAYER  # the classifier layer every model ends with
 from nscfate.errors import ConfigError
 
 #: Smallest spatial side of the feature map Grad-CAM uses (see module docstring).
 MIN_CAM_SIDE = 3
 #: Layers that belong to the preprocessing at the front of every nscfate model.
 PREPROCESSING_LAYERS = frozenset({"image", "normalize", "grey_to_rgb", "backbone_scaling", "upsample"})
-#: The classifier layer every nscfate model ends with (Dense, softmax).
-HEAD_LAYER = "predictions"
 #: Upscaling factor of the overlay PNG (75x75 inputs are too small to look at).
 OVERLAY_SCALE = 4
 

@@ -100,6 +100,7 @@ def _tiny_cnn(n_classes: int, input_size: tuple[int, int]):
     import keras
     from keras import layers
 
+    from nscfate.architectures import HEAD_LAYER
     from nscfate.layers import PercentileNormalization
 
     inputs = keras.Input(shape=(*input_size, 1), name="image")
@@ -110,7 +111,7 @@ def _tiny_cnn(n_classes: int, input_size: tuple[int, int]):
     x = layers.MaxPooling2D(2, name="pool2")(x)
     x = layers.Conv2D(32, 3, padding="same", activation="relu", name="conv3")(x)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="predictions")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name=HEAD_LAYER)(x)
     return keras.Model(inputs, outputs, name="nscfate_tiny_cnn")
 
 

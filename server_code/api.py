@@ -137,12 +137,13 @@ def predictions_collection(**params):
         user, files, _single(params, "experiment"), _single(params, "notes"), _single(params, "model"))
     results = [_with_links(r) if r.get("ok") else r for r in results]
     n_ok = sum(1 for r in results if r.get("ok"))
-    codes = set(r["error"]["code"] for r in results if not r.get("ok"))
+    refused = [r["error"] for r in results if not r.get("ok")]
     response = json_response({"results": results, "n_ok": n_ok, "n_rejected": len(results) - n_ok}, 200)
     if n_ok == 0:
-        # Not the caller's fault and worth sending again later: 503 (507 for a full disk), else 422.
-        if codes & set(uploads.RETRY_LATER_CODES):
-            response.status = 507 if "storage_full" in codes else 503
+        # Not the caller's fault and worth sending again later (each rejection says): 503 (507 for a
+        # full disk), else 422.
+        if any(e.get("retry_later") for e in refused):
+            response.status = 507 if any(e["code"] == "storage_full" for e in refused) else 503
             response.headers["Retry-After"] = "10"
         else:
             response.status = 422

@@ -242,9 +242,10 @@ def _is_prediction(out):
 # clients use the fields _as_dict derives. Decoding notes (a colour image converted to grey, a
 # min-is-white TIFF inverted) are neither.
 #: About the prediction itself: the row is flagged in lists.
-FLAG_WARNINGS = ("no cell found", "does not look like", "low confidence", "image is ")
+NO_CELL = "no cell found"
+FLAG_WARNINGS = (NO_CELL, "does not look like", "low confidence", "image is ")
 #: The image is not one cell: left out of the experiment summary's shares, for this reason.
-NOT_A_CELL_WARNINGS = (("no cell found", "no cell found"), ("does not look like a single cell:", "not a single cell"))
+NOT_A_CELL_WARNINGS = ((NO_CELL, NO_CELL), ("does not look like a single cell:", "not a single cell"))
 
 
 def _not_a_cell(warnings):
@@ -298,7 +299,7 @@ def _as_dict(row_id, values, can_delete, shown_as_stored):
         "warnings": values["warnings"] or [],
         # what the warnings say, for the clients: the ones to flag in lists, and whether there is no cell
         "flags": [w for w in values["warnings"] or [] if str(w).startswith(FLAG_WARNINGS)],
-        "no_cell": _not_a_cell(values["warnings"]) == "no cell found",
+        "no_cell": _not_a_cell(values["warnings"]) == NO_CELL,
         "experiment": values["experiment"],
         "notes": values["notes"],
         "can_delete": can_delete,
@@ -509,18 +510,18 @@ def _csv_cell(value):
 
 def history_csv(filters=None):
     """The filtered history as CSV text: one row per prediction, one ``p_<class>`` column per class."""
-    rows = list(search_rows(filters))
+    rows = [(r, _classes_of(r)) for r in search_rows(filters)]
     classes = []
-    for r in rows:
-        for key, _ in _classes_of(r):
+    for _, pairs in rows:
+        for key, _ in pairs:
             if key not in classes:
                 classes.append(key)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(list(CSV_COLUMNS) + ["p_" + k for k in classes])
-    for r in rows:
+    for r, pairs in rows:
         owner = r["user"]
-        names = dict(_classes_of(r))
+        names = dict(pairs)
         probs = r["probabilities"] or {}
         created = r["created"]
         writer.writerow([_csv_cell(v) for v in (

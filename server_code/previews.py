@@ -71,7 +71,8 @@ def _read_first_page(data, np):
                     raise _no_preview("too many pixels")
                 pixels = page.asarray()
                 # The two layouts the worker's decoder turns round too, so the preview looks like what
-                # the model saw: samples stored plane by plane, and 0 meaning white.
+                # the model saw: samples stored plane by plane, and 0 meaning white. A copy on purpose of
+                # nscfate.io's handling (server code cannot import nscfate on Anvil): keep them in step.
                 if page.axes == "SYX":
                     pixels = np.moveaxis(pixels, 0, -1)
                 if int(page.photometric) == 0 and pixels.ndim == 2:  # MINISWHITE

@@ -195,8 +195,8 @@ def multipart_fields(content_type, data):
     def bad(why):
         return errors.InvalidRequest("The multipart form data could not be read: %s" % why, code="bad_form")
 
-    head = email.parser.BytesHeaderParser(policy=email.policy.HTTP).parsebytes(
-        ("Content-Type: %s\r\n\r\n" % (content_type or "")).encode("latin-1", "replace"))
+    headers_of = email.parser.BytesHeaderParser(policy=email.policy.HTTP).parsebytes
+    head = headers_of(("Content-Type: %s\r\n\r\n" % (content_type or "")).encode("latin-1", "replace"))
     boundary = head.get_param("boundary")
     if not boundary:
         raise bad("no boundary in its Content-Type")
@@ -208,7 +208,7 @@ def multipart_fields(content_type, data):
         headers, sep, payload = piece.partition(b"\r\n\r\n")
         if not (sep and piece.startswith(b"\r\n") and payload.endswith(b"\r\n")):
             raise bad("a part is malformed")
-        part = email.parser.BytesHeaderParser(policy=email.policy.HTTP).parsebytes(headers[2:] + b"\r\n\r\n")
+        part = headers_of(headers[2:] + b"\r\n\r\n")
         name = part.get_param("name", header="content-disposition")
         if not name:
             continue

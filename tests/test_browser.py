@@ -212,8 +212,9 @@ def test_a_researchers_session(page, host, images):
     assert warned  # the tiny model is unsure of at least one of these cells
     flagged = {rows.nth(i).locator(".filename").inner_text(): rows.nth(i).locator(".flag").get_attribute("title")
                for i in range(4) if rows.nth(i).locator(".flag").count()}
-    judgements = ("no cell found", "does not look like", "low confidence", "image is ")  # not decoding notes
-    expected = {name: "; ".join(t for t in texts if t.startswith(judgements)) for name, texts in warned.items()}
+    from server_code.predictions import FLAG_WARNINGS  # the server's reading: judgements, not decoding notes
+
+    expected = {name: "; ".join(t for t in texts if t.startswith(FLAG_WARNINGS)) for name, texts in warned.items()}
     assert flagged == {name: text for name, text in expected.items() if text}
     # every column, View and Delete included, in sight on a laptop screen without scrolling sideways
     assert page.locator("#view-history .table-wrap").evaluate("e => e.scrollWidth <= e.clientWidth")
