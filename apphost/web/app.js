@@ -545,6 +545,17 @@ function historyParams(params) {
   return out;
 }
 
+/** The history filters as the form shows them now. */
+function formFilters(form) {
+  const filters = {};
+  for (const k of FILTERS) filters[k] = form.elements[k].value.trim();
+  return filters;
+}
+
+function setExportLink(filters) {
+  $("export-csv").href = "/_/api/predictions.csv" + query(filters);
+}
+
 function goHistory(p) {
   const hash = "#/history" + query(p);
   if (location.hash === hash) route();  // the same filters again: reload (no hashchange event)
@@ -557,9 +568,10 @@ async function showHistory(params) {
   const form = $("history-filters");
   for (const k of FILTERS) form.elements[k].value = p[k];
   $("page-size").value = String(p.page_size);
+  // The filters as asked for (not as the form reads them back: a date input shows "" for a bad date).
   const filters = {};
   for (const k of FILTERS) filters[k] = p[k];
-  $("export-csv").href = "/_/api/predictions.csv" + query(filters);
+  setExportLink(filters);
   const error = $("history-error");
   showMessage(error, "");
   let page;
@@ -647,17 +659,11 @@ function setUpHistory() {
   const form = $("history-filters");
   form.addEventListener("submit", (e) => {
     e.preventDefault();
-    const p = {page: 0, page_size: $("page-size").value};
-    for (const k of FILTERS) p[k] = form.elements[k].value.trim();
-    goHistory(p);
+    goHistory({...formFilters(form), page: 0, page_size: $("page-size").value});
   });
   form.addEventListener("reset", () => setTimeout(() => goHistory({page_size: $("page-size").value}), 0));
   // Export what the filters say now, also before they are applied to the table.
-  form.addEventListener("input", () => {
-    const filters = {};
-    for (const k of FILTERS) filters[k] = form.elements[k].value.trim();
-    $("export-csv").href = "/_/api/predictions.csv" + query(filters);
-  });
+  form.addEventListener("input", () => setExportLink(formFilters(form)));
   const move = (delta) => {
     const p = {...state.historyPage};
     p.page = Math.max(0, p.page + delta);
