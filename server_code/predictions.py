@@ -545,8 +545,6 @@ def export_predictions_csv(filters=None):
 # Experiment summary
 
 
-
-
 def summarise_experiment(experiment, model=None):
     """Share of cells predicted in each condition for one experiment, with 95% Wilson intervals.
 

@@ -365,6 +365,71 @@ def test_a_new_account_waits_for_a_lab_admin(page, browser, host):
     expect(page.locator("#nav-users")).to_be_hidden()  # a researcher
 
 
+def test_disabling_an_account_ends_its_session(page, browser, host):
+    """A lab admin disables an account in two steps; the person's open page is signed out at its next
+    request, and the account is listed as disabled (not as a new one awaiting approval)."""
+    expect.set_options(timeout=60_000)
+    person = ("dee@lab.org", "dormant horse battery")
+    admin = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    admin.goto(host + "/")
+    sign_in(admin)
+    expect(admin.locator("#nav-users")).to_be_visible()
+    signup = httpx.post(f"{host}/_/auth/signup", json={"email": person[0], "password": person[1]},
+                        headers={"X-Requested-With": "fetch"}, timeout=30)
+    assert signup.is_success, signup.text
+    admin.click("#nav-users")
+    row = admin.locator(f'#users-table tr[data-email="{person[0]}"]')
+    row.get_by_role("button", name=f"Enable {person[0]}").click()
+    expect(row.get_by_role("button", name=f"Disable {person[0]}")).to_be_visible()
+
+    sign_in(page, *person)
+    expect(page.locator("#view-classify")).to_be_visible()
+
+    row.get_by_role("button", name=f"Disable {person[0]}").click()
+    row.get_by_role("button", name=f"Confirm disabling {person[0]}").click()
+    expect(row.get_by_role("button", name=f"Enable {person[0]}")).to_be_visible()
+    expect(row).to_contain_text("disabled")
+    expect(row).not_to_contain_text("awaiting approval")
+    admin.context.close()
+
+    page.click("#nav a[data-view=history]")
+    expect(page.locator("#view-sign-in")).to_be_visible()
+    expect(page.locator("#sign-in-error")).to_have_text("Your session has ended; sign in again.")
+    sign_in(page, *person)
+    expect(page.locator("#sign-in-error")).to_contain_text("not enabled")
+
+
+def test_an_image_without_a_cell_is_said_so_and_left_out_of_the_summary(page, images):
+    """A blank frame is classified (the model always answers) but said to hold no cell, first; the
+    experiment summary counts it apart from the cells' shares."""
+    from PIL import Image
+
+    expect.set_options(timeout=60_000)
+    blank = images["cell-b.jpg"].parent.parent / "blank-frame.png"
+    Image.new("L", (60, 47), 128).save(blank)
+    sign_in(page)
+    expect(page.locator("#view-classify")).to_be_visible()
+    page.fill("#experiment", "E-no-cell")
+    page.set_input_files("#files", [str(blank), str(images["cell-c.bmp"])])
+    cards = page.locator('#results .result[data-outcome="ok"]')
+    expect(cards).to_have_count(2)
+    blank_card = cards.filter(has_text="blank-frame.png")
+    expect(blank_card.locator(".verdict")).to_have_class(re.compile("doubtful"))
+    expect(blank_card.locator(".verdict strong")).to_have_text("No cell found")
+    expect(blank_card.locator(".warnings")).to_contain_text("no cell found: the image is nearly uniform")
+    expect(cards.filter(has_text="cell-c.bmp").locator(".verdict")).to_contain_text("Predicted condition:")
+
+    page.click("#nav a[data-view=summary]")
+    page.fill("#summary-experiment", "E-no-cell")
+    page.click("#summary-form button[type=submit]")
+    body = page.locator("#summary-body")
+    expect(body).to_contain_text("1 cell in experiment “E-no-cell”")
+    expect(body).to_contain_text("1 image flagged as no cell or not a single cell are left out.")
+    expect(body.locator(".left-out")).to_have_text("Left out of the shares: 1 image: no cell found.")
+    counts = [int(t) for t in body.locator("tbody tr td:nth-child(2)").all_inner_texts()]
+    assert sum(counts) == 1
+
+
 def test_the_model_banner_follows_the_model_picked(browser, two_model_host, tiny_model, second_model, images):
     """The banner names the model the next upload goes to: the default at first, then the one picked;
     and the picked model is the one that classifies."""

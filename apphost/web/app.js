@@ -864,7 +864,7 @@ async function showUsers() {
     });
     return h("tr", {"data-email": u.email},
              h("td", {}, u.email),
-             h("td", {}, u.enabled ? "enabled " : h("strong", {}, "awaiting approval "), toggle),
+             h("td", {}, u.enabled ? "enabled " : h("strong", {}, u.last_login ? "disabled " : "awaiting approval "), toggle),
              h("td", {}, role),
              h("td", {}, formatDate(u.signed_up)),
              h("td", {}, formatDate(u.last_login)));
