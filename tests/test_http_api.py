@@ -97,6 +97,30 @@ def test_uploads_without_valid_credentials_are_refused_before_the_body_is_read(c
     assert read == ["/_/api/predictions"] * 2
 
 
+def test_a_disabled_accounts_browser_session_cannot_send_a_large_body(client, rt, monkeypatch):
+    """Its cookie and CSRF token are still right, but the account is checked before the body is read."""
+    from apphost.http_api import CHECK_CREDENTIALS_FIRST_ABOVE, HttpApi
+
+    read = []
+    real = HttpApi._request_data
+
+    async def counting(self, request):
+        read.append(request.url.path)
+        return await real(self, request)
+
+    monkeypatch.setattr(HttpApi, "_request_data", counting)
+    token = client.post("/_/auth/login", json={"email": ANN[0], "password": ANN[1]}).json()["csrf_token"]
+    big = [("file", ("big.png", png_bytes(1) + b"\0" * CHECK_CREDENTIALS_FIRST_ABOVE, "image/png"))]
+    headers = {"x-csrf-token": token, "x-requested-with": "fetch"}
+    assert client.post("/_/api/predictions", files=big, headers=headers).status_code in (200, 422)  # enabled: read
+    assert read == ["/_/api/predictions"]
+    rt.accounts.users.get(email=ANN[0]).update(enabled=False)  # a lab admin disables the account
+    r = client.post("/_/api/predictions", files=big, headers=headers)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "not_signed_in"
+    assert "www-authenticate" not in r.headers  # a browser page: no password dialog
+    assert read == ["/_/api/predictions"]  # refused from the headers alone
+
+
 def test_sign_in_routes_take_small_bodies_only(client):
     big = {"email": ANN[0], "password": ANN[1], "padding": "x" * 70_000}
     for path in ("/_/auth/login", "/_/auth/signup"):
