@@ -69,8 +69,10 @@ def test_everything_else_needs_credentials(client):
     assert from_page.status_code == 401 and "www-authenticate" not in from_page.headers  # no browser dialog
 
 
-def test_uploads_without_valid_credentials_are_refused_before_the_body_is_read(client, rt, monkeypatch):
-    from apphost.http_api import CHECK_CREDENTIALS_FIRST_ABOVE, HttpApi
+@pytest.fixture
+def bodies_read(monkeypatch):
+    """The paths of the requests whose body the host read (appended as it reads them)."""
+    from apphost.http_api import HttpApi
 
     read = []
     real = HttpApi._request_data
@@ -80,6 +82,12 @@ def test_uploads_without_valid_credentials_are_refused_before_the_body_is_read(c
         return await real(self, request)
 
     monkeypatch.setattr(HttpApi, "_request_data", counting)
+    return read
+
+
+def test_uploads_without_valid_credentials_are_refused_before_the_body_is_read(client, rt, bodies_read):
+    from apphost.http_api import CHECK_CREDENTIALS_FIRST_ABOVE
+
     big = [("file", ("big.png", png_bytes(1) + b"\0" * CHECK_CREDENTIALS_FIRST_ABOVE, "image/png"))]
     failures = rt.accounts.limiter.keys_tracked()
     for auth in (None, ("ann@lab.org", "wrong password"), ("nobody@lab.org", "wrong password")):
@@ -87,38 +95,30 @@ def test_uploads_without_valid_credentials_are_refused_before_the_body_is_read(c
         assert r.status_code == 401 and "Basic" in r.headers["www-authenticate"], auth
         assert r.json()["error"]["code"] == "not_signed_in"
     assert upload(client, 1, auth=None).status_code == 401  # no credentials at all: never read
-    assert read == []  # answered from the headers alone
+    assert bodies_read == []  # answered from the headers alone
     limiter = rt.accounts.limiter
     assert limiter.keys_tracked() == failures + 3  # two emails and the address
     assert len(limiter._failures["addr:testclient"]) == 2  # each wrong password counted once
     assert upload(client, 1, auth=("ann@lab.org", "wrong password")).status_code == 401  # small: the endpoint's check
-    assert len(limiter._failures["addr:testclient"]) == 3 and read == ["/_/api/predictions"]
+    assert len(limiter._failures["addr:testclient"]) == 3 and bodies_read == ["/_/api/predictions"]
     assert client.post("/_/api/predictions", auth=ANN, files=big).status_code in (200, 422)  # right: read
-    assert read == ["/_/api/predictions"] * 2
+    assert bodies_read == ["/_/api/predictions"] * 2
 
 
-def test_a_disabled_accounts_browser_session_cannot_send_a_large_body(client, rt, monkeypatch):
+def test_a_disabled_accounts_browser_session_cannot_send_a_large_body(client, rt, bodies_read):
     """Its cookie and CSRF token are still right, but the account is checked before the body is read."""
-    from apphost.http_api import CHECK_CREDENTIALS_FIRST_ABOVE, HttpApi
+    from apphost.http_api import CHECK_CREDENTIALS_FIRST_ABOVE
 
-    read = []
-    real = HttpApi._request_data
-
-    async def counting(self, request):
-        read.append(request.url.path)
-        return await real(self, request)
-
-    monkeypatch.setattr(HttpApi, "_request_data", counting)
     token = client.post("/_/auth/login", json={"email": ANN[0], "password": ANN[1]}).json()["csrf_token"]
     big = [("file", ("big.png", png_bytes(1) + b"\0" * CHECK_CREDENTIALS_FIRST_ABOVE, "image/png"))]
     headers = {"x-csrf-token": token, "x-requested-with": "fetch"}
     assert client.post("/_/api/predictions", files=big, headers=headers).status_code in (200, 422)  # enabled: read
-    assert read == ["/_/api/predictions"]
+    assert bodies_read == ["/_/api/predictions"]
     rt.accounts.users.get(email=ANN[0]).update(enabled=False)  # a lab admin disables the account
     r = client.post("/_/api/predictions", files=big, headers=headers)
     assert r.status_code == 401 and r.json()["error"]["code"] == "not_signed_in"
     assert "www-authenticate" not in r.headers  # a browser page: no password dialog
-    assert read == ["/_/api/predictions"]  # refused from the headers alone
+    assert bodies_read == ["/_/api/predictions"]  # refused from the headers alone
 
 
 def test_sign_in_routes_take_small_bodies_only(client):
