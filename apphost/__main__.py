@@ -119,9 +119,12 @@ class DataPaths:
         return self.root / KEY_FILE
 
 
-def data_paths(arg: Path | None, env: dict[str, str]) -> DataPaths:
-    """The data directory from ``--data-dir``, ``$NSCFATE_DATA_DIR`` or the default; created (0700)."""
+def data_paths(arg: Path | None, env: dict[str, str], *, create: bool = True) -> DataPaths:
+    """The data directory from ``--data-dir``, ``$NSCFATE_DATA_DIR`` or the default; created (0700)
+    unless ``create`` is false."""
     root = (arg or Path(env.get("NSCFATE_DATA_DIR") or DEFAULT_DATA_DIR)).expanduser().resolve()
+    if not create:
+        return DataPaths(root)
     try:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         (root / "media").mkdir(mode=0o700, exist_ok=True)
@@ -227,22 +230,36 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def reset_password(args: argparse.Namespace, env: dict[str, str]) -> int:
-    """``--reset-password EMAIL``: a new one-time password for that account, on the host's database."""
+    """``--reset-password EMAIL``: a new one-time password for that account, on the host's database.
+
+    Opens the accounts only: no server code, and no table is created or changed (the host, perhaps
+    running now and of another version, owns them). Two short writes, the password then the sessions,
+    which SQLite (WAL, busy timeout) and PostgreSQL interleave safely with a running host's."""
     import anvil.users
+    import sqlalchemy as sa
 
-    from apphost.runtime import create_runtime
+    from apphost.runtime import open_accounts
 
-    paths = data_paths(args.data_dir, env)
-    runtime = create_runtime(REPO_ROOT, db_url=database_url(paths, env), media_dir=paths.media, env=None,
-                             call=lambda *a, **k: None)
+    paths = data_paths(args.data_dir, env, create=False)
+    url = database_url(paths, env)
+    sqlite_file = sa.make_url(url).database if url.startswith("sqlite") else None
+    if sqlite_file is not None and not Path(sqlite_file).is_file():  # SQLite would make an empty one
+        print(f"nscfate host: no database at {sqlite_file} (is --data-dir or NSCFATE_DATA_DIR the host's?)",
+              file=sys.stderr)
+        return 2
+    accounts = open_accounts(REPO_ROOT, db_url=url, media_dir=paths.media)
     try:
-        password = runtime.accounts.reset_password(args.reset_password)
+        password = accounts.reset_password(args.reset_password)
     except anvil.users.AuthenticationFailed as exc:
         print(f"nscfate host: {exc}", file=sys.stderr)
         return 2
+    except sa.exc.SQLAlchemyError as exc:  # unreachable, or no tables yet (the host never ran on it)
+        reason = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()[0]
+        print(f"nscfate host: cannot reset the password in the {describe_database(url)}: {reason}",
+              file=sys.stderr)
+        return 2
     finally:
-        runtime.close()
-        runtime.db.dispose()
+        accounts.db.dispose()
     print(f"New one-time password for {args.reset_password.strip().lower()} (shown only now): {password}\n"
           "Sign in and change it (Account > Change password). Its other sessions were ended. If failed\n"
           "sign-ins blocked it, a running host keeps that block for up to 5 minutes.", flush=True)

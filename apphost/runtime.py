@@ -380,6 +380,26 @@ class AppRuntime:
         return user
 
 
+def open_accounts(app_dir: str | Path, *, db_url: str, media_dir: str | Path,
+                  accounts_options: dict[str, Any] | None = None) -> Accounts:
+    """The app's tables and accounts (``accounts.db``) as ``anvil.yaml`` declares them, on ``db_url``.
+    Creates and changes no table: that is :func:`create_runtime`'s (the host's) job."""
+    from apphost.tables import load_schema
+
+    app_dir = Path(app_dir)
+    users = service_config(load_app_config(app_dir), "/runtime/services/anvil/users.yml")
+    if users is None:
+        raise ValueError("anvil.yaml has no Users service; the app needs it")
+    db = Database(db_url, load_schema(app_dir / "anvil.yaml"), media_dir)
+    return Accounts(
+        db,
+        user_table=users["server_config"].get("user_table", "users"),
+        allow_signup=bool(users["client_config"].get("allow_signup")),
+        session_days=float(users["client_config"].get("remember_me_days") or 7),
+        **(accounts_options or {}),
+    )
+
+
 def create_runtime(
     app_dir: str | Path,
     *,
@@ -391,28 +411,15 @@ def create_runtime(
     accounts_options: dict[str, Any] | None = None,
     max_workers: int = 8,
 ) -> AppRuntime:
-    """Everything the app needs from ``anvil.yaml``: tables, accounts, the first lab admin, the runtime.
+    """Everything the app needs from ``anvil.yaml``: tables (created or brought up to date), accounts,
+    the first lab admin, the runtime with the server modules loaded.
 
     ``env`` holds ``NSCFATE_ADMIN_EMAIL`` / ``NSCFATE_ADMIN_PASSWORD`` for the first lab admin (pass
     ``os.environ``); ``None`` skips creating one.
     """
-    from apphost.tables import load_schema
-
-    app_dir = Path(app_dir)
-    config = load_app_config(app_dir)
-    users = service_config(config, "/runtime/services/anvil/users.yml")
-    if users is None:
-        raise ValueError("anvil.yaml has no Users service; the app needs it")
-    db = Database(db_url, load_schema(app_dir / "anvil.yaml"), media_dir)
-    accounts = Accounts(
-        db,
-        user_table=users["server_config"].get("user_table", "users"),
-        allow_signup=bool(users["client_config"].get("allow_signup")),
-        session_days=float(users["client_config"].get("remember_me_days") or 7),
-        **(accounts_options or {}),
-    )
-    db.create_tables()
+    accounts = open_accounts(app_dir, db_url=db_url, media_dir=media_dir, accounts_options=accounts_options)
+    accounts.db.create_tables()
     accounts.create_tables()
     if env is not None:
         accounts.ensure_first_admin(env)
-    return AppRuntime(app_dir, db, accounts, call, host_functions=host_functions, max_workers=max_workers)
+    return AppRuntime(app_dir, accounts.db, accounts, call, host_functions=host_functions, max_workers=max_workers)

@@ -11,8 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import anvil.users
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from apphost.__main__ import (
     data_paths,
@@ -20,8 +22,9 @@ from apphost.__main__ import (
     describe_database,
     is_loopback,
     load_or_create_key,
+    main,
 )
-from apphost.testing import free_port, png_bytes
+from apphost.testing import FakeWorker, free_port, make_runtime, png_bytes
 from tests.hostproc import ROOT, Host, children_of, kill_pid
 
 
@@ -64,6 +67,67 @@ def test_uplink_key_is_made_once_with_owner_only_permissions(tmp_path, caplog):
 def test_loopback_addresses():
     assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "lab-server.local"))
+
+
+# ---- --reset-password (in-process; test_one_command_runs_everything... does it beside a running host)
+
+
+@pytest.fixture
+def host_env(monkeypatch):
+    for name in ("DATABASE_URL", "NSCFATE_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_reset_password_opens_only_the_accounts(tmp_path, monkeypatch, capsys, caplog, host_env):
+    rt = make_runtime(tmp_path, FakeWorker())  # the data directory as the host leaves it
+    ann = rt.accounts.create_user("ann@lab.org", "correct horse battery")
+    rt.accounts.create_session(ann)
+    rt.close()
+    rt.db.dispose()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a password reset loaded the app's server code or changed the tables")
+
+    # The app's code is not needed, and the tables belong to the host (running now, maybe another version).
+    monkeypatch.setattr("apphost.runtime.import_server_modules", forbidden)
+    monkeypatch.setattr("apphost.tables.Database.create_tables", forbidden)
+    monkeypatch.setattr("apphost.users.Accounts.create_tables", forbidden)
+    with caplog.at_level(logging.INFO):
+        assert main(["--data-dir", str(tmp_path), "--reset-password", " Ann@Lab.ORG "]) == 0
+    out = capsys.readouterr()
+    password = re.search(r"New one-time password for ann@lab.org \(shown only now\): (\S+)\n", out.out).group(1)
+    assert password not in out.err and password not in caplog.text  # the console only, never the log
+    monkeypatch.undo()
+
+    rt = make_runtime(tmp_path, FakeWorker())
+    try:
+        with pytest.raises(anvil.users.AuthenticationFailed):
+            rt.accounts.authenticate("ann@lab.org", "correct horse battery")
+        assert rt.accounts.authenticate("ann@lab.org", password).get_id() == ann.get_id()
+        with rt.db.engine.connect() as conn:  # its sessions were ended
+            assert conn.execute(sa.text("SELECT COUNT(*) FROM anvil_host_sessions")).scalar() == 0
+    finally:
+        rt.close()
+        rt.db.dispose()
+
+
+def test_reset_password_says_in_one_line_what_is_wrong(tmp_path, capsys, host_env):
+    nowhere = tmp_path / "nowhere"
+    assert main(["--data-dir", str(nowhere), "--reset-password", "ann@lab.org"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == f"nscfate host: no database at {nowhere / 'app.db'} (is --data-dir or " \
+                                        "NSCFATE_DATA_DIR the host's?)\n"
+    assert not nowhere.exists()  # a mistyped data directory is not made
+
+    rt = make_runtime(tmp_path, FakeWorker())
+    rt.accounts.create_user("ann@lab.org", "correct horse battery")
+    rt.close()
+    rt.db.dispose()
+    for email, message in (("Nobody@lab.org", "no account nobody@lab.org"),
+                           ("ann.lab.org", "Enter a valid email address, like name@lab.org")):
+        assert main(["--data-dir", str(tmp_path), "--reset-password", email]) == 2
+        out = capsys.readouterr()
+        assert out.out == "" and out.err == f"nscfate host: {message}\n"
 
 
 # ---- the host process
