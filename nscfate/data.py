@@ -580,11 +580,14 @@ def _hash_line(e: dict) -> str:
     return f"{e['subset']}\t{e['label']}\t{e['group']}\t{e['sha256']}"
 
 
-def write_manifest_file(path: str | Path, parts: dict[str, Sequence[Sample]], header: dict) -> str:
+def write_manifest_file(path: str | Path, parts: dict[str, Sequence[Sample]], header: dict, *,
+                        warn_copies: bool = True) -> str:
     """Write a split manifest: ``header`` (kind, seed, fractions...), the counts, then one JSON line per
     image (subset, path, label, group, channel, SHA-256 of the file), how many images have the content of
-    an image in another subset (``copies_across_subsets``, also a logged warning), and the manifest hash
-    last; returns the hash. Paths are stored relative to the manifest's folder when they lie under it. Entries are
+    an image in another subset (``copies_across_subsets``), and the manifest hash last; returns the hash.
+    With ``warn_copies``, such copies are also logged as a warning (:func:`warn_copies_across_subsets`);
+    a caller that may not use the split it writes passes False and warns once it does.
+    Paths are stored relative to the manifest's folder when they lie under it. Entries are
     streamed to the file (a 600,000-image manifest never sits in memory whole); only what the hash is
     made of is kept, compactly (:class:`_ManifestDigest`)."""
     path = Path(path)
@@ -593,15 +596,18 @@ def write_manifest_file(path: str | Path, parts: dict[str, Sequence[Sample]], he
     head = {"version": MANIFEST_VERSION, **header, "counts": {k: len(v) for k, v in parts.items()}}
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        digest = _stream_manifest(tmp, head, parts, base)
+        digest, copies = _stream_manifest(tmp, head, parts, base)
     except BaseException:
         tmp.unlink(missing_ok=True)  # an unreadable file: no half-written manifest left behind
         raise
     os.replace(tmp, path)
+    if copies and warn_copies:
+        warn_copies_across_subsets(path)
     return digest
 
 
-def _stream_manifest(tmp: Path, head: dict, parts: dict[str, Sequence[Sample]], base: Path) -> str:
+def _stream_manifest(tmp: Path, head: dict, parts: dict[str, Sequence[Sample]], base: Path) -> tuple[str, int]:
+    """Write the manifest to ``tmp``; returns its hash and its number of copies across subsets."""
     digest = _ManifestDigest()
     with tmp.open("w", encoding="utf-8") as f:
         f.write(json.dumps(head)[:-1] + ', "samples": [\n')
@@ -616,25 +622,41 @@ def _stream_manifest(tmp: Path, head: dict, parts: dict[str, Sequence[Sample]], 
                 first = False
                 digest.add(entry)
         hexdigest = digest.hexdigest()
-        copies, shas = digest.cross_subset_copies()
+        copies, _ = digest.cross_subset_copies()
         f.write(f'\n], "copies_across_subsets": {copies}, "manifest_sha256": "{hexdigest}"}}\n')
+    return hexdigest, copies
+
+
+def warn_copies_across_subsets(manifest: str | Path) -> int:
+    """Log a warning, naming a few, when images of a written manifest have the content of an image in
+    another subset (train / val / test); returns how many do. Read back from the manifest (line by line),
+    so that it can be said of the split a run actually uses, after deciding to use it."""
+    digest = _ManifestDigest()
+    for entry in _manifest_lines(Path(manifest)):
+        digest.add(entry)
+    copies, shas = digest.cross_subset_copies()
     if copies:
         log.warning("%d image(s) have the same content (file SHA-256) as an image in another subset of this "
                     "split (train / val / test): the held-out numbers count pictures the model was trained on; "
                     "remove the copies from the dataset. For example: %s", copies,
-                    "; ".join(" = ".join(paths) for paths in _paths_with(tmp, shas).values()))
-    return hexdigest
+                    "; ".join(" = ".join(paths) for paths in _paths_with(Path(manifest), shas).values()))
+    return copies
 
 
-def _paths_with(manifest: Path, shas: list[str]) -> dict[str, list[str]]:
-    """The paths of a just-written manifest's entries with these file SHA-256s (read line by line)."""
-    wanted: dict[str, list[str]] = {sha: [] for sha in shas}
+def _manifest_lines(manifest: Path) -> Iterable[dict]:
+    """The entries of a manifest written by :func:`write_manifest_file`, one line each, streamed."""
     with manifest.open(encoding="utf-8") as f:
         for line in f:
             if line.startswith('{"subset"'):
-                entry = json.loads(line.rstrip().rstrip(","))
-                if entry["sha256"] in wanted:
-                    wanted[entry["sha256"]].append(f"{entry['subset']}:{entry['path']}")
+                yield json.loads(line.rstrip().rstrip(","))
+
+
+def _paths_with(manifest: Path, shas: list[str]) -> dict[str, list[str]]:
+    """``subset:path`` of a manifest's entries with these file SHA-256s."""
+    wanted: dict[str, list[str]] = {sha: [] for sha in shas}
+    for entry in _manifest_lines(manifest):
+        if entry["sha256"] in wanted:
+            wanted[entry["sha256"]].append(f"{entry['subset']}:{entry['path']}")
     return wanted
 
 

@@ -134,7 +134,7 @@ def groups_are_batches(samples) -> bool:
     return len({s.group for s in samples}) <= len(samples) / 2
 
 
-def write_manifest(path: Path, parts: dict[str, list], cfg: RunConfig) -> str:
+def write_manifest(path: Path, parts: dict[str, list], cfg: RunConfig, *, warn_copies: bool = True) -> str:
     """The split manifest of a run (:func:`nscfate.data.write_manifest_file`: subset, label, group and
     file SHA-256 per image), with four subsets: train, val, test, grouped_test. Returns the manifest hash."""
     from nscfate import data as D
@@ -142,7 +142,7 @@ def write_manifest(path: Path, parts: dict[str, list], cfg: RunConfig) -> str:
     return D.write_manifest_file(path, parts, {
         "kind": cfg.data.split, "seed": cfg.data.seed, "test_fraction": cfg.data.test_fraction,
         "val_fraction": cfg.data.val_fraction, "grouped_holdout": cfg.data.grouped_holdout,
-        "subsample": cfg.data.subsample})
+        "subsample": cfg.data.subsample}, warn_copies=warn_copies)
 
 
 def read_manifest(path: str | Path, subset: str, *, verify: bool = True) -> list:
@@ -169,19 +169,23 @@ def _run_split(run: Path, splits: Splits, cfg: RunConfig) -> str:
     epoch has run there is nothing to leak, and the current split replaces the recorded one.
 
     The check hashes every file once, as writing the manifest always has, into a streamed temporary
-    manifest; only the refusal reads both manifests to count the differences."""
+    manifest; only the refusal reads both manifests to count the differences. Copies of one picture in
+    two subsets are warned about only for the split the run goes on with, not for one it refuses."""
+    from nscfate import data as D
+
     path = run / SPLIT_FILE
     if not path.is_file() or not _started(run):
         return write_manifest(path, splits.parts(), cfg)
     fresh = run / f"{SPLIT_FILE}.new"
     try:
-        digest = write_manifest(fresh, splits.parts(), cfg)
-        if digest == _recorded_manifest_hash(path):
-            log.info("the data split as this run's %s says: resuming on it", SPLIT_FILE)
-            return digest
-        raise DatasetError(_split_changed(path, fresh, cfg))
+        digest = write_manifest(fresh, splits.parts(), cfg, warn_copies=False)
+        if digest != _recorded_manifest_hash(path):
+            raise DatasetError(_split_changed(path, fresh, cfg))
     finally:
         fresh.unlink(missing_ok=True)
+    log.info("the data split as this run's %s says: resuming on it", SPLIT_FILE)
+    D.warn_copies_across_subsets(path)
+    return digest
 
 
 def _recorded_manifest_hash(path: Path) -> str | None:

@@ -204,6 +204,38 @@ def test_resumed_run_keeps_its_split_and_refuses_changed_data(tmp_path, synth_di
     assert result.metrics["training"]["epochs_this_session"] == 1
 
 
+def test_copies_across_subsets_are_warned_about_only_for_the_split_a_run_uses(tmp_path, synth_dir, caplog):
+    """A resume refused because the data changed says so without first warning about the copies in the
+    split it refuses; a resume on the run's own split warns about that split's copies."""
+    import logging
+    import shutil
+
+    from nscfate.training import HISTORY_FILE, _check_run_dir, _run_split, load_splits
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    for k, src in enumerate(sorted((data / "astro").glob("astro_D3A_*"))[:6]):  # the same pictures in batch D3B
+        shutil.copy(src, data / "astro" / f"astro_D3B_{900 + k:06d}_Ch1.ome.tif")
+    cfg = _cfg(tmp_path, data)
+    run = _check_run_dir(cfg, restart=False)
+    copies = "have the same content (file SHA-256) as an image in another subset"
+    with caplog.at_level(logging.INFO, logger="nscfate"):
+        _run_split(run, load_splits(cfg), cfg)
+        assert copies in caplog.text  # the first session's split has copies across subsets
+        (run / HISTORY_FILE).write_text("epoch,val_accuracy\n0,0.5\n")  # an epoch has run
+        added = data / "astro" / "astro_D3A_009999_Ch1.ome.tif"
+        shutil.copy(src, added)
+        caplog.clear()
+        with pytest.raises(DatasetError, match=r"1 file\(s\) added"):
+            _run_split(run, load_splits(cfg), cfg)
+        assert copies not in caplog.text
+        added.unlink()
+        caplog.clear()
+        _run_split(run, load_splits(cfg), cfg)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "resuming on it" in messages[-2] and copies in messages[-1]
+
+
 def test_finished_run_is_exported_again_not_retrained(tmp_path, synth_dir, monkeypatch):
     from nscfate import training
     from nscfate.modeldir import verify_model_dir
