@@ -249,7 +249,7 @@ def reset_password(args: argparse.Namespace, env: dict[str, str]) -> int:
         return 2
     accounts = open_accounts(REPO_ROOT, db_url=url, media_dir=paths.media)
     try:
-        password = accounts.reset_password(args.reset_password)
+        email, password = accounts.reset_password(args.reset_password)
     except anvil.users.AuthenticationFailed as exc:
         print(f"nscfate host: {exc}", file=sys.stderr)
         return 2
@@ -260,7 +260,7 @@ def reset_password(args: argparse.Namespace, env: dict[str, str]) -> int:
         return 2
     finally:
         accounts.db.dispose()
-    print(f"New one-time password for {args.reset_password.strip().lower()} (shown only now): {password}\n"
+    print(f"New one-time password for {email} (shown only now): {password}\n"
           "Sign in and change it (Account > Change password). Its other sessions were ended. If failed\n"
           "sign-ins blocked it, a running host keeps that block for up to 5 minutes.", flush=True)
     return 0

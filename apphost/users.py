@@ -56,10 +56,16 @@ _SESSIONS = "anvil_host_sessions"
 
 
 def normalise_email(email: Any) -> str:
-    """Emails are compared case-insensitively and without surrounding spaces."""
-    if not isinstance(email, str) or not _EMAIL_RE.match(email.strip()) or len(email) > 254:
-        raise AuthenticationFailed("Enter a valid email address, like name@lab.org")
-    return email.strip().lower()
+    """An email address as accounts store and compare it: without surrounding spaces, in lower case.
+    AuthenticationFailed if it is not one (no account can have it).
+
+    :class:`Accounts`' public methods take an email as typed and call this once; what they hand on
+    (lookups, rate-limiter keys, the verified-credentials cache) is normalised already."""
+    if isinstance(email, str):
+        email = email.strip().lower()
+        if len(email) <= 254 and _EMAIL_RE.match(email):
+            return email
+    raise AuthenticationFailed("Enter a valid email address, like name@lab.org")
 
 
 def check_password_policy(password: Any) -> None:
@@ -249,7 +255,9 @@ class Accounts:
 
     def create_user(self, email: str, password: str, *, role: str = "researcher", enabled: bool = True) -> Row:
         """Create an account. Raises UserExists, PasswordNotAcceptable or ValueError (bad role)."""
-        email = normalise_email(email)
+        return self._add_user(normalise_email(email), password, role=role, enabled=enabled)
+
+    def _add_user(self, email: str, password: str, *, role: str, enabled: bool) -> Row:
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         check_password_policy(password)
@@ -268,25 +276,29 @@ class Accounts:
 
     @staticmethod
     def _limit_keys(email: str, remote_addr: str | None) -> list[str]:
-        """The rate limiter's keys of a sign-in: the account, and the address it came from."""
-        return [f"email:{email.strip().lower()}"] + ([f"addr:{remote_addr}"] if remote_addr else [])
+        """The rate limiter's keys of a sign-in (``email`` normalised): the account, and the address."""
+        return [f"email:{email}"] + ([f"addr:{remote_addr}"] if remote_addr else [])
 
     def check_rate_limit(self, email: Any, remote_addr: str | None = None) -> None:
         """TooManyPasswordFailures if sign-ins as ``email`` from ``remote_addr`` are blocked right now."""
-        if isinstance(email, str):
-            self.limiter.check(*self._limit_keys(email, remote_addr))
+        try:
+            email = normalise_email(email)
+        except AuthenticationFailed:
+            return  # authenticate refuses it before any password check
+        self.limiter.check(*self._limit_keys(email, remote_addr))
 
     def authenticate(self, email: Any, password: Any, remote_addr: str | None = None) -> Row:
-        """The account for these credentials, or AuthenticationFailed (or a subclass) saying why."""
+        """The account for these credentials, or AuthenticationFailed (or a subclass) saying why. A
+        malformed email is refused at once: no account has it, so it costs no argon2 and no limiter entry."""
         if not isinstance(email, str) or not isinstance(password, str):
             raise AuthenticationFailed("Email address and password are required")
-        email_norm = email.strip().lower()
+        email = normalise_email(email)
         keys = self._limit_keys(email, remote_addr)
         key_email = keys[0]
         self.limiter.check(*keys)
-        user = self.users.get(email=email_norm) if _EMAIL_RE.match(email.strip()) else None
+        user = self.users.get(email=email)
         stored = user["password_hash"] if user is not None else None
-        if stored is not None and self.verified.hit(email_norm, password, stored):
+        if stored is not None and self.verified.hit(email, password, stored):
             # Verified against this very hash a moment ago (a script's next request): no argon2 and no
             # write; last_login was set then.
             if not user["enabled"]:
@@ -304,7 +316,7 @@ class Accounts:
         if self.hasher.check_needs_rehash(stored):
             updates["password_hash"] = self._hash(password)
         user.update(**updates)
-        self.verified.add(email_norm, password, updates.get("password_hash", stored))
+        self.verified.add(email, password, updates.get("password_hash", stored))
         return user
 
     def _hash(self, password: str) -> str:
@@ -325,17 +337,19 @@ class Accounts:
         user["password_hash"] = self._hash(new_password)
         self.end_sessions_of(user)
 
-    def reset_password(self, email: str) -> str:
+    def reset_password(self, email: str) -> tuple[str, str]:
         """Give the account ``email`` a new random password and end its sessions (for an operator whose
-        password is lost: ``python -m apphost --reset-password EMAIL``). Returns the password."""
-        user = self.users.get(email=normalise_email(email))
+        password is lost: ``python -m apphost --reset-password EMAIL``). Returns its email (normalised)
+        and the password."""
+        email = normalise_email(email)
+        user = self.users.get(email=email)
         if user is None:
-            raise AuthenticationFailed(f"no account {email.strip().lower()}")
+            raise AuthenticationFailed(f"no account {email}")
         password = secrets.token_urlsafe(15)
         user.update(password_hash=self._hash(password), n_password_failures=0)
         self.end_sessions_of(user)
-        log.info("password of %s reset from the command line", user["email"])
-        return password
+        log.info("password of %s reset from the command line", email)
+        return email, password
 
     def ensure_first_admin(self, env: Mapping[str, str], out: TextIO = sys.stderr) -> Row | None:
         """Create the first lab admin if there is none.
@@ -361,7 +375,7 @@ class Accounts:
         generated = password is None
         if generated:
             password = secrets.token_urlsafe(15)
-        user = self.create_user(email, password, role="lab_admin")
+        user = self._add_user(email, password, role="lab_admin", enabled=True)
         log.info("created the first lab admin account %s", email)
         if generated:
             out.write(

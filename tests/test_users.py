@@ -69,6 +69,37 @@ def test_authenticate(rt, accounts):
     assert accounts.authenticate("new@lab.org", PASSWORD) == pending
 
 
+def test_every_entry_point_ignores_the_case_and_spaces_of_an_email(rt, accounts):
+    ann = accounts.create_user(" Ann@Lab.ORG\t", PASSWORD)
+    assert accounts.find("ann@lab.org") == ann and accounts.find("  ANN@lab.org ") == ann
+    assert accounts.authenticate("\tANN@LAB.org  ", PASSWORD) == ann
+    with pytest.raises(anvil.users.UserExists):
+        accounts.create_user("ANN@lab.org ", PASSWORD)
+    # every spelling counts against the same account, and is blocked with it
+    for spelling in ("ANN@lab.org", " ann@lab.org", "Ann@Lab.Org  "):
+        with pytest.raises(anvil.users.AuthenticationFailed, match="Incorrect"):
+            accounts.authenticate(spelling, "wrong password")
+    with pytest.raises(anvil.users.TooManyPasswordFailures):
+        accounts.check_rate_limit(" ann@LAB.ORG")
+    with pytest.raises(anvil.users.TooManyPasswordFailures):
+        accounts.authenticate("ann@lab.org", PASSWORD)
+    email, password = accounts.reset_password("  ANN@lab.Org")
+    assert email == "ann@lab.org" and rt.run(lambda: accounts.find(email)["password_hash"]).startswith("$argon2")
+
+
+def test_a_malformed_email_is_refused_before_any_password_check(accounts, monkeypatch):
+    """No account can have it, so it costs no argon2 and takes no room in the rate limiter."""
+    verified = []
+    monkeypatch.setattr(accounts, "_verify", lambda *args: verified.append(args) or False)
+    for email in ("ann.lab.org", "ann@lab@org", "ann @lab.org", "a@" + "b" * 300 + ".org", ""):
+        with pytest.raises(anvil.users.AuthenticationFailed, match="Enter a valid email address"):
+            accounts.authenticate(email, PASSWORD, "10.0.0.1")
+        accounts.check_rate_limit(email, "10.0.0.1")
+    assert verified == [] and accounts.limiter.keys_tracked() == 0
+    with pytest.raises(anvil.users.AuthenticationFailed, match="Email address and password are required"):
+        accounts.authenticate(None, PASSWORD)
+
+
 def test_rate_limit_per_account_and_address(accounts, clock):
     accounts.create_user("ann@lab.org", PASSWORD)
     for _ in range(3):
