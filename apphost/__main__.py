@@ -36,6 +36,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from apphost.tables import Database
 
 logger = logging.getLogger("apphost")
 
@@ -266,6 +270,27 @@ def reset_password(args: argparse.Namespace, env: dict[str, str]) -> int:
     return 0
 
 
+def sweep_orphan_media(db: Database, judged_before: float | None, now: float) -> float | None:
+    """Remove image files no row refers to that are older than ``ORPHAN_MIN_AGE_S`` at ``now``. A write
+    that fails removes its own files at once; this catches those it could not (the database was down)
+    and a crash mid-write.
+
+    Files modified before ``judged_before`` were judged by an earlier sweep and are not looked at again
+    (None: look at every file, as at start). Returns the ``judged_before`` for the next sweep: unchanged
+    when this one failed, None when a removal was left undone meanwhile (``db.sweep_everything``: its
+    file may be older than any sweep)."""
+    if db.sweep_everything:
+        db.sweep_everything, judged_before = False, None
+    try:
+        removed = db.collect_orphan_media(ORPHAN_MIN_AGE_S, judged_before, now=now)
+    except Exception as e:  # noqa: BLE001 - the database may be down: try again next time
+        logger.warning("could not sweep the media store for orphan files: %s", e)
+        return judged_before
+    if removed:
+        logger.info("removed %d stored image file(s) that no row refers to", removed)
+    return now - ORPHAN_MIN_AGE_S - 60  # a minute's margin for coarse file times and clock steps
+
+
 class LocalHost:
     """The assembled host: settings, database and accounts, the ASGI app, the worker supervisors."""
 
@@ -360,21 +385,10 @@ class LocalHost:
     # ---- serving
 
     async def _sweep_orphan_media(self) -> None:
-        """Remove image files no row refers to, at start and hourly. A write that fails removes its own
-        files at once; this catches those it could not (the database was down) and a crash mid-write."""
-        judged_before = None  # files modified before this were judged by an earlier sweep
-        db = self.runtime.db
+        """:func:`sweep_orphan_media` at start (every file) and hourly."""
+        judged_before = None
         while True:
-            started = time.time()
-            if db.sweep_everything:  # a removal was left undone: its file may be older than judged_before
-                db.sweep_everything, judged_before = False, None
-            try:
-                removed = await asyncio.to_thread(db.collect_orphan_media, ORPHAN_MIN_AGE_S, judged_before)
-                judged_before = started - ORPHAN_MIN_AGE_S - 60
-                if removed:
-                    logger.info("removed %d stored image file(s) that no row refers to", removed)
-            except Exception as e:  # noqa: BLE001 - the database may be down: try again next time
-                logger.warning("could not sweep the media store for orphan files: %s", e)
+            judged_before = await asyncio.to_thread(sweep_orphan_media, self.runtime.db, judged_before, time.time())
             await asyncio.sleep(ORPHAN_SWEEP_S)
 
     async def serve(self) -> int:

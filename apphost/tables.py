@@ -609,13 +609,14 @@ class Database:
             self.sweep_everything = True
             log.info("media files left for the next sweep: %s", type(e).__name__)
 
-    def collect_orphan_media(self, min_age_s: float = 3600.0, newer_than: float | None = None) -> int:
+    def collect_orphan_media(self, min_age_s: float = 3600.0, newer_than: float | None = None,
+                             now: float | None = None) -> int:
         """Remove stored files no row refers to (left when a write failed with the database down, or by
-        a crash) that are older than ``min_age_s`` and, with ``newer_than`` (a time), were modified after
-        it (older ones were judged by an earlier sweep); returns how many were removed. Safe while the
-        host runs."""
+        a crash) that are older than ``min_age_s`` at ``now`` (default: the clock's) and, with
+        ``newer_than`` (a time), were modified after it (older ones were judged by an earlier sweep);
+        returns how many were removed. Safe while the host runs."""
         removed = 0
-        now = time.time()
+        now = time.time() if now is None else now
         for path in self.media.root.glob("??/*"):
             sha = path.name
             if not _SHA256_RE.match(sha):

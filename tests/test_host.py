@@ -23,6 +23,7 @@ from apphost.__main__ import (
     is_loopback,
     load_or_create_key,
     main,
+    sweep_orphan_media,
 )
 from apphost.testing import FakeWorker, free_port, make_runtime, png_bytes
 from tests.hostproc import ROOT, Host, children_of, kill_pid
@@ -76,6 +77,99 @@ def test_loopback_addresses():
 def host_env(monkeypatch):
     for name in ("DATABASE_URL", "NSCFATE_DATA_DIR"):
         monkeypatch.delenv(name, raising=False)
+
+
+# ---- the hourly sweep of orphan media files (in-process, on a clock of the test's own)
+
+HOUR = 3600.0
+
+
+@pytest.fixture
+def media_db(tmp_path):
+    from apphost.tables import Database, parse_db_schema
+
+    db = Database(f"sqlite:///{tmp_path / 'app.db'}",
+                  parse_db_schema({"scans": {"columns": [{"name": "image", "type": "media"}]}}), tmp_path / "media")
+    db.create_tables()
+    yield db
+    db.dispose()
+
+
+def _stored(db, content: bytes, modified: float, *, row: bool = True):
+    """A stored file modified at ``modified``, with a row referring to it (or an orphan: its row deleted)."""
+    scan = db.app_tables.scans.add_row(image=anvil.BlobMedia("image/png", content))
+    path = db.media.path(scan["image"].sha256)
+    if not row:
+        db.media.pin(path.name)  # a delete whose own removal of the file did not happen (a crash)
+        scan.delete()
+        db.media.unpin(path.name)
+    os.utime(path, (modified, modified))
+    return scan, path
+
+
+def _looked_at(db, monkeypatch) -> list[str]:
+    """The files a sweep judges (it asks the database whether a row refers to each)."""
+    names: list[str] = []
+    referenced = db._media_referenced
+    monkeypatch.setattr(db, "_media_referenced", lambda sha: names.append(sha) or referenced(sha))
+    return names
+
+
+def test_a_sweep_looks_only_at_files_no_earlier_sweep_judged(media_db, monkeypatch):
+    now = time.time()
+    _, kept = _stored(media_db, b"kept", now - 2 * HOUR)
+    _, young = _stored(media_db, b"young orphan", now - HOUR / 2, row=False)
+    looked_at = _looked_at(media_db, monkeypatch)
+
+    judged = sweep_orphan_media(media_db, None, now)  # at start: every file old enough
+    assert looked_at == [kept.name] and kept.exists() and young.exists()  # the young one may be a write's
+    looked_at.clear()
+    judged = sweep_orphan_media(media_db, judged, now + HOUR)
+    assert looked_at == [young.name] and not young.exists()  # the kept file was judged already
+    looked_at.clear()
+    assert sweep_orphan_media(media_db, judged, now + 2 * HOUR) == now + 2 * HOUR - HOUR - 60
+    assert looked_at == [] and kept.exists()
+
+
+def test_a_removal_left_undone_is_done_by_the_next_sweep(media_db, monkeypatch):
+    now = time.time()
+    scan, path = _stored(media_db, b"deleted while the database was down", now - 2 * HOUR)
+    judged = sweep_orphan_media(media_db, None, now)
+    assert path.exists()  # its row was there
+
+    def database_down(sha):
+        raise sa.exc.OperationalError("SELECT", {}, Exception("database is locked"))
+
+    with monkeypatch.context() as m:
+        m.setattr(media_db, "_media_referenced", database_down)
+        scan.delete()  # the row went; whether another row holds the file could not be checked
+    assert path.exists() and media_db.sweep_everything
+    # The file is older than what the last sweep judged, yet the next sweep removes it.
+    sweep_orphan_media(media_db, judged, now + HOUR)
+    assert not path.exists() and not media_db.sweep_everything
+
+
+def test_a_failed_sweep_leaves_its_files_to_the_next(media_db, monkeypatch, caplog):
+    now = time.time()
+    judged = sweep_orphan_media(media_db, None, now)
+    _, orphan = _stored(media_db, b"orphan", now - HOUR / 2, row=False)  # after that sweep's line
+    with monkeypatch.context() as m:
+        m.setattr(media_db, "_media_referenced", lambda sha: 1 / 0)
+        with caplog.at_level(logging.WARNING):
+            assert sweep_orphan_media(media_db, judged, now + HOUR) == judged
+    assert orphan.exists() and "could not sweep the media store" in caplog.text
+    sweep_orphan_media(media_db, judged, now + 2 * HOUR)
+    assert not orphan.exists()
+
+
+def test_a_sweep_never_removes_a_file_a_row_refers_to(media_db):
+    now = time.time()
+    paths = [_stored(media_db, f"scan {i}".encode(), now - age)[1] for i, age in enumerate((3 * HOUR, HOUR + 90))]
+    judged = None
+    for sweep in range(3):
+        media_db.sweep_everything = sweep == 1  # a full sweep too
+        judged = sweep_orphan_media(media_db, judged, now + sweep * HOUR)
+        assert all(p.exists() for p in paths)
 
 
 def test_reset_password_opens_only_the_accounts(tmp_path, monkeypatch, capsys, caplog, host_env):
