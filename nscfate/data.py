@@ -14,9 +14,10 @@ Layouts read by :func:`read_dataset`:
    relative paths are resolved against the CSV's folder.
 
 Labels are medium keys of :data:`nscfate.classes.MEDIA` (folder names are matched case-insensitively).
-Every sample has a group: the IFC batch, the class sub-folder, the CSV ``group`` column, or - when the
-data carry no batch information - the file itself, or for ``<cell>_Ch<n>`` names the cell, so that a
-cell's channels share a group (a grouped split then degrades to a random one).
+Every sample has a group, by one rule for all layouts (:func:`sample_group`): the CSV ``group`` column,
+else the IFC batch, else the class sub-folder, else - when the data carry no batch information - the
+cell itself (its path in the dataset without the channel suffix), so that a cell's channels share a
+group and no two cells do (a grouped split then degrades to a random one).
 
 Splits are seeded: :func:`split_random` (stratified, as in the paper) and :func:`split_grouped` (no
 group on both sides). :func:`write_split_manifest` records every file's SHA-256 and a manifest hash
@@ -192,6 +193,26 @@ def file_channel(filename: str | os.PathLike) -> int | None:
     return int(m["channel"]) if m else None
 
 
+def sample_group(path: str, *, column: str = "", folder: str = "") -> str:
+    """The group of an image, by one rule for every layout: the CSV's ``group`` column (``column``); else
+    the ``<day><replicate>`` batch of an IFC name; else the class sub-folder it lies in (``folder``); else,
+    with no batch information, the cell itself: ``path`` without the channel suffix, ``path`` being the
+    file's path in the dataset (below the root of class folders, or below the CSV's folder; absolute
+    outside it). So a cell's channel files share a group, two cells of one file name in different
+    folders do not, and the same files read from class folders or from a CSV beside them get the same
+    groups."""
+    # batch names interned: a handful of them shared by every image of a 600,000-image index
+    if column:
+        return sys.intern(column)
+    ifc = parse_ifc_name(os.path.basename(path))
+    if ifc is not None:
+        return sys.intern(ifc[1])
+    if folder:
+        return sys.intern(folder)
+    head, name = os.path.split(os.path.normpath(path))
+    return os.path.join(head, _cell_name(name))
+
+
 def _cell_name(filename: str) -> str:
     """The file name without its channel suffix: the cell, shared by all its channels' files."""
     m = CHANNEL_SUFFIX.search(filename)
@@ -246,15 +267,9 @@ def _read_tree(root: Path, channel: int | None) -> list[Sample]:
                 skipped[ch] += 1
                 continue
             ifc = parse_ifc_name(name)
-            if ifc is not None:
-                prefix, batch, _ = ifc
-                prefix_mismatch += prefix.lower() != label
-                # interned: a handful of batch names shared by every image of a 600,000-image index
-                samples.append(Sample(f, label, sys.intern(batch), ch))
-            elif sub:  # root/<class>/<group>/file
-                samples.append(Sample(f, label, sys.intern("/".join(sub)), ch))
-            else:  # no batch information: the file (all channels of its cell) is its own group
-                samples.append(Sample(f, label, f"{label}/{_cell_name(name)}", ch))
+            prefix_mismatch += ifc is not None and ifc[0].lower() != label
+            # the path as a CSV beside the class folders would list it (a file in a sub-folder has its batch)
+            samples.append(Sample(f, label, sample_group(f"{class_dir.name}/{name}", folder="/".join(sub)), ch))
         if len(samples) == before:  # images, but all of other channels
             raise DatasetError(f"{class_dir}: no Ch{channel} files in class folder {class_dir.name!r}; "
                                f"found only channels {sorted(skipped)}")
@@ -288,14 +303,15 @@ def _read_csv(path: Path, channel: int | None, allow_marker_channels: bool) -> l
         if not file.is_file():
             missing.append(row["path"])
             continue
-        ifc, ch = parse_ifc_name(file.name), file_channel(file.name)
+        ch = file_channel(file.name)
         if ch is not None and ch != BRIGHTFIELD_CHANNEL and not allow_marker_channels:
             raise MarkerChannelError(f"{path}, line {line}: {file.name} is marker channel Ch{ch}; markers define the "
                                      "label and must not be model input (list brightfield Ch1 files)")
         if channel is not None and ch is not None and ch != channel:
             continue
-        group = row.get("group") or (ifc[1] if ifc else f"{label}/{_cell_name(file.name)}")
-        samples.append(Sample(str(file), label, group, ch))
+        cell = os.path.relpath(file, base)  # below the CSV's folder, as a class-folder tree there names it
+        cell = os.path.abspath(file) if cell.split(os.sep, 1)[0] == os.pardir else cell
+        samples.append(Sample(str(file), label, sample_group(cell, column=row.get("group", "")), ch))
     if missing:
         raise DatasetError(f"{path}: {len(missing)} listed file(s) do not exist, e.g. {', '.join(missing[:3])}")
     if not rows:

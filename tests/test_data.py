@@ -157,7 +157,7 @@ def test_class_folder_layout_with_and_without_groups(tmp_path):
     by_name = {s.path.rsplit("/", 1)[-1]: s for s in samples}
     assert set(by_name) == {"a.png", "b.jpg", "c.tiff"}
     assert by_name["a.png"].group == "plate1" and by_name["b.jpg"].group == "plate2"
-    assert by_name["c.tiff"].label == "nt3" and by_name["c.tiff"].group == "nt3/c.tiff"  # no batch info
+    assert by_name["c.tiff"].label == "nt3" and by_name["c.tiff"].group == "NT3/c.tiff"  # no batch: the file
     assert all(s.channel is None for s in samples)
 
 
@@ -170,9 +170,32 @@ def test_csv_manifest(tmp_path):
         f"path,label,group,comment\nimgs/x1.png,oligo,run1,ok\nimgs/x2.png,Rashh,,\n{abs_file},astro,,\n")
     samples = read_dataset(tmp_path / "m.csv")
     got = {s.path.rsplit("/", 1)[-1]: (s.label, s.group, s.channel) for s in samples}
-    assert got == {"x1.png": ("oligo", "run1", None), "x2.png": ("rashh", "rashh/x2.png", None),
+    assert got == {"x1.png": ("oligo", "run1", None), "x2.png": ("rashh", "imgs/x2.png", None),
                    "astro_D3A_1_Ch1.ome.tif": ("astro", "D3A", 1)}
     assert str(tmp_path / "imgs" / "x1.png") in {s.path for s in samples}
+
+
+def test_groups_follow_one_rule_whether_read_from_class_folders_or_a_csv(tmp_path):
+    """Names without a batch: each cell is its own group, also when two exports number their cells
+    alike (a CSV used to group ``d1/astro/1_Ch1`` with ``d2/astro/1_Ch1``), and a CSV beside class
+    folders groups their files as the folders do."""
+    for k, name in enumerate(["astro/1_Ch1.ome.tif", "astro/1_Ch2.ome.tif", "astro/cell7.png", "nt3/1_Ch1.ome.tif",
+                              "nt3/astro_D3A_5_Ch1.ome.tif", "astro/plate1/2_Ch1.ome.tif"]):
+        _write(tmp_path / "tree" / name, pil_bytes(cell_array(seed=k), "PNG"))
+    for export in ("d1", "d2"):
+        _write(tmp_path / "exports" / export / "astro" / "1_Ch1.ome.tif", pil_bytes(cell_array(seed=9), "PNG"))
+    (tmp_path / "tree" / "m.csv").write_text("path,label\nastro/1_Ch1.ome.tif,astro\nastro/cell7.png,astro\n"
+                                             "nt3/1_Ch1.ome.tif,nt3\nnt3/astro_D3A_5_Ch1.ome.tif,nt3\n")
+    (tmp_path / "exports" / "m.csv").write_text("path,label\nd1/astro/1_Ch1.ome.tif,astro\nd2/astro/1_Ch1.ome.tif,astro\n")
+    groups = {s.path: s.group for s in read_dataset(tmp_path / "tree")}
+    listed = {s.path: s.group for s in read_dataset(tmp_path / "tree" / "m.csv")}
+    assert listed == {path: groups[path] for path in listed}
+    assert groups[str(tmp_path / "tree" / "astro" / "plate1" / "2_Ch1.ome.tif")] == "plate1"  # the sub-folder
+    exports = read_dataset(tmp_path / "exports" / "m.csv")
+    assert sorted(s.group for s in exports) == ["d1/astro/1", "d2/astro/1"]
+    every_channel = {s.path: s.group for s in read_dataset(tmp_path / "tree", channel=None, allow_marker_channels=True)}
+    cell = tmp_path / "tree" / "astro"
+    assert every_channel[str(cell / "1_Ch1.ome.tif")] == every_channel[str(cell / "1_Ch2.ome.tif")] == "astro/1"
 
 
 def test_csv_errors(tmp_path):
