@@ -402,9 +402,13 @@ def split_random(samples: Sequence[Sample], test_fraction: float = 0.2, seed: in
 def split_grouped(samples: Sequence[Sample], test_fraction: float = 0.2, seed: int = 0, attempts: int = 200) -> Split:
     """Grouped split: whole groups go to one side, so no acquisition batch is in both train and test.
 
-    Tries ``attempts`` seeded orders of the groups, filling the test set group by group up to
-    ``test_fraction`` of the images, and keeps the order whose test fraction is closest to the target
-    among those with every class on both sides.
+    Groups of one image (names without batch information make each cell its own group) are held out
+    class by class: ``test_fraction`` of each class's such images, at random, as :func:`split_random`
+    would, so that a class without batches next to classes with them gets its share, not what whole
+    batches leave of the target (often one or two images). For the other groups (batches), tries
+    ``attempts`` seeded orders, filling the test set group by group up to ``test_fraction`` of their
+    images, and keeps the order whose test fraction is closest to the target among those with every
+    class on both sides.
     """
     _check_fraction(test_fraction)
     # Each sample as (group, label) codes and each attempt in NumPy: without batch information every
@@ -430,28 +434,63 @@ def split_grouped(samples: Sequence[Sample], test_fraction: float = 0.2, seed: i
             label_groups = [groups[i] for i in np.flatnonzero(has[:, j])]
             raise DatasetError(f"grouped split impossible: all images of class {label!r} are in one group "
                                f"({', '.join(label_groups)}), so it cannot be on both sides")
-    total = len(samples)
+    lone = size == 1
+    in_test = np.zeros(len(groups), bool)
+    in_test[_lone_test(lone, has, groups_with, test_fraction, seed)] = True
+    lone_in_test = has[in_test].sum(axis=0)  # per label
+    batches = np.flatnonzero(~lone)  # all groups when every group has several images: the split as it was
+    total = int(size[batches].sum())
     target = test_fraction * total
     rng = np.random.default_rng([seed, 3])
     best: tuple[float, np.ndarray] | None = None
-    for _ in range(attempts):
-        order = rng.permutation(len(groups))
+    for _ in range(attempts if len(batches) else 0):
+        order = batches[rng.permutation(len(batches))]
         chosen, n = _fill_test(order, size[order], target, total)
-        counts = has[chosen].sum(axis=0)  # chosen groups holding each label
+        counts = has[chosen].sum(axis=0) + lone_in_test  # test groups holding each label
         if not (counts > 0).all() or not (counts < groups_with).all():  # a class missing from a side
             continue
         score = abs(n / total - test_fraction)
         if best is None or score < best[0]:
             best = (score, chosen)
-    if best is None:
-        raise DatasetError(f"grouped split impossible: no choice of the {len(groups)} groups puts every class "
+    if best is None and len(batches):
+        raise DatasetError(f"grouped split impossible: no choice of the {len(batches)} groups puts every class "
                            "on both sides; add acquisition batches or use a random split")
-    in_test = np.zeros(len(groups), bool)
-    in_test[best[1]] = True
+    if best is not None:
+        in_test[best[1]] = True
     test, train = [], []
     for s, t in zip(samples, in_test[gi].tolist()):
         (test if t else train).append(s)
     return Split(_sorted(train), _sorted(test), "grouped", seed, test_fraction)
+
+
+def classes_without_batches(samples: Iterable[Sample]) -> list[str]:
+    """The classes most of whose images are a group of their own (their names carry no acquisition
+    batch): a grouped split holds those out image by image, as a random split does."""
+    samples = list(samples)
+    size = Counter(s.group for s in samples)
+    lone: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    for s in samples:
+        total[s.label] += 1
+        lone[s.label] += size[s.group] == 1
+    return sorted(label for label, n in total.items() if 2 * lone[label] > n)
+
+
+def _lone_test(lone: np.ndarray, has: np.ndarray, groups_with: np.ndarray, test_fraction: float,
+               seed: int) -> np.ndarray:
+    """The groups of one image (indices) that go to the test set: ``test_fraction`` of each class's, at
+    random; a class with no other groups keeps at least one on each side."""
+    rng = np.random.default_rng([seed, 4])
+    chosen = []
+    for j in range(has.shape[1]):
+        mine = np.flatnonzero(lone & has[:, j])
+        if not len(mine):
+            continue
+        n_test = int(round(len(mine) * test_fraction))
+        if len(mine) == groups_with[j]:  # only single images: both sides from them
+            n_test = min(max(1, n_test), len(mine) - 1)
+        chosen.append(mine[rng.permutation(len(mine))[:n_test]])
+    return np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
 
 
 def _ranks(codes: dict[str, int], names: list[str]) -> np.ndarray:

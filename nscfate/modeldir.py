@@ -601,6 +601,9 @@ def render_card(meta: dict, labels: dict, metrics: dict, config: dict, reproduce
         grouped_is = ("whole acquisition batches (day + replicate)" if batches else
                       "single images, because the data's names carry no acquisition batch: no more honest "
                       "than a random split")
+        if batches and data.get("unbatched_classes"):
+            grouped_is += (f" and single images of {', '.join(data['unbatched_classes'])} (their names carry no "
+                           "batch: for them no more honest than a random split)")
         test_is = (f"holds out {grouped_is}" if data.get("split") == "grouped" else "is a random split by image")
         held = (f"; `grouped_test` holds out {grouped_is}"
                 + (", which is the honest number when batches differ" if batches else "")

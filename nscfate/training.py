@@ -91,11 +91,18 @@ def load_splits(cfg: RunConfig) -> Splits:
         raise DatasetError(f"no images for task {cfg.task} in {cfg.data.path}")
     seed = cfg.data.seed
     grouped = cfg.data.split == "grouped" or bool(cfg.data.grouped_holdout)
-    if grouped and not groups_are_batches(samples):
+    unbatched = D.classes_without_batches(samples) if grouped else []
+    if unbatched and len(unbatched) == len({s.label for s in samples}):
         log.warning("the file names and folders of %s carry no acquisition batch (day + replicate), so each "
                     "image is its own group: the grouped split holds out single images, which is no more "
                     "honest than a random one (the model card will say so); see docs/DATA.md for the naming",
                     cfg.data.path)
+    elif unbatched:
+        log.warning("the file names and folders of class(es) %s in %s carry no acquisition batch (day + "
+                    "replicate), so each of their images is its own group: the grouped split holds out a share "
+                    "of their images one by one, at random, which for them is no more honest than a random "
+                    "split (the model card will say so); see docs/DATA.md for the naming",
+                    ", ".join(unbatched), cfg.data.path)
     grouped_test: list = []
     rest = list(samples)
 
@@ -126,12 +133,6 @@ def load_splits(cfg: RunConfig) -> Splits:
     for name, part in splits.parts().items():
         log.info("%s: %d images, %d groups", name, len(part), len({s.group for s in part}))
     return splits
-
-
-def groups_are_batches(samples) -> bool:
-    """Whether the samples' groups are acquisition batches (many images each), not one group per image
-    (what data whose names carry no batch get)."""
-    return len({s.group for s in samples}) <= len(samples) / 2
 
 
 def write_manifest(path: Path, parts: dict[str, list], cfg: RunConfig, *, warn_copies: bool = True) -> str:
@@ -577,6 +578,7 @@ def _is_synthetic(cfg: RunConfig) -> bool:
 def export(model, cfg: RunConfig, splits: Splits, metrics: dict, manifest_sha256: str, *, overwrite: bool,
            command: str | None, predictions: dict[str, tuple[np.ndarray, np.ndarray]] | None = None):
     """Write the model directory for a trained model (with the card's plots of ``predictions``)."""
+    from nscfate import data as D
     from nscfate.classes import get_task
     from nscfate.evaluation import card_plots
     from nscfate.modeldir import save_model_dir
@@ -586,7 +588,9 @@ def export(model, cfg: RunConfig, splits: Splits, metrics: dict, manifest_sha256
     held_out = (splits.test or splits.val)[:GOLDEN_COUNT]
     golden = np.stack([load_prepared(s.path, cfg.model.input_size) for s in held_out])
     synthetic = _is_synthetic(cfg)
-    batches = groups_are_batches([s for part in splits.parts().values() for s in part])
+    every = [s for part in splits.parts().values() for s in part]
+    unbatched = D.classes_without_batches(every)
+    batches = len(unbatched) < len({s.label for s in every})  # some classes come in acquisition batches
     description = cfg.export.description or (
         f"{'synthetic ' if synthetic else ''}images of {Path(cfg.data.path).name} "
         f"({len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test"
@@ -600,6 +604,7 @@ def export(model, cfg: RunConfig, splits: Splits, metrics: dict, manifest_sha256
         "manifest_sha256": manifest_sha256,
         "split": cfg.data.split,
         "groups": "acquisition batches" if batches else "single images (the names carry no batch)",
+        "unbatched_classes": unbatched if batches else [],  # held out as single images next to batches
         "num_train": len(splits.train), "num_val": len(splits.val), "num_test": len(splits.test),
         "num_grouped_test": len(splits.grouped_test),
     }

@@ -284,6 +284,22 @@ def test_grouped_split_never_leaks_a_group():
     assert split_grouped(samples, 0.2, seed=3) == split_grouped(samples, 0.2, seed=3)
 
 
+def test_grouped_split_gives_a_class_without_batches_its_share():
+    """Next to classes in acquisition batches, a class whose images are each their own group (names
+    without a batch) gets the test fraction of its images, at random - not what whole batches leave of
+    the target (5 of 100 here) - and a class of single images only keeps one on each side."""
+    batched = _samples(per_class=100, groups=4, labels=("astro", "oligo", "rashh"))  # batches of 75 images
+    lone = [Sample(f"/d/nt3/{i}_Ch1.ome.tif", "nt3", f"nt3/{i}", 1) for i in range(100)]
+    for seed in range(3):
+        split = split_grouped(batched + lone, 0.2, seed=seed)
+        test = Counter(s.label for s in split.test)
+        assert test == {"astro": 25, "oligo": 25, "rashh": 25, "nt3": 20}  # one whole batch; a fifth of nt3
+        assert {s.group for s in split.train}.isdisjoint({s.group for s in split.test})
+    assert split_grouped(batched + lone, 0.2, seed=1).test != split_grouped(batched + lone, 0.2, seed=2).test
+    pair = split_grouped(batched + lone[:2], 0.2, seed=0)
+    assert Counter(s.label for s in pair.test)["nt3"] == Counter(s.label for s in pair.train)["nt3"] == 1
+
+
 def test_grouped_split_impossible():
     with pytest.raises(errors.DatasetError, match="at least 2 groups"):
         split_grouped(_samples(groups=1))

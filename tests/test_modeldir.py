@@ -209,3 +209,7 @@ def test_the_card_says_how_test_was_split(tmp_path):
                                                            "groups": "single images (the names carry no batch)"})
     card = (tmp_path / "s" / "README.md").read_text()
     assert "`grouped_test` holds out single images" in card and "honest number" not in card
+    _save(tmp_path / "m", metrics=metrics, training_data={"description": "x", "synthetic": True, "split": "random",
+                                                           "groups": "acquisition batches", "unbatched_classes": ["nt3"]})
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "holds out whole acquisition batches (day + replicate) and single images of nt3" in card

@@ -272,7 +272,8 @@ def test_a_grouped_split_of_data_without_batches_says_so(tmp_path, synth_dir, ca
     import logging
     import shutil
 
-    from nscfate.training import groups_are_batches, load_splits
+    from nscfate.data import classes_without_batches
+    from nscfate.training import load_splits
 
     flat = tmp_path / "flat"
     for k, path in enumerate(sorted(synth_dir.rglob("*.tif"))):
@@ -282,7 +283,8 @@ def test_a_grouped_split_of_data_without_batches_says_so(tmp_path, synth_dir, ca
     with caplog.at_level(logging.WARNING, logger="nscfate.training"):
         splits = load_splits(cfg)
     assert "carry no acquisition batch" in caplog.text
-    assert not groups_are_batches(list(splits.train)) and groups_are_batches(list(load_splits(_cfg(tmp_path, synth_dir)).train))
+    assert classes_without_batches(splits.train) == ["astro", "nt3", "oligo", "rashh"]
+    assert classes_without_batches(load_splits(_cfg(tmp_path, synth_dir)).train) == []
     from nscfate.synth import SynthConfig, write_dataset
 
     write_dataset(SynthConfig(per_class=12, seed=1, replicates=3), tmp_path / "three")
@@ -290,6 +292,28 @@ def test_a_grouped_split_of_data_without_batches_says_so(tmp_path, synth_dir, ca
                                                              "split": "grouped"}})
     with pytest.raises(DatasetError, match="while splitting off val.*3 to 3 groups per class.*4 with --grouped-holdout"):
         load_splits(three)  # 3 batches per class: one held out, one for test, too few left for val
+
+
+def test_a_class_without_batches_next_to_batched_ones_gets_its_share_and_is_named(tmp_path, synth_dir, caplog):
+    """One class's names carry no batch, the others' do: that class's images are held out at the
+    fractions asked for (a grouped split gave it what whole batches left over: 1 val and 1 test image
+    of 30), and the run names it as held out image by image."""
+    import logging
+    import shutil
+    from collections import Counter
+
+    from nscfate.training import load_splits
+
+    data = tmp_path / "mixed"
+    shutil.copytree(synth_dir, data)
+    for k, path in enumerate(sorted((data / "nt3").iterdir())):
+        path.rename(path.with_name(f"{k}_Ch1.ome.tif"))  # IDEAS's default names: no batch
+    cfg = _cfg(tmp_path, data)  # 4 batches, one held out; test 0.2 and val 0.1 of the rest
+    with caplog.at_level(logging.WARNING, logger="nscfate.training"):
+        splits = load_splits(cfg)
+    assert "class(es) nt3 in" in caplog.text and "one by one" in caplog.text
+    nt3 = {name: Counter(s.label for s in part)["nt3"] for name, part in splits.parts().items()}
+    assert nt3 == {"grouped_test": 8, "test": 4, "val": 2, "train": 16}  # 30 x 0.25, 22 x 0.2, 18 x 0.125
 
 
 def test_early_stopping_counts_the_epochs_of_earlier_sessions(tmp_path):
