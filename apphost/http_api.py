@@ -306,9 +306,11 @@ class HttpApi:
     # ---- /_/auth/...
 
     def _user_json(self, user: Any) -> dict[str, Any] | None:
+        """The signed-in account for the web UI (called in the threadpool: it reads the database)."""
         if user is None:
             return None
-        return {"email": user["email"], "role": user["role"] or "researcher"}
+        return {"email": user["email"], "role": user["role"] or "researcher",
+                "password_is_temporary": self.accounts.password_is_temporary(user)}
 
     async def login(self, request: Request) -> Response:
         if self._cross_site(request):
@@ -327,7 +329,8 @@ class HttpApi:
         if old is not None:
             await run_in_threadpool(self.accounts.end_session, old)  # a fresh session at each sign-in
         session = await run_in_threadpool(self.accounts.create_session, user)
-        response = JSONResponse({"user": self._user_json(user), "csrf_token": session.csrf_token})
+        user_json = await run_in_threadpool(self._user_json, user)
+        response = JSONResponse({"user": user_json, "csrf_token": session.csrf_token})
         self._set_cookie(request, response, session)
         return response
 
@@ -343,8 +346,8 @@ class HttpApi:
 
     async def me(self, request: Request) -> Response:
         session = await self._session(request)
-        user = await run_in_threadpool(self.accounts.session_user, session) if session else None
-        return JSONResponse({"user": self._user_json(user), "csrf_token": session.csrf_token if session else None},
+        user_json = await run_in_threadpool(lambda: self._user_json(self.accounts.session_user(session)))
+        return JSONResponse({"user": user_json, "csrf_token": session.csrf_token if session else None},
                             headers={"Cache-Control": "no-store"})
 
     async def change_password(self, request: Request) -> Response:
@@ -363,7 +366,8 @@ class HttpApi:
         except anvil.users.AuthenticationFailed as e:
             return error(401, "bad_credentials", str(e))
         fresh = await run_in_threadpool(self.accounts.create_session, user)  # all old sessions ended
-        response = JSONResponse({"user": self._user_json(user), "csrf_token": fresh.csrf_token})
+        user_json = await run_in_threadpool(self._user_json, user)
+        response = JSONResponse({"user": user_json, "csrf_token": fresh.csrf_token})
         self._set_cookie(request, response, fresh)
         return response
 

@@ -53,6 +53,7 @@ ROLES = ("researcher", "lab_admin")
 MIN_PASSWORD_LENGTH = 10
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
 _SESSIONS = "anvil_host_sessions"
+_TEMPORARY_PASSWORDS = "anvil_host_temporary_passwords"
 
 
 def normalise_email(email: Any) -> str:
@@ -241,9 +242,18 @@ class Accounts:
             sa.Column("expires", sa.DateTime, nullable=False),
             extend_existing=True,
         )
+        # Passwords the host made up (the first lab admin's, --reset-password's): the account's hash
+        # when it was set, so any change of password, by whatever route, ends "temporary".
+        self.temporary_passwords = sa.Table(
+            _TEMPORARY_PASSWORDS, db.metadata,
+            sa.Column("user_pk", sa.Integer, primary_key=True),
+            sa.Column("password_hash", sa.Text, nullable=False),
+            extend_existing=True,
+        )
 
     def create_tables(self) -> None:
         self.sessions.create(self.db.engine, checkfirst=True)
+        self.temporary_passwords.create(self.db.engine, checkfirst=True)
 
     # ---- accounts
 
@@ -334,8 +344,30 @@ class Accounts:
         if not self._verify(user["password_hash"] or self._dummy_hash, old_password or ""):
             raise AuthenticationFailed("The current password is not correct")
         check_password_policy(new_password)
+        if hmac.compare_digest(new_password.encode(), old_password.encode()):
+            raise PasswordNotAcceptable("Choose a new password, not the current one")
         user["password_hash"] = self._hash(new_password)
         self.end_sessions_of(user)
+        with self.db.engine.begin() as conn:
+            conn.execute(sa.delete(self.temporary_passwords).where(self.temporary_passwords.c.user_pk == user._pk))
+
+    def _mark_password_temporary(self, user: Row) -> None:
+        """The account's current password was made up by the host: it is asked to choose its own."""
+        self.temporary_passwords.create(self.db.engine, checkfirst=True)  # a database an older host made
+        with self.db.engine.begin() as conn:
+            conn.execute(sa.delete(self.temporary_passwords).where(self.temporary_passwords.c.user_pk == user._pk))
+            conn.execute(sa.insert(self.temporary_passwords).values(user_pk=user._pk,
+                                                                   password_hash=user["password_hash"]))
+
+    def password_is_temporary(self, user: Row) -> bool:
+        """Whether the account still has a password the host made up (it has not chosen its own)."""
+        with self.db.engine.connect() as conn:
+            stored = conn.execute(sa.select(self.temporary_passwords.c.password_hash)
+                                  .where(self.temporary_passwords.c.user_pk == user._pk)).scalar()
+        if stored is None:
+            return False
+        current = self.user_by_pk(user._pk)  # ``user`` may hold the hash it was read with
+        return current is not None and hmac.compare_digest(stored, current["password_hash"] or "")
 
     def reset_password(self, email: str) -> tuple[str, str]:
         """Give the account ``email`` a new random password and end its sessions (for an operator whose
@@ -348,6 +380,7 @@ class Accounts:
         password = secrets.token_urlsafe(15)
         user.update(password_hash=self._hash(password), n_password_failures=0)
         self.end_sessions_of(user)
+        self._mark_password_temporary(user)
         log.info("password of %s reset from the command line", email)
         return email, password
 
@@ -378,6 +411,7 @@ class Accounts:
         user = self._add_user(email, password, role="lab_admin", enabled=True)
         log.info("created the first lab admin account %s", email)
         if generated:
+            self._mark_password_temporary(user)
             out.write(
                 f"\nNSC Fate: created lab admin account {email}\n"
                 f"One-time password (shown only now): {password}\n"

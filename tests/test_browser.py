@@ -365,6 +365,38 @@ def test_a_new_account_waits_for_a_lab_admin(page, browser, host):
     expect(page.locator("#nav-users")).to_be_hidden()  # a researcher
 
 
+def test_the_first_lab_admin_chooses_a_password_before_anything_else(browser, tmp_path):
+    """The first start makes the lab admin a password and prints it once; signed in with it, the app
+    asks for a password of the person's own before any other page."""
+    expect.set_options(timeout=60_000)
+    proc = Host(tmp_path, "--port", "0", "--workers", "0")
+    try:
+        url = proc.wait_ready(60)
+        made_up = re.search(r"One-time password \(shown only now\): (\S+)", proc.stdout()).group(1)
+        with _open_page(browser, url) as page:
+            sign_in(page, "admin@localhost.localdomain", made_up)
+            expect(page.locator("#view-account")).to_be_visible()
+            expect(page.locator("#password-temporary")).to_be_visible()
+            page.click("#nav a[data-view=history]")
+            expect(page.locator("#view-account")).to_be_visible()  # not before a password is chosen
+            expect(page.locator("#view-history")).to_be_hidden()
+            page.reload()
+            expect(page.locator("#view-account")).to_be_visible()  # nor after a reload
+            page.fill("#old-password", made_up)
+            page.fill("#new-password", ADMIN[1])
+            page.click("#password-form button[type=submit]")
+            expect(page.locator("#password-message")).to_contain_text("Password changed")
+            expect(page.locator("#password-temporary")).to_be_hidden()
+            page.click("#nav a[data-view=history]")
+            expect(page.locator("#view-history")).to_be_visible()
+            page.reload()
+            expect(page.locator("#view-history")).to_be_visible()
+    finally:
+        if proc.proc.poll() is None:
+            proc.interrupt()
+        proc.stop()
+
+
 def test_disabling_an_account_ends_its_session(page, browser, host):
     """A lab admin disables an account in two steps; the person's open page is signed out at its next
     request, and the account is listed as disabled (not as a new one awaiting approval)."""

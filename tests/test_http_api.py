@@ -208,7 +208,8 @@ def test_browser_session_cookie_and_csrf(client):
     cookie = r.headers["set-cookie"]
     assert COOKIE_NAME in cookie and "HttpOnly" in cookie and "samesite=lax" in cookie.lower()
     token = r.json()["csrf_token"]
-    assert client.get("/_/auth/me").json() == {"user": {"email": ANN[0], "role": "researcher"}, "csrf_token": token}
+    assert client.get("/_/auth/me").json() == {
+        "user": {"email": ANN[0], "role": "researcher", "password_is_temporary": False}, "csrf_token": token}
     assert client.get("/_/api/predictions").status_code == 200  # the cookie authenticates reads
     files = [("file", ("c.png", png_bytes(3), "image/png"))]
     assert client.post("/_/api/predictions", files=files).status_code == 403  # no CSRF token
@@ -219,6 +220,17 @@ def test_browser_session_cookie_and_csrf(client):
     assert client.post("/_/auth/logout", headers={"x-csrf-token": token}).status_code == 200
     assert client.get("/_/auth/me").json() == {"user": None, "csrf_token": None}
     assert client.get("/_/api/predictions").status_code == 401
+
+
+def test_a_made_up_password_is_reported_until_the_person_chooses_one(client, rt):
+    _, made_up = rt.accounts.reset_password(ANN[0])
+    r = client.post("/_/auth/login", json={"email": ANN[0], "password": made_up})
+    assert r.status_code == 200 and r.json()["user"]["password_is_temporary"] is True
+    assert client.get("/_/auth/me").json()["user"]["password_is_temporary"] is True  # also after a reload
+    r = client.post("/_/auth/password", json={"old_password": made_up, "new_password": ANN[1]},
+                    headers={"x-csrf-token": r.json()["csrf_token"]})
+    assert r.status_code == 200 and r.json()["user"]["password_is_temporary"] is False
+    assert client.get("/_/auth/me").json()["user"]["password_is_temporary"] is False
 
 
 def test_cross_site_state_changes_are_refused(client):

@@ -180,6 +180,7 @@ def test_first_admin_from_environment(accounts, caplog):
     out = io.StringIO()
     admin = accounts.ensure_first_admin({"NSCFATE_ADMIN_EMAIL": "boss@lab.org", "NSCFATE_ADMIN_PASSWORD": PASSWORD}, out)
     assert admin is not None and out.getvalue() == ""
+    assert not accounts.password_is_temporary(admin)  # the operator chose it
     assert accounts.authenticate("boss@lab.org", PASSWORD) == admin
     assert accounts.ensure_first_admin({}, out) is None  # only once
 
@@ -203,6 +204,27 @@ def test_first_admin_with_a_printed_one_time_password(accounts, caplog):
     password = printed.split("One-time password (shown only now): ")[1].split()[0]
     assert accounts.authenticate("admin@localhost.localdomain", password) is not None
     assert password not in caplog.text  # never in the log
+
+
+def test_a_password_the_host_made_up_is_temporary_until_the_person_changes_it(accounts):
+    out = io.StringIO()
+    admin = accounts.ensure_first_admin({}, out)
+    made_up = out.getvalue().split("One-time password (shown only now): ")[1].split()[0]
+    assert accounts.password_is_temporary(admin)
+    with pytest.raises(anvil.users.PasswordNotAcceptable, match="not the current one"):
+        accounts.change_password(admin, made_up, made_up)
+    assert accounts.password_is_temporary(admin)
+    accounts.change_password(admin, made_up, PASSWORD)
+    assert not accounts.password_is_temporary(admin)
+
+    ann = accounts.create_user("ann@lab.org", PASSWORD)  # chosen by a lab admin, for her to keep or change
+    assert not accounts.password_is_temporary(ann)
+    _, reset = accounts.reset_password("ann@lab.org")
+    assert accounts.password_is_temporary(ann)
+    # Changed some other way (Anvil's own anvil.users.reset_password, an operator's SQL): not temporary
+    # either, since the stored hash is no longer the made-up one.
+    ann["password_hash"] = accounts.hasher.hash("her own passphrase")
+    assert not accounts.password_is_temporary(ann)
 
 
 # ---- anvil.users inside server calls

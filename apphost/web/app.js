@@ -121,6 +121,12 @@ async function route() {
     showView("sign-in");
     return;
   }
+  if (state.user.password_is_temporary) {  // the host made this password up: the person chooses one first
+    if (parseHash().view !== "account") history.replaceState(null, "", "#/account");  // so a nav link works after
+    showAccount();
+    $("main").focus({preventScroll: true});
+    return;
+  }
   const {view, arg, params} = parseHash();
   const handlers = {classify: showClassify, history: () => showHistory(params), prediction: () => showDetail(arg),
                     summary: () => showSummary(params), models: showModels, users: showUsers, account: showAccount};
@@ -216,6 +222,7 @@ async function signUp(event) {
 function showAccount() {
   showView("account");
   $("account-info").textContent = `Signed in as ${state.user.email} (${state.user.role === "lab_admin" ? "lab admin" : "researcher"}).`;
+  $("password-temporary").hidden = !state.user.password_is_temporary;
 }
 
 async function changePassword(event) {
@@ -224,9 +231,11 @@ async function changePassword(event) {
   try {
     const data = await api("POST", "/_/auth/password",
                            {old_password: $("old-password").value, new_password: $("new-password").value});
+    state.user = data.user;
     state.csrf = data.csrf_token;
     $("old-password").value = "";
     $("new-password").value = "";
+    showAccount();
     showMessage(message, "Password changed. Other sessions of this account were signed out.", false);
   } catch (e) {
     showMessage(message, e.message);
