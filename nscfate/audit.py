@@ -21,6 +21,9 @@ the test part. That margin is large enough that a clean benchmark's few-hundred-
 quiet, and small enough that a shortcut which separates even one class of four (e.g. the real
 oligodendrocyte background, which lifts 4-class accuracy from 0.25 to about 0.5) is flagged.
 Per-class recall says which class the shortcut gives away.
+
+The audit also says how many images are copies of another (``nscfate.data.find_copies``, over the
+whole dataset): not a shortcut, but a copy in train and another in test inflates any held-out number.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class AuditReport:
     classes: tuple[str, ...]
     results: tuple[BaselineResult, ...]
     warnings: tuple[str, ...] = field(default=())
+    copies: dict = field(default_factory=dict)  # nscfate.data.find_copies of the dataset
 
     @property
     def flagged(self) -> bool:
@@ -124,9 +128,12 @@ def audit_arrays(train_images: Sequence[np.ndarray], train_labels: Sequence[str]
 def audit(data: str | os.PathLike, *, task: str = "medium4", channel: int = 1, max_images: int = 4000,
           test_fraction: float = 0.3, seed: int = 0) -> AuditReport:
     """Audit a dataset: read it, take a seeded class-stratified subset of at most ``max_images``
-    images, decode them, and run :func:`audit_arrays` on a stratified random split."""
+    images, decode them, and run :func:`audit_arrays` on a stratified random split; count the copies
+    of one picture among all its images."""
+    from dataclasses import replace
+
     from nscfate.classes import get_task
-    from nscfate.data import read_dataset
+    from nscfate.data import find_copies, read_dataset
     from nscfate.errors import DatasetError
     from nscfate.io import decode_image
 
@@ -146,11 +153,15 @@ def audit(data: str | os.PathLike, *, task: str = "medium4", channel: int = 1, m
             pixels = decode_image(s.path).pixels
             (test_x if i < n_test else train_x).append(pixels)
             (test_y if i < n_test else train_y).append(c)
-    return audit_arrays(train_x, train_y, test_x, test_y, present, data=os.fspath(data), task=task)
+    report = audit_arrays(train_x, train_y, test_x, test_y, present, data=os.fspath(data), task=task)
+    root = data if os.path.isdir(data) else os.path.dirname(os.fspath(data))
+    return replace(report, copies=find_copies(samples, root=root))
 
 
 def format_report(report: AuditReport) -> str:
-    """Human-readable table plus the warnings."""
+    """Human-readable table plus the warnings, and the copies of one picture."""
+    from nscfate.data import describe_copies
+
     lines = [f"shortcut audit of {report.data} (task {report.task}; {report.n_train} train / {report.n_test} test images)",
              "", f"{'baseline':<16}{'accuracy':>10}{'chance':>9}  per-class recall", ""]
     for r in report.results:
@@ -166,4 +177,6 @@ def format_report(report: AuditReport) -> str:
                      "to tell a shortcut from chance); audit more images of each class")
     else:
         lines.append("no shortcut found: background-only and crop-size-only baselines are near chance")
+    if report.copies:
+        lines += ["", describe_copies(report.copies)]
     return "\n".join(lines) + "\n"

@@ -604,28 +604,88 @@ class _ManifestDigest:
         SHA-256 of up to ``examples`` such contents: copies of one picture in train and test make the
         held-out numbers look better than they are."""
         if self._lines is not None:
-            pairs = [(line.split("\t", 1)[0], line.rsplit("\t", 1)[1]) for line in self._lines]
-            subsets_of: dict[str, set[str]] = {}
-            for subset, sha in pairs:
-                subsets_of.setdefault(sha, set()).add(subset)
-            shared = sorted(sha for sha, subsets in subsets_of.items() if len(subsets) > 1)
-            return sum(1 for _, sha in pairs if len(subsets_of[sha]) > 1), shared[:examples]
+            subset_names = [line.split("\t", 1)[0] for line in self._lines]
+            shas = [line.rsplit("\t", 1)[1] for line in self._lines]
+            subsets = np.unique(np.array(subset_names), return_inverse=True)[1].ravel()
+            content = np.unique(np.array(shas), return_inverse=True)[1].ravel()
+            copied, first = _copied(subsets, content, examples)
+            return int(copied.sum()), [shas[i] for i in first]
         if not len(self._ranks):
             return 0, []
         subset_names = sorted({p.split("\t", 1)[0] for p in self._prefixes})
         subset_of_prefix = np.array([subset_names.index(p.split("\t", 1)[0]) for p in self._prefixes])
         subsets = subset_of_prefix[np.frombuffer(self._ranks, np.int32)]
-        words = np.frombuffer(bytes(self._digests), np.uint64).reshape(-1, 4)
-        _, content = np.unique(words, axis=0, return_inverse=True)
-        content = content.ravel()
-        lowest = np.full(content.max() + 1, len(subset_names))
-        highest = np.full(content.max() + 1, -1)
-        np.minimum.at(lowest, content, subsets)
-        np.maximum.at(highest, content, subsets)
-        copied = lowest[content] != highest[content]
-        first = np.flatnonzero(copied)[:examples * 2]
-        shas = list(dict.fromkeys(bytes(self._digests[32 * i:32 * i + 32]).hex() for i in first))[:examples]
-        return int(copied.sum()), shas
+        copied, first = _copied(subsets, _content_codes(bytes(self._digests)), examples)
+        return int(copied.sum()), [bytes(self._digests[32 * i:32 * i + 32]).hex() for i in first]
+
+
+def _content_codes(digests: bytes) -> np.ndarray:
+    """One integer per 32-byte SHA-256 in ``digests``, equal where the digests are."""
+    if not digests:
+        return np.zeros(0, np.int64)
+    words = np.frombuffer(digests, np.uint64).reshape(-1, 4)
+    return np.unique(words, axis=0, return_inverse=True)[1].ravel()
+
+
+def _copied(owner: np.ndarray, content: np.ndarray, examples: int) -> tuple[np.ndarray, list[int]]:
+    """Which items have the content of an item of another owner (a subset of a split; or, each image
+    its own owner, any other image), and the first item of up to ``examples`` such contents. The one
+    rule for copies of a picture: manifests (:meth:`_ManifestDigest.cross_subset_copies`) and datasets
+    (:func:`find_copies`)."""
+    if not len(content):
+        return np.zeros(0, bool), []
+    lowest = np.full(content.max() + 1, owner.max() + 1)
+    highest = np.full(content.max() + 1, -1)
+    np.minimum.at(lowest, content, owner)
+    np.maximum.at(highest, content, owner)
+    copied = lowest[content] != highest[content]
+    items = np.flatnonzero(copied)
+    _, first = np.unique(content[items], return_index=True)
+    return copied, items[np.sort(first)[:examples]].tolist()
+
+
+def find_copies(samples: Sequence[Sample], *, root: str | Path | None = None, examples: int = 3) -> dict:
+    """The images of ``samples`` whose content (file SHA-256) is that of another image: a picture
+    exported twice (``x.png``, ``x-copy.png``) can land in train and in test, which no split by name or
+    group can see (training counts them as the manifests' ``copies_across_subsets``, by the same rule).
+
+    Returns ``images`` (how many images have a copy), ``pictures`` (how many distinct pictures those
+    are), ``across_classes`` (of those, pictures under more than one label) and ``examples`` (for up to
+    ``examples`` pictures, the paths of its copies, relative to ``root`` when under it). Reads every
+    file once; a file that cannot be read is left out (decoding it reports it)."""
+    kept, digests = [], bytearray()
+    for s in samples:
+        try:
+            digests += bytes.fromhex(file_sha256(s.path))
+        except OSError:
+            continue
+        kept.append(s)
+    content = _content_codes(bytes(digests))
+    copied, first = _copied(np.arange(len(kept)), content, examples)
+    labels = np.unique(np.array([s.label for s in kept]), return_inverse=True)[1].ravel()
+    across, _ = _copied(labels, content, 0)
+
+    def shown(path: str) -> str:
+        rel = os.path.relpath(path, root) if root is not None else path
+        return path if rel.split(os.sep, 1)[0] == os.pardir else rel
+
+    return {
+        "images": int(copied.sum()),
+        "pictures": len(np.unique(content[copied])),
+        "across_classes": len(np.unique(content[across])),
+        "examples": [[shown(kept[i].path) for i in np.flatnonzero(content == content[k])] for k in first],
+    }
+
+
+def describe_copies(copies: dict) -> str:
+    """One line on :func:`find_copies`'s result, for ``nscfate inspect`` and ``nscfate audit``."""
+    if not copies.get("images"):
+        return "copies: none (no two images have the same content)"
+    across = f"; {copies['across_classes']} of them under more than one class" if copies["across_classes"] else ""
+    return (f"COPIES: {copies['images']} images are copies of another image ({copies['pictures']} pictures{across}), "
+            f"e.g. {'; '.join(' = '.join(paths) for paths in copies['examples'])}. Remove them before training: "
+            "a copy in train and another in val or test makes the held-out numbers count pictures the model "
+            "was trained on")
 
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -771,9 +831,10 @@ def read_split_manifest(path: str | Path, *, verify: bool = True) -> tuple[Split
 
 
 def inspect_dataset(source: str | Path, *, max_images: int | None = None, seed: int = 0) -> dict:
-    """Counts per class, group and channel (every channel, markers included), and image size and
-    bit-depth statistics of the brightfield images (decoded headers and pixels; at most
-    ``max_images`` of them, chosen at random with ``seed``, when given)."""
+    """Counts per class, group and channel (every channel, markers included), the brightfield images
+    that are copies of another (:func:`find_copies`, over all of them), and image size and bit-depth
+    statistics of the brightfield images (decoded headers and pixels; at most ``max_images`` of them,
+    chosen at random with ``seed``, when given)."""
     from nscfate.io import decode_image
 
     samples = read_dataset(source, channel=None, allow_marker_channels=True)
@@ -813,6 +874,7 @@ def inspect_dataset(source: str | Path, *, max_images: int | None = None, seed: 
         "groups": dict(sorted(per_group.items())),
         "class_groups": {k: dict(sorted(v.items())) for k, v in sorted(class_group.items())},
         "channels": dict(sorted(channels.items())),
+        "copies": find_copies(images, root=Path(source) if Path(source).is_dir() else Path(source).parent),
         "decoded": len(heights),
         "height": stats(heights),
         "width": stats(widths),

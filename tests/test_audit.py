@@ -44,6 +44,25 @@ def test_a_few_images_cannot_clear_a_dataset(synth_sets):
     assert main(["audit", str(synth_sets / "clean"), "--max-images", "480", "--strict"]) == 0
 
 
+def test_copies_of_one_picture_are_reported(synth_sets, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from nscfate.cli import main
+
+    data = tmp_path / "clean"
+    shutil.copytree(synth_sets / "clean", data)
+    original = sorted((data / "astro").iterdir())[0]
+    shutil.copy(original, data / "astro" / "x-copy.ome.tif")
+    report = audit(data, max_images=24)
+    assert report.copies["images"] == 2 and report.copies["examples"] == [[f"astro/{original.name}", "astro/x-copy.ome.tif"]]
+    assert "COPIES: 2 images are copies of another image" in format_report(report)
+    with caplog.at_level(logging.WARNING, logger="nscfate.audit"):
+        assert main(["audit", str(data), "--max-images", "24", "--json"]) == 0
+    assert "COPIES: 2 images" in caplog.text  # said with --json too
+    assert audit(synth_sets / "clean", max_images=24).copies["images"] == 0
+
+
 def test_crop_size_artefact_is_flagged():
     rng = np.random.default_rng(0)
 

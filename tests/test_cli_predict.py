@@ -154,8 +154,8 @@ def test_inspect_sums_up_a_long_group_table():
 
     groups = {f"astro/{k}": 1 for k in range(MAX_ROWS + 60)}
     report = {"source": "x", "images": len(groups), "files": len(groups), "classes": {"astro": len(groups)},
-              "groups": groups, "channels": {"1": len(groups)}, "height": None, "bit_depths": {}, "formats": {},
-              "unreadable": {}}
+              "groups": groups, "channels": {"1": len(groups)}, "copies": {"images": 0}, "height": None,
+              "bit_depths": {}, "formats": {}, "unreadable": {}}
     text = format_report(report)
     assert f"... 60 more groups (60 images" in text and "names carry no acquisition batch" in text
     assert text.count("astro/") == MAX_ROWS

@@ -444,6 +444,26 @@ def test_inspect_dataset(ifc_root):
     assert np.isfinite(report["height"]["median"])
 
 
+def test_inspect_reports_copies_of_one_picture(tmp_path):
+    """The same picture twice (``x.png`` and ``x-copy.png``; one under two classes) is counted before
+    training, by the rule that manifests count copies across subsets with."""
+    from nscfate.commands.inspect import format_report
+
+    pictures = [pil_bytes(cell_array(seed=k), "PNG") for k in range(4)]
+    for name, k in (("astro/a.png", 0), ("astro/a-copy.png", 0), ("astro/a (1).png", 0), ("astro/b.png", 1),
+                    ("oligo/c.png", 2), ("nt3/c.png", 2), ("nt3/d.png", 3), ("nt3/d_Ch2.png", 3)):  # d_Ch2: a marker
+        _write(tmp_path / name, pictures[k])
+    report = inspect_dataset(tmp_path)
+    assert report["copies"] == {"images": 5, "pictures": 2, "across_classes": 1,
+                                "examples": [["astro/a (1).png", "astro/a-copy.png", "astro/a.png"],
+                                             ["nt3/c.png", "oligo/c.png"]]}
+    assert "COPIES: 5 images are copies of another image (2 pictures; 1 of them under more than one class)" in format_report(report)
+    (tmp_path / "astro" / "a-copy.png").unlink()
+    (tmp_path / "astro" / "a (1).png").unlink()
+    (tmp_path / "nt3" / "c.png").unlink()
+    assert inspect_dataset(tmp_path)["copies"] == {"images": 0, "pictures": 0, "across_classes": 0, "examples": []}
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_manifest_hash_is_the_hash_of_the_sorted_lines_for_any_names(seed):
     """The compact form of the manifest hash gives exactly SHA-256 of the sorted lines, also for group

@@ -7,7 +7,8 @@ import json
 import logging
 import sys
 
-HELP = "check a dataset for shortcuts: can background or crop size alone predict the labels?"
+HELP = ("check a dataset for shortcuts (can background or crop size alone predict the labels?) and for copies "
+        "of one picture (every image is hashed)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,11 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nscfate.audit import audit, format_report
+    from nscfate.data import describe_copies
 
     report = audit(args.data, task=args.task, channel=args.channel, max_images=args.max_images, seed=args.seed)
     sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n" if args.json else format_report(report))
     for warning in report.warnings:
         logging.getLogger("nscfate.audit").warning("%s", warning)
+    if report.copies.get("images"):
+        logging.getLogger("nscfate.audit").warning("%s", describe_copies(report.copies))
     if not args.strict:
         return 0
     return 1 if report.flagged else 3 if not report.conclusive else 0

@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-HELP = "summarise a dataset: counts per class, group and channel, image sizes and bit depths"
+HELP = ("summarise a dataset: counts per class, group and channel, copies of one picture (every image is "
+        "hashed), image sizes and bit depths")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +43,8 @@ def _table(title: str, counts: dict, total: int) -> list[str]:
 
 def format_report(r: dict) -> str:
     """The human-readable summary printed by ``nscfate inspect``."""
+    from nscfate.data import describe_copies
+
     lines = [f"dataset: {r['source']}", f"images (brightfield): {r['images']}   files (all channels): {r['files']}", ""]
     lines += _table("class", r["classes"], r["images"]) + [""]
     lines += _table("group", r["groups"], r["images"])
@@ -50,6 +53,7 @@ def format_report(r: dict) -> str:
     lines.append("")
     lines += _table("channel", {("brightfield 1" if k == "1" else "unnamed" if k == "none" else f"marker {k}"): v
                                 for k, v in r["channels"].items()}, r["files"]) + [""]
+    lines += [describe_copies(r["copies"]), ""]
     if r["height"]:
         lines.append(f"{'size (px), ' + str(r['decoded']) + ' decoded':<24}  {'min':>5}  {'median':>6}  {'max':>5}")
         for dim in ("height", "width"):
