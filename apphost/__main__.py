@@ -33,7 +33,7 @@ import signal
 import stat
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -429,7 +429,7 @@ class LocalHost:
                 if not ready:
                     if fatal.is_set():
                         status = 2
-                        print(NO_MODEL_HELP, file=sys.stderr, flush=True)
+                        print(no_model_help(os.environ), file=sys.stderr, flush=True)
                     server.should_exit = True
             if not server.should_exit:
                 print(await self._ready_message(), flush=True)
@@ -501,9 +501,14 @@ class LocalHost:
         return "\n".join(lines)
 
 
-NO_MODEL_HELP = """
+def no_model_help(env: Mapping[str, str]) -> str:
+    """What to do when the workers found no usable model (``env``: the workers' environment)."""
+    lab_models = env.get("NSCFATE_MODELS_DIR")
+    where = (f"Models are looked up in {lab_models} (NSCFATE_MODELS_DIR; its registry.json names the default)"
+             if lab_models else "The shipped models live in models/ (models/registry.json names the default)")
+    return f"""
 nscfate host: the worker could not load a model (its error is above), so nothing can be classified.
-  The shipped models live in models/ (models/registry.json names the default). Until they are there,
+  {where}. Until a model is there,
   start with any model directory:  python -m apphost --model PATH/TO/MODEL_DIR
   (a tiny demo model, useless for real cells:  python -c "from nscfate.testing import make_tiny_model_dir;
    make_tiny_model_dir('/tmp/nscfate-demo-model')"  then  --model /tmp/nscfate-demo-model)

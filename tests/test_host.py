@@ -423,6 +423,15 @@ def test_a_host_without_a_usable_model_says_how_to_get_one(tmp_path, hosts):
     # The one-time password of the admin made at this first start is not lost with the failed start.
     assert "One-time password (shown only now)" in host.stdout()
 
+    # A lab's own models folder that holds none: the help names that folder, not models/.
+    lab_models = tmp_path / "lab-models"
+    lab_models.mkdir()
+    host = Host(tmp_path, "--port", "0", env={"NSCFATE_MODELS_DIR": str(lab_models)}, name="host2")
+    hosts.append(host)
+    assert host.proc.wait(120) == 2
+    assert f"Models are looked up in {lab_models} (NSCFATE_MODELS_DIR" in host.stderr()
+    assert "The shipped models live in models/" not in host.stderr()
+
 
 @pytest.mark.postgres
 def test_database_url_puts_the_data_in_postgresql(tmp_path, postgres_url, hosts):
