@@ -268,8 +268,8 @@ def _check_geometry(label: str, height: int, width: int, channels: int, limits: 
             "(grey, grey+alpha, RGB, RGBA or CMYK); export the brightfield channel alone")
     if height * width > limits.max_pixels:
         raise TooManyPixelsError(
-            f"{label}: {width}x{height} (width x height) = {height * width / 1e6:.1f} megapixels exceeds the limit of "
-            f"{limits.max_pixels / 1e6:g} megapixels; crop single cells first")
+            f"{label}: {width}x{height} (width x height) = {height * width:,} pixels, more than the limit of "
+            f"{limits.max_pixels:,} ({limits.max_pixels / 1e6:g} megapixels); crop single cells first")
     if min(height, width) < limits.min_side:
         raise ImageTooSmallError(
             f"{label}: {width}x{height} pixels (width x height) is too small to hold a cell; "

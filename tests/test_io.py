@@ -290,8 +290,10 @@ def _png_header_only(width: int, height: int) -> bytes:
 def test_pixel_limit_is_checked_from_the_header():
     # 6000 x 5000 = 30 Mpx: above our 25 Mpx limit, below Pillow's own bomb threshold. The data is
     # truncated, so reaching the pixel decoder would raise CorruptImageError instead.
-    with pytest.raises(errors.TooManyPixelsError, match="30.0 megapixels"):
+    with pytest.raises(errors.TooManyPixelsError, match="30,000,000 pixels, more than the limit of 25,000,000"):
         decode_image(_png_header_only(6000, 5000))
+    with pytest.raises(errors.TooManyPixelsError, match="25,010,001 pixels"):  # just over: not "25.0 exceeds 25"
+        decode_image(_png_header_only(5001, 5001))
     with pytest.raises(errors.TooManyPixelsError):  # far beyond Pillow's threshold too
         decode_image(_png_header_only(100_000, 100_000))
 
