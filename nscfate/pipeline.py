@@ -231,6 +231,7 @@ def read_shard_index(shard_dir: str | Path) -> dict:
 
 def make_tfrecord_dataset(
     shard_dir: str | Path,
+    classes: Sequence[str] | None = None,
     *,
     input_size: tuple[int, int] | None = None,
     batch_size: int = 32,
@@ -247,11 +248,15 @@ def make_tfrecord_dataset(
 ) -> tf.data.Dataset:
     """Batches ``(images, labels)`` read from shards written by :func:`write_tfrecord_shards`.
 
-    ``input_size`` defaults to the one recorded for prepared shards (and must match it); raw shards
+    ``classes``: the model's class order; the shards store label indices, so shards written for another
+    order are refused instead of silently mislabelled (``None``: the order the shards record). ``input_size`` defaults to the one recorded for prepared shards (and must match it); raw shards
     need it (or use the default model input). ``num_workers``/``worker_index`` give this worker every
     ``num_workers``-th shard.
     """
     index = read_shard_index(shard_dir)
+    if classes is not None and list(classes) != index["classes"]:
+        raise DatasetError(f"{shard_dir}: the shards label classes in the order {index['classes']}, not "
+                           f"{list(classes)}; write them again for this model's classes")
     mode = index["mode"]
     recorded = tuple(index["input_size"])
     if mode == "prepared":

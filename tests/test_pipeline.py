@@ -130,3 +130,10 @@ def test_tfrecord_worker_sharding(files, tmp_path):
     assert sorted(whole[:, 20, 30, 0].tolist()) == sorted(expected[:, 20, 30, 0].tolist())
     with pytest.raises(errors.DatasetError, match="prepared at"):
         make_tfrecord_dataset(tmp_path, input_size=(75, 75))
+
+
+def test_tfrecord_shards_refuse_another_class_order(files, tmp_path):
+    write_tfrecord_shards(files, tmp_path, CLASSES, mode="prepared", input_size=SIZE)
+    _collect(make_tfrecord_dataset(tmp_path, CLASSES, shuffle=False))  # the order they were written for
+    with pytest.raises(errors.DatasetError, match="label classes in the order"):
+        make_tfrecord_dataset(tmp_path, tuple(reversed(CLASSES)))
