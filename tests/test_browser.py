@@ -503,6 +503,52 @@ def test_the_model_banner_follows_the_model_picked(browser, two_model_host, tiny
         expect(banner).not_to_contain_text(b["name"])
 
 
+def test_every_page_passes_axe_accessibility_checks(page, images):
+    """axe-core (the engine of browser accessibility audits) finds nothing on any page, with content
+    on it: result cards (one rejected), Grad-CAM, history rows, a detail, a summary, model cards, users."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    expect.set_options(timeout=60_000)
+    axe = Axe()
+    found = {}
+
+    def audit(view):
+        page.wait_for_load_state("networkidle")
+        violations = axe.run(page).response["violations"]
+        found[view] = [(v["impact"], v["id"], [n["target"] for n in v["nodes"]][:3]) for v in violations]
+
+    audit("sign-in")
+    sign_in(page)
+    expect(page.locator("#view-classify")).to_be_visible()
+    page.fill("#experiment", "E-axe")
+    page.set_input_files("#files", [str(images["cell-c.bmp"]), str(images["notes.txt"])])
+    expect(page.locator("#results .result[data-outcome]")).to_have_count(2)
+    page.locator('#results .result[data-outcome="ok"]').get_by_role("button", name="Show Grad-CAM").click()
+    expect(page.locator("#results img.gradcam-image")).to_be_visible()
+    audit("classify")
+    page.click("#nav a[data-view=history]")
+    expect(page.locator("#history-table tbody tr").first).to_be_visible()
+    audit("history")
+    page.locator("#history-table tbody tr").first.get_by_role("link", name="View").click()
+    expect(page.locator("#detail-body img.large")).to_be_visible()
+    audit("detail")
+    page.click("#nav a[data-view=summary]")
+    page.fill("#summary-experiment", "E-axe")
+    page.click("#summary-form button[type=submit]")
+    expect(page.locator("#summary-body tbody tr").first).to_be_visible()
+    audit("summary")
+    page.click("#nav a[data-view=models]")
+    expect(page.locator(".model-card").first).to_be_visible()
+    audit("models")
+    page.click("#nav a[data-view=users]")
+    expect(page.locator("#users-table tbody tr").first).to_be_visible()
+    audit("users")
+    page.click("#who")
+    expect(page.locator("#view-account")).to_be_visible()
+    audit("account")
+    assert found == {view: [] for view in found}
+
+
 def _wait_for_image(page, locator):
     """Wait until an <img> has loaded real pixels (not a broken image)."""
     expect(locator).to_be_visible()
