@@ -1,5 +1,6 @@
 """Showing stored cell images in the browser (client module)."""
 
+import anvil
 import anvil.server
 
 
@@ -36,3 +37,20 @@ def attach_previews(results):
         found = {}  # no previews is not an error: the results stand without them
     for r in wanted:
         r["preview"] = found.get(r["id"])
+
+
+def show_gradcam(form, prediction_id):
+    """Ask the server for a prediction's Grad-CAM and show it in ``form``'s gradcam_image and
+    gradcam_note (a result card and the detail view both have them); the button is off while it runs."""
+    form.gradcam_button.enabled = False
+    try:
+        out = anvil.server.call("explain_prediction", prediction_id)
+    except Exception as e:
+        anvil.alert("Grad-CAM is not available: %s" % e)
+        form.gradcam_button.enabled = True
+        return
+    form.gradcam_image.source = out["gradcam"]
+    form.gradcam_image.visible = True
+    form.gradcam_note.text = out["note"] or "Regions that most raised the predicted condition's score."
+    form.gradcam_note.visible = True
+    form.gradcam_button.visible = False

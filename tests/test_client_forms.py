@@ -114,8 +114,19 @@ def test_every_form_reads_only_what_the_server_sends(app, worker):
     row.view_link_click()
     (detail,) = app.alerts
     assert detail.meta_label.text.startswith(detail.item["created"].strftime("%Y-%m-%d %H:%M UTC by ada@lab.org"))
+    real_call, seen = app.call, []
+
+    def failing(name, *args, **kwargs):  # the button is off while the call runs (no second click)
+        seen.append(detail.gradcam_button.enabled)
+        raise RuntimeError("the prediction service is not available")
+
+    app.call = failing
     detail.gradcam_button_click()
-    assert detail.gradcam_image.visible and detail.gradcam_note.visible
+    assert seen == [False] and detail.gradcam_button.enabled and not detail.gradcam_image.visible
+    assert app.alerts[-1] == "Grad-CAM is not available: the prediction service is not available"
+    app.call = real_call
+    detail.gradcam_button_click()
+    assert detail.gradcam_image.visible and detail.gradcam_note.visible and not detail.gradcam_button.visible
     app.alerts.clear()
     history.export_button_click()
     (download,) = app.alerts

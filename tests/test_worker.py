@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import skimage
 
+from tests.hostproc import children_of
 from tests.uplinkhelpers.harness import HubServer, UplinkProcess, wait_until
 from uplink.errors import CellImageError, UnknownModelError
 
@@ -341,18 +342,6 @@ def test_worker_without_models_or_key_fails_clearly(tmp_path):
     missing.close()
 
 
-def _children(pid):
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
-    return children
-
-
 def test_host_runs_its_own_worker_with_the_key_in_its_environment_only(tiny_model, tmp_path):
     import socket
 
@@ -380,7 +369,7 @@ def test_host_runs_its_own_worker_with_the_key_in_its_environment_only(tiny_mode
         wait_until(lambda: "predict_cell_fate" in registrations(), 180, "the built-in worker")
         # It registers on connecting and logs "worker ready" after a round trip: wait for that too.
         wait_until(lambda: "worker ready" in host.output(), 60, "the worker's ready line")
-        (worker_pid,) = _children(host.proc.pid)
+        (worker_pid,) = children_of(host.proc.pid)
         cmdline = Path(f"/proc/{worker_pid}/cmdline").read_bytes().split(b"\0")
         assert b"uplink" in cmdline and all(key.encode() not in arg for arg in cmdline)
         environ = Path(f"/proc/{worker_pid}/environ").read_bytes()

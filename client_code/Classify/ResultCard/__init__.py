@@ -40,15 +40,4 @@ class ResultCard(ResultCardTemplate):
             component.visible = False
 
     def gradcam_button_click(self, **event_args):
-        self.gradcam_button.enabled = False
-        try:
-            out = anvil.server.call("explain_prediction", self.item["id"])
-        except Exception as e:
-            alert("Grad-CAM is not available: %s" % e)
-            self.gradcam_button.enabled = True
-            return
-        self.gradcam_image.source = out["gradcam"]
-        self.gradcam_image.visible = True
-        self.gradcam_note.text = out["note"] or "Regions that most raised the predicted condition's score."
-        self.gradcam_note.visible = True
-        self.gradcam_button.visible = False
+        images.show_gradcam(self, self.item["id"])

@@ -24,13 +24,4 @@ class PredictionDetail(PredictionDetailTemplate):
         self.probability_plot.data, self.probability_plot.layout = charts.probability_bars(p)
 
     def gradcam_button_click(self, **event_args):
-        try:
-            out = anvil.server.call("explain_prediction", self.item["id"])
-        except Exception as e:
-            alert("Grad-CAM is not available: %s" % e)
-            return
-        self.gradcam_image.source = out["gradcam"]
-        self.gradcam_image.visible = True
-        self.gradcam_note.text = out["note"] or "Regions that most raised the predicted condition's score."
-        self.gradcam_note.visible = True
-        self.gradcam_button.visible = False
+        images.show_gradcam(self, self.item["id"])
