@@ -998,12 +998,13 @@ class SearchIterator(anvil.tables.SearchIterator):
         return stmt.limit(limit) if limit is not None else stmt
 
     def __len__(self) -> int:
+        # A plain COUNT: the order does not change how many rows match, and counting an ordered,
+        # offset subquery walked every row in order (SQLite: not its fast count; PostgreSQL: a sort).
         t = self._table._sql
-        inner = sa.select(t.c._id).where(self._where).order_by(*self._order, t.c._id).offset(self._offset)
-        if self._limit is not None:
-            inner = inner.limit(self._limit)
         with self._table._db.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(inner.subquery())).scalar_one())
+            total = int(conn.execute(sa.select(sa.func.count()).select_from(t).where(self._where)).scalar_one())
+        n = max(0, total - self._offset)
+        return n if self._limit is None else min(n, self._limit)
 
     def __bool__(self) -> bool:
         return True

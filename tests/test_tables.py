@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 
@@ -172,6 +173,31 @@ def test_order_len_slices_and_indexing(db):
         newest_first[6]
     with pytest.raises(ValueError):
         newest_first[-1]
+
+
+@contextlib.contextmanager
+def selects(db):
+    """The SELECT statements (text, parameters) the database runs inside the block."""
+    seen = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("SELECT"):
+            seen.append((statement, parameters))
+
+    sa.event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", record)
+
+
+def test_len_counts_without_ordering_the_rows(db):
+    _people(db)
+    newest_first = db.app_tables.people.search(anvil.tables.order_by("seen", ascending=False), active=True)
+    with selects(db) as sql:
+        assert [len(newest_first), len(newest_first[1:]), len(newest_first[1:2]), len(newest_first[5:])] == [3, 2, 1, 0]
+    # a plain COUNT of the matching rows: ordering (or skipping) them first walked every row in order
+    assert len(sql) == 4 and not any("ORDER BY" in s.upper() or "OFFSET" in s.upper() for s, _ in sql)
 
 
 def test_iteration_pages_through_many_rows(db, monkeypatch):
