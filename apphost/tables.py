@@ -994,7 +994,7 @@ class SearchIterator(anvil.tables.SearchIterator):
 
     def _select(self, offset: int, limit: int | None) -> sa.Select[Any]:
         t = self._table._sql
-        stmt = sa.select(t).where(self._where).order_by(*self._order, t.c._id).offset(offset)
+        stmt = sa.select(t).where(self._where).order_by(*self._order).offset(offset)
         return stmt.limit(limit) if limit is not None else stmt
 
     def __len__(self) -> int:
@@ -1099,6 +1099,7 @@ _COMPARISONS = {
 def _compile(table: Table, queries: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, list[Any]]:
     order: list[Any] = []
     clauses: list[Any] = []
+    descending = False
     for query in queries:
         if isinstance(query, anvil.tables.order_by):
             col = table.spec.column(query.column_name)
@@ -1106,11 +1107,16 @@ def _compile(table: Table, queries: tuple[Any, ...], kwargs: dict[str, Any]) -> 
                 raise TableError(f"cannot order by the {col.type} column '{col.name}'")
             sql_col = table._sql.c[col.name]
             order.append(sql_col.asc() if query.ascending else sql_col.desc())
+            descending = not query.ascending
         elif isinstance(query, (q.page_size, q.fetch_only)):
             continue  # performance hints; every column is fetched here
         else:
             clauses.append(_compile_query(table, query))
     clauses.extend(_compile_column(table, name, value) for name, value in kwargs.items())
+    # Ties go by row id in the direction of the last ordering column: an index holds its equal values in
+    # row-id order, so it then gives the whole order, read either way. Against it (newest first, ties
+    # oldest first) SQLite sorted every row it read, also the ones an OFFSET skips.
+    order.append(table._sql.c._id.desc() if descending else table._sql.c._id.asc())
     return sa.and_(sa.true(), *clauses), order
 
 

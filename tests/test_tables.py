@@ -200,6 +200,24 @@ def test_len_counts_without_ordering_the_rows(db):
     assert len(sql) == 4 and not any("ORDER BY" in s.upper() or "OFFSET" in s.upper() for s, _ in sql)
 
 
+def test_a_page_deep_in_a_newest_first_search_is_read_from_the_index(db):
+    if not db.is_sqlite:
+        pytest.skip("SQLite's query plan; PostgreSQL's index on one column leaves ties to an incremental sort")
+    base = _people(db)
+    for i in range(4):  # ties: the pages must still split them without overlap
+        db.app_tables.people.add_row(name=f"tie{i}", seen=base)
+    newest_first = db.app_tables.people.search(anvil.tables.order_by("seen", ascending=False))
+    with selects(db) as sql:
+        pages = [[r["name"] for r in newest_first[i:i + 3]] for i in range(0, 10, 3)]
+    assert sorted(sum(pages, [])) == sorted(["p0", "P1", "p2", "P3", "p4", "P5", "tie0", "tie1", "tie2", "tie3"])
+    assert pages[0] == ["P5", "p4", "P3"]
+    # Ties by row id in the same direction as the order: the index on 'seen' gives the whole order, with
+    # no sort of the rows (nor of the ones OFFSET skips)
+    with db.engine.connect() as conn:
+        plan = " | ".join(r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql[-1][0], sql[-1][1]))
+    assert "USING INDEX ix_app_people_seen" in plan and "TEMP B-TREE" not in plan, plan
+
+
 def test_iteration_pages_through_many_rows(db, monkeypatch):
     monkeypatch.setattr("apphost.tables._PAGE", 3)
     for i in range(10):
