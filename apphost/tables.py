@@ -33,6 +33,7 @@ import re
 import threading
 import time
 import zlib
+from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -978,7 +979,8 @@ class Row(anvil.tables.Row):
 
 
 class SearchIterator(anvil.tables.SearchIterator):
-    """A lazy search: ``len()`` counts in SQL, slices become LIMIT/OFFSET, iteration pages."""
+    """A lazy search: ``len()`` counts in SQL, slices become LIMIT/OFFSET, iteration pages (by id past the
+    first page)."""
 
     __slots__ = ("_table", "_where", "_order", "_offset", "_limit")
 
@@ -992,9 +994,10 @@ class SearchIterator(anvil.tables.SearchIterator):
         self._offset = offset
         self._limit = limit
 
-    def _select(self, offset: int, limit: int | None) -> sa.Select[Any]:
-        t = self._table._sql
-        stmt = sa.select(t).where(self._where).order_by(*self._order).offset(offset)
+    def _select(self, columns: list[Any], offset: int, limit: int | None) -> sa.Select[Any]:
+        stmt = sa.select(*columns).where(self._where).order_by(*self._order)
+        if offset:
+            stmt = stmt.offset(offset)
         return stmt.limit(limit) if limit is not None else stmt
 
     def __len__(self) -> int:
@@ -1010,17 +1013,31 @@ class SearchIterator(anvil.tables.SearchIterator):
         return True
 
     def __iter__(self) -> Iterator[Row]:
-        db, spec = self._table._db, self._table.spec
-        done = 0
-        while self._limit is None or done < self._limit:
-            n = _PAGE if self._limit is None else min(_PAGE, self._limit - done)
+        """The first page in one query; past it, the ids of the rest in order in one query, then their rows
+        a page at a time by id. Paging with OFFSET read all the earlier rows again for every page (a
+        million rows: some 10^9 rows read). Which rows come after the first page is settled when it is
+        passed: rows deleted later are left out, rows added later do not come, no row comes twice."""
+        db, spec, t = self._table._db, self._table.spec, self._table._sql
+        first = _PAGE if self._limit is None else min(_PAGE, self._limit)
+        with db.connect() as conn:
+            records = conn.execute(self._select([t], self._offset, first)).all()
+        seen = set()
+        for rec in records:
+            pk = int(rec._mapping["_id"])
+            seen.add(pk)
+            yield Row(self._table, pk, db.from_sql(spec, rec))
+        if len(records) < first or len(records) == self._limit:
+            return
+        with db.connect() as conn:
+            rest = conn.execute(self._select([t.c._id], self._offset, self._limit)).scalars()
+            ids = array("q", (pk for pk in rest if pk not in seen))
+        for start in range(0, len(ids), _PAGE):
+            chunk = ids[start:start + _PAGE].tolist()
             with db.connect() as conn:
-                records = conn.execute(self._select(self._offset + done, n)).all()
-            for rec in records:
-                yield Row(self._table, int(rec._mapping["_id"]), db.from_sql(spec, rec))
-            done += len(records)
-            if len(records) < n:
-                return
+                found = {int(rec._mapping["_id"]): rec for rec in conn.execute(sa.select(t).where(t.c._id.in_(chunk)))}
+            for pk in chunk:
+                if pk in found:  # else deleted meanwhile
+                    yield Row(self._table, pk, db.from_sql(spec, found[pk]))
 
     def __getitem__(self, idx: int | slice) -> Row | SearchIterator:
         if isinstance(idx, slice):

@@ -226,6 +226,26 @@ def test_iteration_pages_through_many_rows(db, monkeypatch):
     assert titles == [f"{i:02d}" for i in range(10)]
 
 
+def test_iteration_past_the_first_page_meets_each_row_once(db, monkeypatch):
+    monkeypatch.setattr("apphost.tables._PAGE", 3)
+    groups = db.app_tables.groups
+    for i in range(10):
+        groups.add_row(title=f"{i:02d}")
+    met = []
+    with selects(db) as sql:
+        for row in groups.search(anvil.tables.order_by("title", ascending=False)):
+            met.append(row["title"])
+            if len(met) == 4:  # past the first page: a new first row, and a row not reached yet goes
+                groups.add_row(title="99")
+                groups.get(title="00").delete()
+    assert met == ["09", "08", "07", "06", "05", "04", "03", "02", "01"]  # no row twice, none skipped
+    # two ordered queries (the first page, the ids of the rest), not one per page reading the rows before it
+    assert len([s for s, _ in sql if "ORDER BY app_groups.title" in s]) == 2, [s for s, _ in sql]
+    newest_first = groups.search(anvil.tables.order_by("title", ascending=False))
+    assert [r["title"] for r in newest_first[2:9]] == ["08", "07", "06", "05", "04", "03", "02"]
+    assert [r["title"] for r in newest_first[1:][1:3]] == ["08", "07"]
+
+
 def test_get_requires_a_unique_match(db):
     _people(db)
     assert db.app_tables.people.get(age=30)["name"] == "P3"
