@@ -154,7 +154,7 @@ def predictions_collection(**params):
 @_api
 def predictions_csv(**params):
     _user()
-    media = anvil.BlobMedia("text/csv; charset=utf-8", predictions.history_csv(_filters(params)).encode("utf-8"),
+    media = anvil.BlobMedia("text/csv; charset=utf-8", predictions.history_csv(_filters(params)),
                             name="nscfate-predictions.csv")
     return anvil.server.HttpResponse(200, media, {
         "Content-Disposition": 'attachment; filename="nscfate-predictions.csv"'})

@@ -509,28 +509,37 @@ def _csv_cell(value):
 
 
 def history_csv(filters=None):
-    """The filtered history as CSV text: one row per prediction, one ``p_<class>`` column per class."""
-    rows = [(r, _classes_of(r)) for r in search_rows(filters)]
+    """The filtered history as CSV (UTF-8 bytes): one row per prediction, one ``p_<class>`` column per class.
+
+    Two passes over the search, neither keeping its rows: the first finds the class columns, the second
+    writes the rows (a history of a million predictions is a few GB as rows, a few hundred MB as CSV).
+    A row added between the passes with a class no earlier row had goes without that probability."""
+    rows = search_rows(filters)
     classes = []
-    for _, pairs in rows:
-        for key, _ in pairs:
+    for r in rows:
+        for key, _ in _classes_of(r):
             if key not in classes:
                 classes.append(key)
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    out = io.BytesIO()
+    text = io.TextIOWrapper(out, encoding="utf-8", newline="")
+    writer = csv.writer(text, lineterminator="\n")
     writer.writerow(list(CSV_COLUMNS) + ["p_" + k for k in classes])
-    for r, pairs in rows:
+    emails = {}  # a linked row's values are a query of their own: each user's email is read once
+    for r in rows:
         owner = r["user"]
-        names = dict(pairs)
+        if owner is not None and owner.get_id() not in emails:
+            emails[owner.get_id()] = owner["email"]
+        names = dict(_classes_of(r))
         probs = r["probabilities"] or {}
         created = r["created"]
         writer.writerow([_csv_cell(v) for v in (
             r.get_id(), created.astimezone(dt.timezone.utc).isoformat() if created else None,
-            owner["email"] if owner is not None else None, r["filename"], r["experiment"], r["notes"],
+            emails[owner.get_id()] if owner is not None else None, r["filename"], r["experiment"], r["notes"],
             r["model_name"], r["model_version"], r["predicted_class"],
             names.get(r["predicted_class"], r["predicted_class"]), r["confidence"], r["image_sha256"],
             "; ".join(r["warnings"] or []),
         )] + [_csv_cell(probs.get(k)) for k in classes])
+    text.flush()
     return out.getvalue()
 
 
@@ -538,7 +547,7 @@ def history_csv(filters=None):
 def export_predictions_csv(filters=None):
     """The filtered history as a downloadable CSV file."""
     access.require_user()
-    return anvil.BlobMedia("text/csv", history_csv(filters).encode("utf-8"), name="nscfate-predictions.csv")
+    return anvil.BlobMedia("text/csv", history_csv(filters), name="nscfate-predictions.csv")
 
 
 # --------------------------------------------------------------------------------------------------

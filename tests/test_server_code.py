@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import io
 import sys
+import tracemalloc
 
 import anvil
 import anvil.users
@@ -411,6 +412,59 @@ def test_csv_export(rt, people):
     probs = [float(rows[0]["p_" + k]) for k in ("astro", "oligo", "rashh", "nt3")]
     assert abs(sum(probs) - 1.0) < 1e-6 and float(rows[0]["confidence"]) == max(probs)
     assert rt.call("export_predictions_csv", {"experiment": "none"}, session=people["bob"]).get_bytes().count(b"\n") == 1
+
+
+def _more_like(rt, row_id, n, emails):
+    """``n`` more history rows like ``row_id``'s (its image too), by the users of ``emails`` in turn, in
+    one transaction: a long history in a moment."""
+    def add():
+        table = rt.db.app_tables.predictions
+        values = dict(table.get_by_id(row_id).items())
+        users = [rt.db.app_tables.users.get(email=e) for e in emails]
+        with anvil.tables.Transaction():
+            for i in range(n):
+                table.add_row(**dict(values, filename=f"more{i}.png", user=users[i % len(users)]))
+
+    rt.run(add)
+
+
+def test_csv_export_reads_each_users_email_once(rt, people):
+    first = rt.call("classify_cell_images", images(1), experiment="E1", session=people["ann"])[0]
+    _more_like(rt, first["id"], 40, ["ann@lab.org", "bob@lab.org"])
+    user_reads = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("SELECT") and "FROM app_users" in statement:
+            user_reads.append(statement)
+
+    sa.event.listen(rt.db.engine, "before_cursor_execute", record)
+    try:
+        data = rt.run(lambda: module(rt, "predictions").history_csv({"experiment": "E1"}))
+    finally:
+        sa.event.remove(rt.db.engine, "before_cursor_execute", record)
+    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+    assert len(rows) == 41 and {r["user"] for r in rows} == {"ann@lab.org", "bob@lab.org"}
+    assert len(user_reads) == 2  # one per user, not one per row
+
+
+def test_csv_export_holds_no_more_than_a_page_of_rows(rt, people, monkeypatch):
+    monkeypatch.setattr("apphost.tables._PAGE", 20)
+    first = rt.call("classify_cell_images", images(1), experiment="E1", session=people["ann"])[0]
+    _more_like(rt, first["id"], 1499, ["ann@lab.org"])
+
+    def export():
+        return module(rt, "predictions").history_csv(None)
+
+    rt.run(export)  # imports and compiled statements are not the export's
+    tracemalloc.start()
+    try:
+        data = rt.run(export)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert data.count(b"\n") == 1501
+    # the CSV itself and a page of rows at a time; all the rows at once took 20 times the CSV's size
+    assert peak < 4 * len(data), (peak, len(data))
 
 
 # ---- summary, models, explanations
