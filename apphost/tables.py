@@ -142,6 +142,25 @@ def load_schema(anvil_yaml: str | os.PathLike[str]) -> dict[str, TableSpec]:
     return parse_db_schema(app.get("db_schema"))
 
 
+def _check_indexes(schema: dict[str, TableSpec], indexes: dict[str, list[tuple[str, ...]]]) -> dict[str, list[tuple[str, ...]]]:
+    """``indexes`` checked against the schema: known tables, and columns a search can compare."""
+    for table, column_lists in indexes.items():
+        if table not in schema:
+            raise SchemaError(f"an index names the unknown table {table!r}")
+        for columns in column_lists:
+            for name in columns:
+                col = schema[table].column(name)
+                if col.type in ("simpleObject", "media", "link_multiple"):
+                    raise SchemaError(f"cannot index the {col.type} column {table}.{name}")
+    return indexes
+
+
+def _index_name(table: str, columns: tuple[str, ...]) -> str:
+    """``ix_<table>_<columns>``, shortened with a checksum to PostgreSQL's 63 characters when longer."""
+    name = "_".join(("ix", table, *columns))
+    return name if len(name) <= 63 else f"{name[:54]}_{zlib.crc32(name.encode()):08x}"
+
+
 def table_number(name: str) -> int:
     """A stable number for a table, used in Anvil-style row ids ``[table,row]``."""
     return 100000 + zlib.crc32(name.encode("utf-8")) % 900000
@@ -300,9 +319,14 @@ class _Txn:
 class Database:
     """The SQL storage behind ``app_tables``. Thread-safe; explicit transactions are per thread."""
 
-    def __init__(self, url: str, schema: dict[str, TableSpec], media_root: str | os.PathLike[str]):
+    def __init__(self, url: str, schema: dict[str, TableSpec], media_root: str | os.PathLike[str],
+                 indexes: dict[str, list[tuple[str, ...]]] | None = None):
+        """``indexes``: more indexes (table -> column tuples) for the searches the app makes of long tables,
+        beside the ones of every date, datetime, link and media column; e.g. ``{"predictions":
+        [("experiment", "created")]}`` gives one experiment's rows by time without sorting them."""
         self.url = url
         self.schema = schema
+        self.indexes = _check_indexes(schema, indexes or {})
         self.media = MediaStore(media_root)
         self.is_sqlite = url.startswith("sqlite")
         self.engine = self._make_engine(url)
@@ -359,9 +383,11 @@ class Database:
             cols: list[sa.Column[Any]] = [sa.Column("_id", sa.Integer, primary_key=True, autoincrement=True)]
             for c in spec.columns:
                 cols.extend(self._sql_columns(c))
+            name = f"app_{spec.name}"
+            indexes = [sa.Index(_index_name(name, columns), *columns) for columns in self.indexes.get(spec.name, [])]
             # sqlite_autoincrement: ids of deleted rows are never given again (SQLite would reuse the
             # highest); a row id in a link, a URL or an exported CSV keeps meaning that row.
-            self._sql[spec.name] = sa.Table(f"app_{spec.name}", self.metadata, *cols, sqlite_autoincrement=True)
+            self._sql[spec.name] = sa.Table(name, self.metadata, *cols, *indexes, sqlite_autoincrement=True)
 
     @staticmethod
     def _sql_columns(c: ColumnSpec) -> list[sa.Column[Any]]:
@@ -402,6 +428,11 @@ class Database:
                             table_name=spec.name, column_name=c.name, column_type=c.type, target=c.target))
                 if self.is_sqlite:
                     self._ensure_sqlite_autoincrement(conn, sql_table)
+                made = {i["name"] for i in sa.inspect(conn).get_indexes(sql_table.name)}
+                for index in sql_table.indexes:  # create_all makes a new table's, not an existing one's
+                    if index.name not in made:
+                        index.create(conn)
+                        log.info("added index %s", index.name)
         self._media_columns = self._find_media_columns()
 
     def _find_media_columns(self) -> list[tuple[str, str]]:

@@ -218,6 +218,31 @@ def test_a_page_deep_in_a_newest_first_search_is_read_from_the_index(db):
     assert "USING INDEX ix_app_people_seen" in plan and "TEMP B-TREE" not in plan, plan
 
 
+def test_declared_indexes_give_a_filtered_page_by_time_and_are_added_to_an_existing_database(engine_url, tmp_path):
+    plain = Database(engine_url, parse_db_schema(SCHEMA), tmp_path / "media")
+    plain.create_tables()
+    _people(plain)
+    plain.dispose()
+    db = Database(engine_url, parse_db_schema(SCHEMA), tmp_path / "media", indexes={"people": [("name", "seen")]})
+    db.create_tables()  # the database exists already: the index is added to it
+    try:
+        assert "ix_app_people_name_seen" in {i["name"] for i in sa.inspect(db.engine).get_indexes("app_people")}
+        newest_first = db.app_tables.people.search(anvil.tables.order_by("seen", ascending=False), name="p2")
+        with selects(db) as sql:
+            assert [r["age"] for r in newest_first[0:3]] == [20] and len(newest_first) == 1
+        if db.is_sqlite:  # the page and the count read only the matching index entries, and sort nothing
+            with db.engine.connect() as conn:
+                plans = [" | ".join(r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + s, p)) for s, p in sql]
+            assert all("INDEX ix_app_people_name_seen (name=?)" in plan and "TEMP B-TREE" not in plan
+                       for plan in plans), plans
+    finally:
+        db.dispose()
+    with pytest.raises(SchemaError, match="simpleObject"):
+        Database(engine_url, parse_db_schema(SCHEMA), tmp_path / "media", indexes={"people": [("extra",)]})
+    with pytest.raises(SchemaError, match="unknown table"):
+        Database(engine_url, parse_db_schema(SCHEMA), tmp_path / "media", indexes={"nobody": [("name",)]})
+
+
 def test_iteration_pages_through_many_rows(db, monkeypatch):
     monkeypatch.setattr("apphost.tables._PAGE", 3)
     for i in range(10):
