@@ -21,7 +21,6 @@ Host-specific choices, documented in docs/ANVIL_APP.md:
 
 from __future__ import annotations
 
-import copy
 import csv
 import datetime as dt
 import hashlib
@@ -1128,11 +1127,15 @@ def _non_negative(i: Any, default: int | None) -> int | None:
 
 
 def _copy_value(v: Any) -> Any:
-    return copy.deepcopy(v) if isinstance(v, (dict, list)) and not _has_rows(v) else v
-
-
-def _has_rows(v: Any) -> bool:
-    return isinstance(v, list) and any(isinstance(x, Row) for x in v)
+    """What a read of a column returns: a copy of a simpleObject value or of a link_multiple list (the rows
+    in it as they are), so that changing it changes no row. The values are JSON (dicts, lists, immutable
+    leaves) or lists of rows, so they are copied level by level: copy.deepcopy took three times as long,
+    a third of the time of a long CSV export."""
+    if isinstance(v, dict):
+        return {k: _copy_value(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_copy_value(x) for x in v]
+    return v
 
 
 # --------------------------------------------------------------------------------------------------

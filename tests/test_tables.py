@@ -86,10 +86,15 @@ def test_unset_columns_and_naive_datetimes(db):
         assert r["seen"] == dt.datetime(2024, 1, 1, 8, 0, tzinfo=dt.timezone.utc)
 
 
-def test_simple_object_reads_are_copies(db):
-    row = db.app_tables.people.add_row(name="C", extra={"a": [1]})
+def test_simple_object_and_link_multiple_reads_are_copies(db):
+    g = db.app_tables.groups.add_row(title="g")
+    row = db.app_tables.people.add_row(name="C", extra={"a": [1, {"b": [2]}]}, groups=[g])
     row["extra"]["a"].append(2)
-    assert row["extra"] == {"a": [1]}
+    row["extra"]["a"][1]["b"].append(3)
+    row["groups"].append(db.app_tables.groups.add_row(title="h"))  # not written: a later read is as stored
+    assert row["extra"] == {"a": [1, {"b": [2]}]} and row["groups"] == [g]
+    again = db.app_tables.people.get(name="C")
+    assert again["extra"] == {"a": [1, {"b": [2]}]} and again["groups"] == [g] and again["groups"][0]["title"] == "g"
 
 
 def test_simple_object_dicts_keep_the_key_order_anvils_jsonb_keeps(db):
