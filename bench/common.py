@@ -250,7 +250,9 @@ def add_model_arguments(ap) -> None:
 
 
 def chosen_model(args) -> tuple[Path, str]:
-    """The model of :func:`add_model_arguments`' options, and a phrase saying which it is (for the doc)."""
+    """The model of :func:`add_model_arguments`' options, and a phrase saying which it is (for the doc).
+    Creates the scratch folder ``--work``, where the benchmarks make their temporary hosts."""
+    args.work.mkdir(parents=True, exist_ok=True)
     return (args.model, f"`{args.model}`") if args.model else shipped_or_random_model(args.work)
 
 

@@ -73,3 +73,16 @@ def test_a_quota_that_cannot_be_set_says_why(monkeypatch, tmp_path):
     monkeypatch.setattr(common, "_cpu_cgroup_root", lambda: (tmp_path / "no-such-cgroup", False))
     with pytest.raises(SystemExit, match="needs root and the cgroup cpu controller"):
         common.CpuQuota("worker0", 0.3)
+
+
+def test_the_scratch_folder_is_made_on_a_fresh_machine(tmp_path):
+    """The serving benchmarks make their hosts under --work; on a machine without it they crashed (mkdtemp)."""
+    import argparse
+
+    from bench import common
+
+    ap = argparse.ArgumentParser()
+    common.add_model_arguments(ap)
+    args = ap.parse_args(["--model", str(tmp_path / "some-model"), "--work", str(tmp_path / "new" / "perf")])
+    assert common.chosen_model(args)[0] == tmp_path / "some-model"
+    assert (tmp_path / "new" / "perf").is_dir()
