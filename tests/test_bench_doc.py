@@ -20,3 +20,19 @@ def test_a_section_is_appended_then_replaced_and_the_rest_kept(tmp_path):
     second = doc.read_text()
     assert second.count("<!-- bench:speed -->") == 1 and "| 1 | 2 |" not in second and "| 3 | 4 |" in second
     assert "#### Model speed" in second and "Hand-written intro." in second and "kept" in second
+
+
+def test_the_machine_line_tells_cpus_of_one_name_apart(tmp_path):
+    """Cloud VMs call both a Zen 3 (AVX2) and a Zen 4 (AVX-512) "AMD EPYC"; their model speeds differ
+    twofold, so the figures must say which one ran them."""
+    from bench.common import cpu_model
+
+    info = tmp_path / "cpuinfo"
+    first = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: {fam}\nmodel\t\t: {model}\n" \
+            "model name\t: AMD EPYC\nflags\t\t: fpu sse2 {flags}\n\n"
+    info.write_text(first.format(fam=25, model=1, flags="avx2 fma") + first.format(fam=99, model=9, flags=""))
+    assert cpu_model(info) == "AMD EPYC, family 25 model 1, AVX2"  # the first processor's fields
+    info.write_text(first.format(fam=25, model=17, flags="avx2 avx512f avx512bw"))
+    assert cpu_model(info) == "AMD EPYC, family 25 model 17, AVX-512"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU\n")
+    assert cpu_model(info) == "Some CPU, no AVX2"
