@@ -35,7 +35,7 @@ import numpy as np
 from nscfate.errors import ImageError, MarkerChannelError, UnknownModelError
 from nscfate.modeldir import (GOLDEN_INPUT_FILE, GOLDEN_OUTPUT_FILE, DEFAULT_GOLDEN_ATOL, ModelInfo,
                               check_golden, load_keras_model, read_model_dir)
-from nscfate.preprocessing import border_pixels, median, prepare_image
+from nscfate.preprocessing import border_pixels, median, percentile, prepare_image
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +346,7 @@ def single_cell_warnings(pixels: np.ndarray) -> list[str]:
     bg = median(border)  # the background grey, as estimate_background gives it
     noise = 1.4826 * median(np.abs(border - bg))
     diff = np.abs(img - bg)
-    peak = float(np.percentile(diff, 99.5))
+    peak = percentile(diff.ravel(), 99.5)
     if peak <= max(5 * noise, 1e-6):
         return ["no cell found: the image is nearly uniform (empty, flat or badly out of focus)"]
     mask = (diff > max(5 * noise, 0.2 * peak)).astype(np.uint8)

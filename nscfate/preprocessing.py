@@ -59,6 +59,23 @@ def median(values: np.ndarray) -> float:
     return float((part[k - 1] + part[k]) / 2)  # in the array's dtype, as np.median's mean of the two
 
 
+def percentile(values: np.ndarray, q: float) -> float:
+    """``np.percentile(values, q)`` (linear interpolation) of a 1-D array of finite floats, the same value
+    from one partition: np.percentile spends ~150 us on a crop's 3,000 pixels, a third of the worker's
+    single-cell check, in its general machinery."""
+    n = values.size
+    if not n:
+        raise ValueError("percentile of an empty array")
+    position = q / 100 * (n - 1)
+    k = int(position)
+    if k + 1 >= n:
+        return float(np.partition(values, n - 1)[n - 1])
+    part = np.partition(values, (k, k + 1))
+    below, above, t = part[k], part[k + 1], position - k
+    # numpy's interpolation, term for term (from the nearer neighbour), so the values are identical
+    return float(above - (above - below) * (1 - t) if t >= 0.5 else below + (above - below) * t)
+
+
 def border_pixels(image: np.ndarray) -> np.ndarray:
     """The outer ``BACKGROUND_BORDER`` pixels of a 2-D image (fewer in a tiny one), each once: IFC crops
     are centred on the cell, so the frame is mostly background."""

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from nscfate.errors import ConfigError, InvalidPixelValuesError
-from nscfate.preprocessing import estimate_background, median, pad_to_aspect, parse_input_size, prepare_image
+from nscfate.preprocessing import estimate_background, median, pad_to_aspect, percentile, parse_input_size, prepare_image
 
 
 def _crop(h=47, w=60, bg=0.4):
@@ -55,3 +55,18 @@ def test_median_is_numpys_median_exactly(dtype):
 def test_median_of_nothing_is_an_error():
     with pytest.raises(ValueError, match="empty"):
         median(np.array([], np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_percentile_is_numpys_percentile_exactly(dtype):
+    rng = np.random.default_rng(6)
+    for n in [*range(1, 12), 199, 200, 201, 3000]:  # 200: 99.5% falls on an element; 201: interpolated
+        for values in (rng.normal(100, 30, n), rng.integers(0, 4, n), rng.uniform(0, 1e-3, n)):
+            values = values.astype(dtype)
+            for q in (0, 1, 37.3, 50, 99.5, 99.9, 100):
+                assert percentile(values, q) == float(np.percentile(values, q)), (n, q, values)
+
+
+def test_percentile_of_nothing_is_an_error():
+    with pytest.raises(ValueError, match="empty"):
+        percentile(np.array([], np.float32), 99.5)
