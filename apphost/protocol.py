@@ -142,6 +142,9 @@ def decode(message: Message, keys: tuple[str, ...]) -> dict[str, Any]:
             return content
         return anvil.BlobMedia(content_type, content, name=d.get("name"))
 
+    if not objects:  # plain JSON (a batch of predictions): nothing to rebuild, and the message is read once
+        return {k: message.json.get(k) for k in keys}
+    # _reconstruct_objects rebuilds in place: work on a copy, so the message itself stays as received
     body = {k: copy.deepcopy(message.json.get(k)) for k in keys}
     body["objects"] = copy.deepcopy(objects)
     try:

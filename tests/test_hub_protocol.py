@@ -50,6 +50,19 @@ def test_encode_decode_round_trip_with_media_dates_and_big_numbers():
     assert decoded["kwargs"] == {"x": 1.5}
 
 
+def test_decode_of_plain_json_gives_its_values_and_leaves_the_message_as_received():
+    """A batch of predictions is plain JSON: nothing to rebuild. With objects (a date), the message
+    itself is not rebuilt in place."""
+    plain = protocol.encode({"response": [{"probabilities": {"astro": 0.9, "oligo": 0.1}, "warnings": []}] * 2})
+    assert not plain.json.get("objects")
+    assert protocol.decode(plain, ("response",))["response"] == [
+        {"probabilities": {"astro": 0.9, "oligo": 0.1}, "warnings": []}] * 2
+    dated = protocol.encode({"response": {"day": datetime.date(2024, 1, 2)}})
+    before = repr(dated.json)
+    assert protocol.decode(dated, ("response",))["response"] == {"day": datetime.date(2024, 1, 2)}
+    assert repr(dated.json) == before
+
+
 def test_encode_refuses_values_json_cannot_carry():
     with pytest.raises(anvil.server.SerializationError):
         protocol.encode({"response": object()})
