@@ -46,8 +46,10 @@ def test_a_saturated_prediction_still_gets_a_map(tmp_path):
     from nscfate.testing import make_tiny_model_dir
 
     model = load_keras_model(make_tiny_model_dir(tmp_path / "tiny", input_size=(45, 60)))
-    image = _prepared(0, radius=9)
-    before = GradCam(model)(image)
+    # A cell whose map is not blank to begin with: which ones are depends on the fixture's brief
+    # training, which lands differently across CPUs (radius 9 has no positive evidence on a Zen 3).
+    image, before = next((im, m) for im in (_prepared(0, radius=r) for r in (9, 7, 11, 13))
+                         if (m := GradCam(model)(im)).max() > 0)
     head = model.get_layer("predictions")
     kernel, bias = head.get_weights()
     head.set_weights([kernel * 1e4, bias * 1e4])
