@@ -310,7 +310,7 @@ def measure(rt, filled: Filled, repeats: int, csv_all_repeats: int) -> list[Op]:
     last_page = (filled.n_rows - len(deletable) - 1) // 25  # still there after the deletes
     ops = [
         Op("first page (25 rows)", page(check_total=True, page_size=25), repeats),
-        Op("page 100", page(page=100, page_size=25), repeats),
+        Op(f"page {min(100, last_page)}", page(page=min(100, last_page), page_size=25), repeats),
         Op(f"last page ({last_page:,})", page(page=last_page, page_size=25), repeats),
         Op("200 newest (experiment suggestions)", page(page_size=200), repeats),
         Op(f"experiment = {e} ({filled.experiment_rows:,} rows)", page(experiment=e), repeats),
