@@ -313,15 +313,15 @@ def measure(rt, filled: Filled, repeats: int, csv_all_repeats: int) -> list[Op]:
         Op(f"page {min(100, last_page)}", page(page=min(100, last_page), page_size=25), repeats),
         Op(f"last page ({last_page:,})", page(page=last_page, page_size=25), repeats),
         Op("200 newest (experiment suggestions)", page(page_size=200), repeats),
-        Op(f"experiment = {e} ({filled.experiment_rows:,} rows)", page(experiment=e), repeats),
+        Op(f"experiment = a typical one ({e}, {filled.experiment_rows:,} rows)", page(experiment=e), repeats),
         Op("condition = astro (display name)", page(condition="Astrocyte medium"), repeats),
         Op("user contains 'rita'", page(user="rita"), repeats),
         Op(f"one month ({filled.month_rows:,} rows)", page(date_from=filled.date_from, date_to=filled.date_to),
            repeats),
         Op("model = resnet18-medium4", page(model="resnet18-medium4"), repeats),
-        Op("count (len of the search)", count, repeats),
-        Op(f"summary of {e}", lambda: get("/_/api/summary", {"experiment": e}), repeats),
-        Op(f"CSV of {e}", csv(filled.experiment_rows, experiment=e), repeats, memory=True),
+        Op("count of the whole history (len of the search)", count, repeats),
+        Op(f"summary of that experiment ({e})", lambda: get("/_/api/summary", {"experiment": e}), repeats),
+        Op(f"CSV of that experiment ({e})", csv(filled.experiment_rows, experiment=e), repeats, memory=True),
         Op("CSV of everything", csv(), csv_all_repeats, memory=True),
         # last in each round: the others count the rows that are left
         Op("delete one prediction", delete, min(repeats, len(deletable))),
@@ -416,8 +416,8 @@ def print_table(backend: str, n: int, filled: Filled, ops: list[Op]) -> None:
 
 
 def _key(name: str) -> str:
-    """An operation's name without the figures that differ between sizes (for the table's rows)."""
-    return re.sub(r" \([\d,]+( rows)?\)", "", name)
+    """An operation's name without what differs between sizes, in brackets (for the table's rows)."""
+    return re.sub(r" \(.*\)$", "", name)
 
 
 def doc_body(results, args) -> str:
@@ -436,7 +436,8 @@ def doc_body(results, args) -> str:
                     cell += f" (+{max(o.peak_mb):,.0f} MB)"
                 cells.append(cell)
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        fills = ", ".join(f"{n:,} in {results[backend, n][0].seconds:.0f} s" for n in sizes)
+        fills = ", ".join(f"{n:,} in {f.seconds:.0f} s (typical experiment {f.experiment}: {f.experiment_rows:,} rows; "
+                          f"one month: {f.month_rows:,})" for n in sizes for f in [results[backend, n][0]])
         parts.append(f"**{backend}** (median ms of {args.repeats} calls, the whole-history CSV of "
                      f"{args.csv_all_repeats}; peak RSS growth of the exports in brackets; filled: {fills}):\n\n"
                      + "\n".join(lines))

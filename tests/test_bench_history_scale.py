@@ -11,3 +11,10 @@ def test_small_history_runs_every_operation(tmp_path, capsys):
     assert f"sqlite, {rows:,} rows" in out
     for op in ("first page", "page 39", "last page (39)", "CSV of everything", "delete one prediction"):
         assert op in out
+
+
+def test_table_rows_are_the_same_operation_at_every_size():
+    # the doc's table has a row per operation: what differs between sizes (in brackets) must not split it
+    assert history_scale._key("experiment = a typical one (E2025-005, 188 rows)") == "experiment = a typical one"
+    assert history_scale._key("last page (39,999)") == history_scale._key("last page (399)") == "last page"
+    assert history_scale._key("count of the whole history (len of the search)") == "count of the whole history"
