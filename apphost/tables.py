@@ -728,10 +728,11 @@ class Database:
             raise TableError(f"{what} takes a row from table '{col.target}'")
         return value._pk
 
-    def from_sql(self, spec: TableSpec, record: Any) -> dict[str, Any]:
+    def from_sql(self, spec: TableSpec, record: Any, columns: tuple[ColumnSpec, ...] | None = None) -> dict[str, Any]:
+        """A fetched record's values by column name: of ``columns`` (the ones a search fetched), or all."""
         m = record._mapping
         out: dict[str, Any] = {}
-        for c in spec.columns:
+        for c in spec.columns if columns is None else columns:
             v = m[c.name]
             if v is None:
                 out[c.name] = [] if c.type == "link_multiple" else None
@@ -846,7 +847,8 @@ class Table(anvil.tables.Table):
 
     def get(self, *queries: Any, **kwargs: Any) -> Row | None:
         """The single row matching the query, None if none; TableError if several match."""
-        rows = list(self.search(*queries, **kwargs)[0:2])
+        # iter(): list() of the search itself asks its len() first, a COUNT query for nothing
+        rows = list(iter(self.search(*queries, **kwargs)[0:2]))
         if len(rows) > 1:
             raise TableError("More than one row matched this query")
         return rows[0] if rows else None
@@ -873,8 +875,8 @@ class Table(anvil.tables.Table):
 
     def search(self, *queries: Any, **kwargs: Any) -> SearchIterator:
         """Rows matching the query (``q.*`` operators, column=value), ordered by ``order_by``."""
-        where, order = _compile(self, queries, kwargs)
-        return SearchIterator(self, where, order)
+        where, order, fetch = _compile(self, queries, kwargs)
+        return SearchIterator(self, where, order, fetch=fetch)
 
     def list_columns(self) -> list[dict[str, Any]]:
         return [
@@ -930,7 +932,9 @@ class Row(anvil.tables.Row):
             raise TypeError(f"Row columns are always strings, not {type(key).__name__}")
         values = self._load()
         if key not in values:
-            raise NoSuchColumnError(f"No such column '{key}'")
+            self._table.spec.column(key)  # NoSuchColumnError for a column the table does not have
+            self._values = None  # a search fetched only some columns (q.fetch_only): read the whole row
+            values = self._load()
         return _copy_value(values[key])
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -1012,17 +1016,19 @@ class SearchIterator(anvil.tables.SearchIterator):
     """A lazy search: ``len()`` counts in SQL, slices become LIMIT/OFFSET, iteration pages (by id past the
     first page)."""
 
-    __slots__ = ("_table", "_where", "_order", "_offset", "_limit")
+    __slots__ = ("_table", "_where", "_order", "_offset", "_limit", "_fetch")
 
     def __new__(cls, *args: Any, **kwargs: Any) -> SearchIterator:
         return object.__new__(cls)
 
-    def __init__(self, table: Table, where: Any, order: list[Any], offset: int = 0, limit: int | None = None):
+    def __init__(self, table: Table, where: Any, order: list[Any], offset: int = 0, limit: int | None = None,
+                 fetch: _Fetch | None = None):
         self._table = table
         self._where = where
         self._order = order
         self._offset = offset
         self._limit = limit
+        self._fetch = fetch  # q.fetch_only's columns; None: all of them
 
     def _select(self, columns: list[Any], offset: int, limit: int | None) -> sa.Select[Any]:
         stmt = sa.select(*columns).where(self._where).order_by(*self._order)
@@ -1046,16 +1052,17 @@ class SearchIterator(anvil.tables.SearchIterator):
         """The first page in one query; past it, the ids of the rest in order in one query, then their rows
         a page at a time by id. Paging with OFFSET read all the earlier rows again for every page (a
         million rows: some 10^9 rows read). Which rows come after the first page is settled when it is
-        passed: rows deleted later are left out, rows added later do not come, no row comes twice."""
-        db, spec, t = self._table._db, self._table.spec, self._table._sql
+        passed: rows deleted later are left out, rows added later do not come, no row comes twice.
+        Each page comes with the rows its link columns point to, in one query per linked table (as Anvil's
+        Accelerated Tables fetch linked rows with a search), not one query per linked row read."""
+        db, table, t = self._table._db, self._table, self._table._sql
         first = _PAGE if self._limit is None else min(_PAGE, self._limit)
         with db.connect() as conn:
-            records = conn.execute(self._select([t], self._offset, first)).all()
+            records = conn.execute(self._select(_selected(table, self._fetch), self._offset, first)).all()
         seen = set()
-        for rec in records:
-            pk = int(rec._mapping["_id"])
-            seen.add(pk)
-            yield Row(self._table, pk, db.from_sql(spec, rec))
+        for row in _rows(table, records, self._fetch):
+            seen.add(row._pk)
+            yield row
         if len(records) < first or len(records) == self._limit:
             return
         with db.connect() as conn:
@@ -1064,10 +1071,11 @@ class SearchIterator(anvil.tables.SearchIterator):
         for start in range(0, len(ids), _PAGE):
             chunk = ids[start:start + _PAGE].tolist()
             with db.connect() as conn:
-                found = {int(rec._mapping["_id"]): rec for rec in conn.execute(sa.select(t).where(t.c._id.in_(chunk)))}
+                found = {row._pk: row for row in _rows(table, conn.execute(
+                    sa.select(*_selected(table, self._fetch)).where(t.c._id.in_(chunk))).all(), self._fetch)}
             for pk in chunk:
                 if pk in found:  # else deleted meanwhile
-                    yield Row(self._table, pk, db.from_sql(spec, found[pk]))
+                    yield found[pk]
 
     def __getitem__(self, idx: int | slice) -> Row | SearchIterator:
         if isinstance(idx, slice):
@@ -1079,9 +1087,9 @@ class SearchIterator(anvil.tables.SearchIterator):
             if self._limit is not None:
                 remaining = max(0, self._limit - start)
                 limit = remaining if limit is None else min(limit, remaining)
-            return SearchIterator(self._table, self._where, self._order, self._offset + start, limit)
+            return SearchIterator(self._table, self._where, self._order, self._offset + start, limit, self._fetch)
         i = _non_negative(idx, 0)
-        rows = list(self[i:i + 1])
+        rows = list(iter(self[i:i + 1]))  # not list(search): its len() is a COUNT query
         if not rows:
             raise IndexError("search index out of range")
         return rows[0]
@@ -1118,6 +1126,70 @@ class SearchIterator(anvil.tables.SearchIterator):
         return anvil.BlobMedia("text/csv", data.encode("utf-8"), name=f"{self._table.spec.name}.csv")
 
 
+# What a search fetches (q.fetch_only): column name -> None for the whole column (for a link column: the
+# linked rows with all their columns), or, for a link column, what to fetch of the linked rows.
+_Fetch = dict[str, "_Fetch | None"]
+
+
+def _fetch_spec(table: Table, spec: dict[str, Any]) -> _Fetch:
+    """q.fetch_only's spec (name -> True, or a linked column's spec), checked against the table."""
+    out: _Fetch = {}
+    for name, sub in spec.items():
+        col = table.spec.column(name)
+        if sub is True:
+            out[name] = None
+        elif col.type in ("link_single", "link_multiple"):
+            out[name] = _fetch_spec(table._db.app_tables[col.target], sub)
+        else:
+            raise TableError(f"q.fetch_only: '{name}' is not a link column, so it takes no q.fetch_only() of its own")
+    return out
+
+
+def _selected(table: Table, fetch: _Fetch | None) -> list[Any]:
+    """The SQL columns a search reads: all, or the row id and the fetched columns."""
+    t = table._sql
+    if fetch is None:
+        return [t]
+    cols = [t.c._id]
+    for c in table.spec.columns:
+        if c.name in fetch:
+            cols.append(t.c[c.name])
+            if c.type == "media":
+                cols.append(t.c[c.name + MEDIA_META_SUFFIX])
+    return cols
+
+
+def _rows(table: Table, records: list[Any], fetch: _Fetch | None) -> list[Row]:
+    """Rows from fetched records, with the rows their link columns point to read in one query per link
+    column (all their columns, or what ``fetch`` says; their own links are read when used)."""
+    db = table._db
+    columns = None if fetch is None else tuple(c for c in table.spec.columns if c.name in fetch)
+    rows = [Row(table, int(rec._mapping["_id"]), db.from_sql(table.spec, rec, columns)) for rec in records]
+    for c in table.spec.columns if columns is None else columns:
+        if c.type not in ("link_single", "link_multiple"):
+            continue
+        linked = [v for row in rows for v in (row._values[c.name] if c.type == "link_multiple"
+                                              else [row._values[c.name]]) if v is not None]
+        sub = None if fetch is None else fetch[c.name]
+        target = db.app_tables[c.target]
+        pks = list(dict.fromkeys(r._pk for r in linked if r._values is None))
+        found: dict[int, Row] = {}
+        for start in range(0, len(pks), _PAGE):
+            with db.connect() as conn:
+                recs = conn.execute(sa.select(*_selected(target, sub)).where(
+                    target._sql.c._id.in_(pks[start:start + _PAGE]))).all()
+            # a fetch of its own for the linked rows reads their links too; the default goes one level deep
+            found.update((r._pk, r) for r in (_rows(target, recs, sub) if sub is not None else _plain_rows(target, recs)))
+        for r in linked:
+            if r._values is None and r._pk in found:  # else deleted meanwhile: reading it raises RowDeleted
+                r._values = found[r._pk]._values  # read-only: reads copy, updates replace the dict
+    return rows
+
+
+def _plain_rows(table: Table, records: list[Any]) -> list[Row]:
+    return [Row(table, int(rec._mapping["_id"]), table._db.from_sql(table.spec, rec)) for rec in records]
+
+
 def _non_negative(i: Any, default: int | None) -> int | None:
     if i is None:
         return default
@@ -1147,9 +1219,10 @@ _COMPARISONS = {
 }
 
 
-def _compile(table: Table, queries: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, list[Any]]:
+def _compile(table: Table, queries: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, list[Any], _Fetch | None]:
     order: list[Any] = []
     clauses: list[Any] = []
+    fetch: _Fetch | None = None
     descending = False
     for query in queries:
         if isinstance(query, anvil.tables.order_by):
@@ -1159,8 +1232,10 @@ def _compile(table: Table, queries: tuple[Any, ...], kwargs: dict[str, Any]) -> 
             sql_col = table._sql.c[col.name]
             order.append(sql_col.asc() if query.ascending else sql_col.desc())
             descending = not query.ascending
-        elif isinstance(query, (q.page_size, q.fetch_only)):
-            continue  # performance hints; every column is fetched here
+        elif isinstance(query, q.fetch_only):
+            fetch = _fetch_spec(table, query.spec)
+        elif isinstance(query, q.page_size):
+            continue  # a performance hint: pages here are _PAGE rows
         else:
             clauses.append(_compile_query(table, query))
     clauses.extend(_compile_column(table, name, value) for name, value in kwargs.items())
@@ -1168,7 +1243,7 @@ def _compile(table: Table, queries: tuple[Any, ...], kwargs: dict[str, Any]) -> 
     # row-id order, so it then gives the whole order, read either way. Against it (newest first, ties
     # oldest first) SQLite sorted every row it read, also the ones an OFFSET skips.
     order.append(table._sql.c._id.desc() if descending else table._sql.c._id.asc())
-    return sa.and_(sa.true(), *clauses), order
+    return sa.and_(sa.true(), *clauses), order, fetch
 
 
 def _compile_query(table: Table, query: Any) -> Any:

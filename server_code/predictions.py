@@ -392,11 +392,13 @@ def _utc_midnight(day):
     return dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
 
 
-def search_rows(filters):
+def search_rows(filters, fetch=None):
+    """The history rows the filters match, newest first; ``fetch``: a ``q.fetch_only`` of the columns the
+    caller reads (the others are read row by row if used)."""
     kw = history_query(filters)
     if kw is None:
         return []
-    return app_tables.predictions.search(order_by("created", ascending=False), **kw)
+    return app_tables.predictions.search(order_by("created", ascending=False), *([fetch] if fetch else []), **kw)
 
 
 def _page_args(page, page_size):
@@ -494,6 +496,8 @@ def delete_prediction(prediction_id):
 
 CSV_COLUMNS = ("id", "created_utc", "user", "filename", "experiment", "notes", "model_name", "model_version",
                "predicted_class", "predicted_condition", "confidence", "image_sha256", "warnings")
+CSV_READS = ("created", "filename", "experiment", "notes", "model_name", "model_version", "predicted_class",
+             "confidence", "probabilities", "class_names", "image_sha256", "warnings")  # and the user's email
 
 
 def _csv_cell(value):
@@ -511,30 +515,28 @@ def _csv_cell(value):
 def history_csv(filters=None):
     """The filtered history as CSV (UTF-8 bytes): one row per prediction, one ``p_<class>`` column per class.
 
-    Two passes over the search, neither keeping its rows: the first finds the class columns, the second
-    writes the rows (a history of a million predictions is a few GB as rows, a few hundred MB as CSV).
-    A row added between the passes with a class no earlier row had goes without that probability."""
-    rows = search_rows(filters)
+    Two passes over the search, neither keeping its rows: the first, reading only the classes, finds the
+    class columns, the second writes the rows (a history of a million predictions is a few GB as rows, a
+    few hundred MB as CSV). A row added between the passes with a class no earlier row had goes without
+    that probability."""
     classes = []
-    for r in rows:
+    for r in search_rows(filters, q.fetch_only("class_names", "probabilities")):
         for key, _ in _classes_of(r):
             if key not in classes:
                 classes.append(key)
+    rows = search_rows(filters, q.fetch_only(*CSV_READS, user=q.fetch_only("email")))
     out = io.BytesIO()
     text = io.TextIOWrapper(out, encoding="utf-8", newline="")
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(list(CSV_COLUMNS) + ["p_" + k for k in classes])
-    emails = {}  # a linked row's values are a query of their own: each user's email is read once
     for r in rows:
         owner = r["user"]
-        if owner is not None and owner.get_id() not in emails:
-            emails[owner.get_id()] = owner["email"]
         names = dict(_classes_of(r))
         probs = r["probabilities"] or {}
         created = r["created"]
         writer.writerow([_csv_cell(v) for v in (
             r.get_id(), created.astimezone(dt.timezone.utc).isoformat() if created else None,
-            emails[owner.get_id()] if owner is not None else None, r["filename"], r["experiment"], r["notes"],
+            owner["email"] if owner is not None else None, r["filename"], r["experiment"], r["notes"],
             r["model_name"], r["model_version"], r["predicted_class"],
             names.get(r["predicted_class"], r["predicted_class"]), r["confidence"], r["image_sha256"],
             "; ".join(r["warnings"] or []),
@@ -569,7 +571,8 @@ def summarise_experiment(experiment, model=None):
     if model:
         kw["model_name"] = model
     groups = {}
-    for r in app_tables.predictions.search(**kw):
+    reads = q.fetch_only("model_name", "model_version", "warnings", "predicted_class", "class_names", "probabilities")
+    for r in app_tables.predictions.search(reads, **kw):
         key = (r["model_name"], r["model_version"])
         g = groups.setdefault(key, {"counts": {}, "prob_sums": {}, "order": [], "names": {}, "n": 0, "left_out": {}})
         reason = _not_a_cell(r["warnings"])

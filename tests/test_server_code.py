@@ -463,14 +463,37 @@ def _more_like(rt, row_id, n, emails):
     rt.run(add)
 
 
-def test_csv_export_reads_each_users_email_once(rt, people):
+def test_csv_export_reads_the_users_with_each_page_of_rows_and_no_images(rt, people, monkeypatch):
+    monkeypatch.setattr("apphost.tables._PAGE", 20)
     first = rt.call("classify_cell_images", images(1), experiment="E1", session=people["ann"])[0]
     _more_like(rt, first["id"], 40, ["ann@lab.org", "bob@lab.org"])
     with selects(rt) as sql:
         data = rt.run(lambda: module(rt, "predictions").history_csv({"experiment": "E1"}))
     rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
     assert len(rows) == 41 and {r["user"] for r in rows} == {"ann@lab.org", "bob@lab.org"}
-    assert len([s for s, _ in sql if "FROM app_users" in s]) == 2  # one per user, not one per row
+    # the users of each page of 20 rows in one query (the second pass), not one query per row
+    assert len([s for s, _ in sql if "FROM app_users" in s]) == 3
+    reads = [s.split("FROM")[0] for s, _ in sql if "FROM app_predictions" in s and "count(" not in s]
+    assert reads and not any("app_predictions.image," in r for r in reads), reads  # the CSV has no image
+    assert "app_predictions.filename" not in reads[0]  # the first pass reads only the classes
+
+
+def test_a_history_page_reads_its_users_in_one_query(rt, people):
+    first = rt.call("classify_cell_images", images(1), experiment="E1", session=people["ann"])[0]
+    _more_like(rt, first["id"], 60, ["ann@lab.org", "bob@lab.org"])
+    predictions = module(rt, "predictions")
+
+    def page():
+        return predictions.search_history(rt.db.app_tables.users.get(email="bob@lab.org"), {"experiment": "E1"},
+                                          page=0, page_size=50)
+    with selects(rt) as sql:
+        got = rt.run(page)
+    assert got["total"] == 61 and len(got["rows"]) == 50
+    assert {r["user"] for r in got["rows"]} == {"ann@lab.org", "bob@lab.org"}
+    assert {r["can_delete"] for r in got["rows"] if r["user"] == "bob@lab.org"} == {True}
+    assert {r["can_delete"] for r in got["rows"] if r["user"] == "ann@lab.org"} == {False}
+    # the viewer, then the page's users with the page: one query each, not one per row (200 on a page of 200)
+    assert len([s for s, _ in sql if "FROM app_users" in s]) == 2
 
 
 def test_csv_export_holds_no_more_than_a_page_of_rows(rt, people, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import re
 
 import anvil
 import anvil.tables
@@ -274,6 +275,73 @@ def test_iteration_past_the_first_page_meets_each_row_once(db, monkeypatch):
     newest_first = groups.search(anvil.tables.order_by("title", ascending=False))
     assert [r["title"] for r in newest_first[2:9]] == ["08", "07", "06", "05", "04", "03", "02"]
     assert [r["title"] for r in newest_first[1:][1:3]] == ["08", "07"]
+
+
+def _linked_people(db):
+    """Six people, each the friend of the next, in groups a and b (all in a, every other one also in b)."""
+    t = db.app_tables
+    a, b = t.groups.add_row(title="a"), t.groups.add_row(title="b")
+    friend = None
+    for i in range(6):
+        friend = t.people.add_row(name=f"n{i}", age=i, friend=friend, groups=[a, b] if i % 2 else [a])
+    return t.people.search(anvil.tables.order_by("age"))
+
+
+def test_a_search_reads_the_rows_its_links_point_to_with_each_page(db, monkeypatch):
+    monkeypatch.setattr("apphost.tables._PAGE", 4)  # two pages
+    rows = _linked_people(db)
+    with selects(db) as sql:
+        got = [(r["name"], r["friend"]["name"] if r["friend"] else None, [g["title"] for g in r["groups"]])
+               for r in rows]
+    assert got == [("n0", None, ["a"]), ("n1", "n0", ["a", "b"]), ("n2", "n1", ["a"]), ("n3", "n2", ["a", "b"]),
+                   ("n4", "n3", ["a"]), ("n5", "n4", ["a", "b"])]
+    # per page: its rows, the friends, the groups; plus the ids past the first page. One query per linked
+    # row read (Accelerated Tables fetch linked rows with the search) made a History page of 200 predictions
+    # 200 queries for its users.
+    assert len(sql) == 7, [s for s, _ in sql]
+    with selects(db) as sql:
+        n5 = rows[5]  # one query for the row, one for each link column's rows (no COUNT first)
+        assert len(sql) == 3
+        assert n5["friend"]["friend"]["name"] == "n3"  # a link of a linked row is read when used
+    assert len(sql) == 4
+
+
+def test_fetch_only_reads_the_columns_it_names_and_the_rest_when_used(db):
+    rows = _linked_people(db)
+    some = db.app_tables.people.search(
+        q.fetch_only("name", friend=q.fetch_only("age")), anvil.tables.order_by("age"))
+    with selects(db) as sql:
+        got = [(r["name"], r["friend"]["age"] if r["friend"] else None) for r in some]
+    assert got == [("n0", None), ("n1", 0), ("n2", 1), ("n3", 2), ("n4", 3), ("n5", 4)]
+    assert len(sql) == 2
+    selected = [re.split(r"\sFROM\s", statement.upper())[0].strip() for statement, _ in sql]
+    # only the named columns (and the row ids) are read: the people's names, then their friends' ages
+    assert selected == ["SELECT APP_PEOPLE._ID, APP_PEOPLE.NAME, APP_PEOPLE.FRIEND",
+                        "SELECT APP_PEOPLE._ID, APP_PEOPLE.AGE"], selected
+    row = some[3]
+    with selects(db) as sql:  # a column the search did not fetch: the whole row is read once, then cached
+        assert (row["age"], row["groups"][1]["title"], row["seen"], row["name"]) == (3, "b", None, "n3")
+        assert row["friend"]["name"] == "n2"
+    assert len(sql) == 3  # the row, its groups, its friend (the friend's fetch named only 'age')
+    assert [r["name"] for r in db.app_tables.people.search(q.fetch_only(), age=2)] == ["n2"]
+    assert len(db.app_tables.people.search(q.fetch_only("name"), anvil.tables.order_by("age"))[2:]) == 4
+    with pytest.raises(NoSuchColumnError):
+        db.app_tables.people.search(q.fetch_only("nmae"))
+    with pytest.raises(NoSuchColumnError):
+        db.app_tables.people.search(q.fetch_only(friend=q.fetch_only("nmae")))
+    with pytest.raises(TableError, match="not a link column"):
+        db.app_tables.people.search(q.fetch_only(age=q.fetch_only("name")))
+    with pytest.raises(NoSuchColumnError):
+        next(iter(db.app_tables.people.search(q.fetch_only("name"))))["nmae"]
+
+
+def test_a_linked_row_deleted_before_the_search_reads_as_deleted(db):
+    rows = _linked_people(db)
+    rows[2].delete()  # n2: n3's friend
+    n3 = db.app_tables.people.get(name="n3")
+    with pytest.raises(RowDeleted):
+        n3["friend"]["name"]
+    assert [r["name"] for r in rows] == ["n0", "n1", "n3", "n4", "n5"]
 
 
 def test_get_requires_a_unique_match(db):
