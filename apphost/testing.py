@@ -6,10 +6,18 @@ can be tested without a model; it is deterministic and records what it was asked
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import os
+import pwd
+import shutil
 import socket
 import struct
+import subprocess
+import tempfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,6 +195,61 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="A fake NSC Fate worker on the real anvil-uplink client.")
     parser.add_argument("--url", required=True, help="the uplink URL, e.g. ws://127.0.0.1:3030/_/uplink")
     serve_fake_worker(parser.parse_args().url)
+
+
+class PostgresUnavailable(RuntimeError):
+    """PostgreSQL is not installed here, or cannot be run (as root, without a ``postgres`` user)."""
+
+
+def postgres_bin() -> Path | None:
+    """The directory of Debian's PostgreSQL server programs (newest version), or of initdb on PATH."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[4]))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@contextmanager
+def postgres_cluster() -> Iterator[str]:
+    """A throw-away PostgreSQL server on a loopback port in a temporary directory; yields its URL.
+
+    PostgreSQL refuses to run as root, so as root the cluster belongs to the ``postgres`` system user
+    (created by Debian's package). fsync is off: the data is thrown away.
+    """
+    bindir = postgres_bin()
+    if bindir is None:
+        raise PostgresUnavailable("PostgreSQL is not installed (scripts/test-setup.sh installs Debian's postgresql)")
+    user = None
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            raise PostgresUnavailable("running as root and there is no 'postgres' user to run PostgreSQL as") from None
+    root = Path(tempfile.mkdtemp(prefix="nscfate-pg-"))
+    if user is not None:
+        os.chown(root, user.pw_uid, user.pw_gid)
+    run_as: dict[str, Any] = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
+    data, log = root / "data", root / "server.log"
+    port = free_port()
+    try:
+        subprocess.run([bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"],
+                       check=True, capture_output=True, cwd=root, **run_as)
+        options = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
+                   "-c full_page_writes=off")
+        subprocess.run([bindir / "pg_ctl", "-D", data, "-o", options, "-l", log, "-w", "-t", "60", "start"],
+                       check=True, capture_output=True, cwd=root, **run_as)
+    except subprocess.CalledProcessError as exc:
+        detail = (exc.stderr or b"").decode(errors="replace").strip()
+        server_log = log.read_text() if log.exists() else ""
+        shutil.rmtree(root, ignore_errors=True)
+        raise RuntimeError(f"could not start PostgreSQL: {detail}\n{server_log}") from None
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True, cwd=root,
+                       **run_as)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def reset_postgres(url: str) -> str:

@@ -174,7 +174,8 @@ def fill(rt, n_rows: int, n_deletes: int, seed: int = 0) -> Filled:
             conn.exec_driver_sql("VACUUM ANALYZE")
 
     counts = np.bincount(exp_of, minlength=EXPERIMENTS)
-    typical = int(np.argsort(counts)[EXPERIMENTS // 2])
+    imaged = np.flatnonzero(counts)  # a small history leaves some experiments without rows
+    typical = int(imaged[np.argsort(counts[imaged])[len(imaged) // 2]])
     month_end = end - year / 4
     month_rows = int(((created >= month_end - 30 * 86400) & (created < month_end)).sum())
     day = dt.datetime.fromtimestamp

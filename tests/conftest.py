@@ -10,17 +10,12 @@
 
 from __future__ import annotations
 
-import glob
 import os
-import pwd
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
+from contextlib import ExitStack
 
 import pytest
 
-from apphost.testing import free_port
+from apphost.testing import PostgresUnavailable, postgres_cluster
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -43,58 +38,20 @@ def pytest_collection_modifyitems(config, items):
 # ------------------------------------------------------------------------------------ databases
 
 
-def _postgres_bin() -> Path | None:
-    """The directory of Debian's PostgreSQL server programs (newest version), or of initdb on PATH."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[4]))
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
-
-
 @pytest.fixture(scope="session")
 def postgres_url():
-    """A PostgreSQL server for this test session, on a loopback port in a temporary directory.
-
-    PostgreSQL refuses to run as root, so as root the cluster belongs to the ``postgres`` system user
-    (created by Debian's package). fsync is off: the data is thrown away.
-    """
+    """A PostgreSQL server for this test session (``apphost.testing.postgres_cluster``), or the one
+    ``NSCFATE_TEST_POSTGRES_URL`` names."""
     url = os.environ.get("NSCFATE_TEST_POSTGRES_URL")
     if url:
         yield url
         return
-    bindir = _postgres_bin()
-    if bindir is None:
-        pytest.skip("PostgreSQL is not installed (scripts/test-setup.sh installs Debian's postgresql)")
-    user = None
-    if os.geteuid() == 0:
+    with ExitStack() as stack:
         try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL as")
-    root = Path(tempfile.mkdtemp(prefix="nscfate-pg-"))
-    if user is not None:
-        os.chown(root, user.pw_uid, user.pw_gid)
-    run_as = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user is not None else {}
-    data, log = root / "data", root / "server.log"
-    port = free_port()
-    try:
-        subprocess.run([bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"],
-                       check=True, capture_output=True, cwd=root, **run_as)
-        options = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
-                   "-c full_page_writes=off")
-        subprocess.run([bindir / "pg_ctl", "-D", data, "-o", options, "-l", log, "-w", "-t", "60", "start"],
-                       check=True, capture_output=True, cwd=root, **run_as)
-    except subprocess.CalledProcessError as exc:
-        detail = (exc.stderr or b"").decode(errors="replace").strip()
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.fail(f"could not start PostgreSQL: {detail}\n{log.read_text() if log.exists() else ''}")
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True, cwd=root,
-                       **run_as)
-        shutil.rmtree(root, ignore_errors=True)
+            url = stack.enter_context(postgres_cluster())
+        except PostgresUnavailable as exc:
+            pytest.skip(str(exc))
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

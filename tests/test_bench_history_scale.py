@@ -1,5 +1,7 @@
 """The history benchmark runs end to end on a small history: every operation answers and checks its answer
 (page totals, CSV line counts, counts after deletes), including a history shorter than 100 pages."""
+import pytest
+
 from bench import history_scale
 
 
@@ -11,6 +13,16 @@ def test_small_history_runs_every_operation(tmp_path, capsys):
     assert f"sqlite, {rows:,} rows" in out
     for op in ("first page", "page 39", "last page (39)", "CSV of everything", "delete one prediction"):
         assert op in out
+
+
+@pytest.mark.postgres
+def test_postgres_runs_on_a_cluster_of_its_own(tmp_path, capsys, postgres_url):
+    # postgres_url: skips where PostgreSQL cannot run; the benchmark starts and removes a cluster of its own
+    assert history_scale.main(["--rows", "300", "--repeats", "1", "--csv-all-repeats", "1", "--postgres",
+                               "--work", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "sqlite, 300 rows" in out and "postgres, 300 rows" in out
+    assert out.count("CSV of everything") == 2
 
 
 def test_table_rows_are_the_same_operation_at_every_size():
