@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import os
 import re
+import threading
 
 import anvil
 import anvil.tables
@@ -469,6 +470,65 @@ def test_a_failed_insert_removes_the_file_it_stored(db, monkeypatch):
     assert db.collect_orphan_media(min_age_s=0, newer_than=1000.0) == 0  # judged by an earlier sweep
     assert db.collect_orphan_media(min_age_s=0, newer_than=999.0) == 1
     assert list(db.media.root.glob("??/*")) == []
+
+
+def test_media_files_are_synced_outside_the_stores_lock(db, monkeypatch):
+    # One lock over every fsync made the host store one image at a time, whoever uploaded it.
+    held_during_sync = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        def probe():
+            free = db.media.lock.acquire(blocking=False)
+            if free:
+                db.media.lock.release()
+            held_during_sync.append(not free)
+        other = threading.Thread(target=probe)
+        other.start()
+        other.join()
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    row = db.app_tables.people.add_row(name="m", photo=anvil.BlobMedia("image/png", b"cell"))
+    assert held_during_sync == [False] and row["photo"].get_bytes() == b"cell"
+
+
+def test_concurrent_uploads_of_the_same_and_other_content(db):
+    rows = []
+    threads = [threading.Thread(target=lambda i=i: rows.append(db.app_tables.people.add_row(
+        name=f"t{i}", photo=anvil.BlobMedia("image/png", b"same bytes" if i % 2 else b"own %d" % i))))
+        for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r["photo"].get_bytes() for r in rows) == sorted([b"same bytes"] * 4 + [b"own %d" % i for i in (0, 2, 4, 6)])
+    names = [p.name for p in db.media.root.glob("??/*")]
+    assert len(names) == 5 and not any(n.startswith(".tmp-") for n in names)  # one file per content, no leftovers
+    assert not db.media._pins  # all unpinned once their rows were written
+
+
+def test_a_media_write_that_fails_leaves_no_file_and_no_pin(db, monkeypatch):
+    def disk_full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        db.app_tables.people.add_row(name="m", photo=anvil.BlobMedia("image/png", b"abc"))
+    monkeypatch.undo()
+    assert list(db.media.root.glob("??/*")) == [] and not db.media._pins
+    assert len(db.app_tables.people.search()) == 0
+
+
+def test_the_sweep_removes_writes_a_crash_left_behind(db):
+    row = db.app_tables.people.add_row(name="m", photo=anvil.BlobMedia("image/png", b"kept"))
+    folder = db.media.path(row["photo"].sha256).parent
+    stale, live = folder / (".tmp-1-2-" + "0" * 64), folder / (".tmp-3-4-" + "1" * 64)
+    stale.write_bytes(b"half")
+    live.write_bytes(b"being written")
+    os.utime(stale, (1000.0, 1000.0))
+    assert db.collect_orphan_media(min_age_s=3600) == 0
+    assert not stale.exists() and live.exists() and row["photo"].get_bytes() == b"kept"
 
 
 def test_csv_export(db):
