@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (add_model_arguments, chosen_model, median, report_load,  # noqa: E402
                           sample_images, setup_logging, write_section)
-from bench.serving_throughput import BareModels, rest_rate  # noqa: E402
+from bench.serving_throughput import BareModels, rest_rate, signed_in_clients  # noqa: E402
 from bench.stack import ServingStack  # noqa: E402
 
 log = logging.getLogger("bench.scale_out")
@@ -111,16 +111,19 @@ def main(argv: list[str] | None = None) -> int:
 
                 anvil.server.connect(stack.key, url=stack.uplink_url, quiet=True)  # a server uplink: trusted, as a server module
                 hub_rate(images[:64], args.clients, args.files_per_call)  # warm-up of every worker
-                rest_rate(stack, images[:64], args.clients, args.files_per_call, "warm-up")
+                sessions = signed_in_clients(stack, args.clients)
+                rest_rate(sessions, images[:64], args.files_per_call, "warm-up")
                 runs: dict[str, list[float]] = {"bare": [], "hub": [], "REST": []}
                 for r in range(args.rounds):
                     runs["bare"].append(bare.rate())
                     runs["hub"].append(hub_rate(images, args.clients, args.files_per_call))
-                    runs["REST"].append(rest_rate(stack, images, args.clients, args.files_per_call, f"n{n}r{r}"))
+                    runs["REST"].append(rest_rate(sessions, images, args.files_per_call, f"n{n}r{r}"))
                     log.info("%d worker(s), round %d: %s", n, r,
                              ", ".join(f"{k} {v[-1]:.1f}" for k, v in runs.items()) + " images/s")
                 results[n] = runs
                 anvil.server.disconnect()
+                for session in sessions:
+                    session.close()
         finally:
             bare.close()
     after = report_load("after")

@@ -128,13 +128,21 @@ class BareModels:
             quota.close()
 
 
-def rest_rate(stack: ServingStack, images: list[tuple[str, bytes]], clients: int, per_request: int,
-              experiment: str, client_cores: set[int] | None = None) -> float:
-    """Images/s of all ``images`` through ``POST /_/api/predictions`` from ``clients`` threads."""
-    requests = [images[i:i + per_request] for i in range(0, len(images), per_request)]
-    sessions = [stack.client() for _ in range(clients)]
-    for s in sessions:  # sign in once (argon2) before timing, as a long-running script would
+def signed_in_clients(stack: ServingStack, n: int) -> list:
+    """``n`` HTTP clients of the benchmark's lab admin, each signed in (argon2) once, as a long-running
+    upload script would be. Made once per benchmark, not per measurement: making an httpx client loads the
+    CA certificates (~56 ms of CPU here), which was counted as the clients' CPU of every round."""
+    sessions = [stack.client() for _ in range(n)]
+    for s in sessions:
         s.get("/_/api/predictions", params={"page_size": 1}).raise_for_status()
+    return sessions
+
+
+def rest_rate(sessions: list, images: list[tuple[str, bytes]], per_request: int, experiment: str,
+              client_cores: set[int] | None = None) -> float:
+    """Images/s of all ``images`` through ``POST /_/api/predictions``, a thread per client of ``sessions``."""
+    requests = [images[i:i + per_request] for i in range(0, len(images), per_request)]
+    clients = len(sessions)
 
     def send(k: int) -> int:
         files = [("file", (name, data, "image/tiff")) for name, data in requests[k]]
@@ -148,8 +156,6 @@ def rest_rate(stack: ServingStack, images: list[tuple[str, bytes]], clients: int
     with ThreadPoolExecutor(clients, initializer=pin) as pool:
         done = sum(pool.map(send, range(len(requests))))
     elapsed = time.perf_counter() - t0
-    for s in sessions:
-        s.close()
     assert done == len(images)
     return done / elapsed
 
@@ -198,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                              cores=[worker_cores] * args.workers, host_cores=other_cores) as stack:
             import anvil.server
 
-            rest_rate(stack, sample_images(64, seed=10), args.clients, args.files_per_request, "warm-up",
-                      other_cores)
+            sessions = signed_in_clients(stack, args.clients)
+            rest_rate(sessions, sample_images(64, seed=10), args.files_per_request, "warm-up", other_cores)
             anvil.server.connect(stack.key, url=stack.uplink_url, quiet=True)  # a server uplink: trusted, as a server module
             stats_before = anvil.server.call("worker_stats")["batches"]
             cpu_rest = {"host": 0.0, "worker": 0.0, "clients": 0.0}  # CPU seconds used during the REST rounds
@@ -211,13 +217,15 @@ def main(argv: list[str] | None = None) -> int:
                         bare_rates.append(bare.rate())
                     else:
                         cpu0 = {k: sum(cpu_seconds(p) for p in pids) for k, pids in procs.items()}
-                        rest_rates.append(rest_rate(stack, round_images[r], args.clients, args.files_per_request,
-                                                    f"round{r}", other_cores))
+                        rest_rates.append(rest_rate(sessions, round_images[r], args.files_per_request, f"round{r}",
+                                                    other_cores))
                         for k, pids in procs.items():
                             cpu_rest[k] += sum(cpu_seconds(p) for p in pids) - cpu0[k]
                     log.info("round %d %s: %.1f images/s", r, path, (bare_rates if path == "bare" else rest_rates)[-1])
             stats_after = anvil.server.call("worker_stats")["batches"]
             anvil.server.disconnect()
+            for session in sessions:
+                session.close()
     finally:
         bare.close()
     after = report_load("after")
