@@ -1071,7 +1071,7 @@ class SearchIterator(anvil.tables.SearchIterator):
         a page at a time by id. Paging with OFFSET read all the earlier rows again for every page (a
         million rows: some 10^9 rows read). Which rows come after the first page is settled when it is
         passed: rows deleted later are left out, rows added later do not come, no row comes twice.
-        Each page comes with the rows its link columns point to, in one query per linked table (as Anvil's
+        Each page comes with the rows its link columns point to, in one query per link column (as Anvil's
         Accelerated Tables fetch linked rows with a search), not one query per linked row read."""
         db, table, t = self._table._db, self._table, self._table._sql
         first = _PAGE if self._limit is None else min(_PAGE, self._limit)
@@ -1177,13 +1177,13 @@ def _selected(table: Table, fetch: _Fetch | None) -> list[Any]:
     return cols
 
 
-def _rows(table: Table, records: list[Any], fetch: _Fetch | None) -> list[Row]:
-    """Rows from fetched records, with the rows their link columns point to read in one query per link
-    column (all their columns, or what ``fetch`` says; their own links are read when used)."""
+def _rows(table: Table, records: list[Any], fetch: _Fetch | None, links: bool = True) -> list[Row]:
+    """Rows from fetched records; with ``links``, the rows their link columns point to are read too, in
+    one query per link column (all their columns, or what ``fetch`` says for them)."""
     db = table._db
     columns = None if fetch is None else tuple(c for c in table.spec.columns if c.name in fetch)
     rows = [Row(table, int(rec._mapping["_id"]), db.from_sql(table.spec, rec, columns)) for rec in records]
-    for c in table.spec.columns if columns is None else columns:
+    for c in (table.spec.columns if columns is None else columns) if links else ():
         if c.type not in ("link_single", "link_multiple"):
             continue
         linked = [v for row in rows for v in (row._values[c.name] if c.type == "link_multiple"
@@ -1196,16 +1196,13 @@ def _rows(table: Table, records: list[Any], fetch: _Fetch | None) -> list[Row]:
             with db.connect() as conn:
                 recs = conn.execute(sa.select(*_selected(target, sub)).where(
                     target._sql.c._id.in_(pks[start:start + _PAGE]))).all()
-            # a fetch of its own for the linked rows reads their links too; the default goes one level deep
-            found.update((r._pk, r) for r in (_rows(target, recs, sub) if sub is not None else _plain_rows(target, recs)))
+            # a fetch of their own reads the linked rows' links as it says; by default one level deep (the
+            # linked rows' links are read when used: a chain of self-links must not be followed to its end)
+            found.update((r._pk, r) for r in _rows(target, recs, sub, links=sub is not None))
         for r in linked:
             if r._values is None and r._pk in found:  # else deleted meanwhile: reading it raises RowDeleted
                 r._values = found[r._pk]._values  # read-only: reads copy, updates replace the dict
     return rows
-
-
-def _plain_rows(table: Table, records: list[Any]) -> list[Row]:
-    return [Row(table, int(rec._mapping["_id"]), table._db.from_sql(table.spec, rec)) for rec in records]
 
 
 def _non_negative(i: Any, default: int | None) -> int | None:
