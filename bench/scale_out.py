@@ -40,6 +40,7 @@ from bench.common import (add_model_arguments, chosen_model, median, report_load
                           sample_images, setup_logging, write_section)
 from bench.serving_throughput import BareModels, rest_rate, signed_in_clients  # noqa: E402
 from bench.stack import ServingStack  # noqa: E402
+from uplink.framing import install_fast_masking  # noqa: E402
 
 log = logging.getLogger("bench.scale_out")
 
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                                  cpu_quota=args.cpu_quota) as stack:
                 import anvil.server
 
+                install_fast_masking()  # as the worker does: ws4py would mask each image sent byte by byte
                 anvil.server.connect(stack.key, url=stack.uplink_url, quiet=True)  # a server uplink: trusted, as a server module
                 hub_rate(images[:64], args.clients, args.files_per_call)  # warm-up of every worker
                 sessions = signed_in_clients(stack, args.clients)

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (Stats, add_model_arguments, chosen_model, report_load,  # noqa: E402
                           sample_images, setup_logging, write_section)
 from bench.stack import ServingStack  # noqa: E402
+from uplink.framing import install_fast_masking  # noqa: E402
 
 log = logging.getLogger("bench.serving_latency")
 TARGET = 1.5
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         import anvil
         import anvil.server
 
+        install_fast_masking()  # as the worker does: ws4py would mask each image sent byte by byte
         anvil.server.connect(stack.key, url=stack.uplink_url, quiet=True)  # a server uplink: trusted, as a server module
         client = stack.client() if args.auth == "basic" else stack.session_client()
 

@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (ROOT, CpuQuota, add_model_arguments, chosen_model, cpu_seconds, median,  # noqa: E402
                           report_load, sample_images, setup_logging, write_section)
 from bench.stack import ServingStack  # noqa: E402
+from uplink.framing import install_fast_masking  # noqa: E402
 
 log = logging.getLogger("bench.serving_throughput")
 TARGET = 0.85
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
 
             sessions = signed_in_clients(stack, args.clients)
             rest_rate(sessions, sample_images(64, seed=10), args.files_per_request, "warm-up", other_cores)
+            install_fast_masking()  # as the worker does: ws4py would mask each image sent byte by byte
             anvil.server.connect(stack.key, url=stack.uplink_url, quiet=True)  # a server uplink: trusted, as a server module
             stats_before = anvil.server.call("worker_stats")["batches"]
             cpu_rest = {"host": 0.0, "worker": 0.0, "clients": 0.0}  # CPU seconds used during the REST rounds

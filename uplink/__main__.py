@@ -129,10 +129,10 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace, key: str, stop: threading.Event, server) -> int:
     """Load, connect, serve until ``stop``, drain. Returns the exit status."""
     from nscfate.errors import InputError, ModelError
-    from uplink.callables import CALLABLES, register_callables
-    from uplink.service import InferenceService, load_predictors
-
     from nscfate.predictor import set_cpu_threads
+    from uplink.callables import CALLABLES, register_callables
+    from uplink.framing import install_fast_masking
+    from uplink.service import InferenceService, load_predictors
 
     set_cpu_threads(args.intra_op_threads, args.inter_op_threads)
     try:
@@ -147,6 +147,7 @@ def _serve(args: argparse.Namespace, key: str, stop: threading.Event, server) ->
     for p in predictors:
         logger.info("serving model %s@%s (%s; classes %s)", p.name, p.version, p.task, ", ".join(p.classes))
     register_callables(service)
+    install_fast_masking()  # every reply crosses ws4py's frame masking
 
     if not _connect(server, key, args.url, stop):
         service.close()
