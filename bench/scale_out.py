@@ -113,19 +113,17 @@ def main(argv: list[str] | None = None) -> int:
                 install_fast_masking()  # as the worker does: ws4py would mask each image sent byte by byte
                 anvil.server.connect(stack.key, url=stack.uplink_url, quiet=True)  # a server uplink: trusted, as a server module
                 hub_rate(images[:64], args.clients, args.files_per_call)  # warm-up of every worker
-                sessions = signed_in_clients(stack, args.clients)
-                rest_rate(sessions, images[:64], args.files_per_call, "warm-up")
-                runs: dict[str, list[float]] = {"bare": [], "hub": [], "REST": []}
-                for r in range(args.rounds):
-                    runs["bare"].append(bare.rate())
-                    runs["hub"].append(hub_rate(images, args.clients, args.files_per_call))
-                    runs["REST"].append(rest_rate(sessions, images, args.files_per_call, f"n{n}r{r}"))
-                    log.info("%d worker(s), round %d: %s", n, r,
-                             ", ".join(f"{k} {v[-1]:.1f}" for k, v in runs.items()) + " images/s")
+                with signed_in_clients(stack, args.clients) as sessions:
+                    rest_rate(sessions, images[:64], args.files_per_call, "warm-up")
+                    runs: dict[str, list[float]] = {"bare": [], "hub": [], "REST": []}
+                    for r in range(args.rounds):
+                        runs["bare"].append(bare.rate())
+                        runs["hub"].append(hub_rate(images, args.clients, args.files_per_call))
+                        runs["REST"].append(rest_rate(sessions, images, args.files_per_call, f"n{n}r{r}"))
+                        log.info("%d worker(s), round %d: %s", n, r,
+                                 ", ".join(f"{k} {v[-1]:.1f}" for k, v in runs.items()) + " images/s")
                 results[n] = runs
                 anvil.server.disconnect()
-                for session in sessions:
-                    session.close()
         finally:
             bare.close()
     after = report_load("after")

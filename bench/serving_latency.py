@@ -56,13 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     images = sample_images(args.images + args.warmup, seed=7)
     bare = Predictor.from_directory(model_dir)
     with tempfile.TemporaryDirectory(dir=args.work) as tmp, \
-            ServingStack(model_dir, Path(tmp) / "host", worker_args=args.worker_args.split()) as stack:
+            ServingStack(model_dir, Path(tmp) / "host", worker_args=args.worker_args.split()) as stack, \
+            (stack.client() if args.auth == "basic" else stack.session_client()) as client:
         import anvil
         import anvil.server
 
         install_fast_masking()  # as the worker does: ws4py would mask each image sent byte by byte
         anvil.server.connect(stack.key, url=stack.uplink_url, quiet=True)  # a server uplink: trusted, as a server module
-        client = stack.client() if args.auth == "basic" else stack.session_client()
 
         def run_bare(name: str, data: bytes) -> None:
             bare.predict(data, filename=name)
@@ -88,7 +88,6 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 paths[path](name, data)
                 times[path].append(1e3 * (time.perf_counter() - t0))
-        client.close()
         anvil.server.disconnect()
     after = report_load("after")
 

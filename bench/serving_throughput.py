@@ -32,13 +32,14 @@ single-threaded bare models.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -129,14 +130,21 @@ class BareModels:
             quota.close()
 
 
-def signed_in_clients(stack: ServingStack, n: int) -> list:
+@contextlib.contextmanager
+def signed_in_clients(stack: ServingStack, n: int) -> Iterator[list]:
     """``n`` HTTP clients of the benchmark's lab admin, each signed in (argon2) once, as a long-running
-    upload script would be. Made once per benchmark, not per measurement: making an httpx client loads the
-    CA certificates (~56 ms of CPU here), which was counted as the clients' CPU of every round."""
-    sessions = [stack.client() for _ in range(n)]
-    for s in sessions:
-        s.get("/_/api/predictions", params={"page_size": 1}).raise_for_status()
-    return sessions
+    upload script would be, closed when the block ends. Made once per benchmark, not per measurement:
+    making an httpx client loads the CA certificates (~56 ms of CPU here), which was counted as the
+    clients' CPU of every round."""
+    sessions = []
+    try:
+        for _ in range(n):
+            sessions.append(stack.client())
+            sessions[-1].get("/_/api/predictions", params={"page_size": 1}).raise_for_status()
+        yield sessions
+    finally:
+        for session in sessions:
+            session.close()
 
 
 def rest_rate(sessions: list, images: list[tuple[str, bytes]], per_request: int, experiment: str,
@@ -202,10 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(dir=args.work) as tmp, \
                 ServingStack(model_dir, Path(tmp) / "host", workers=args.workers, worker_args=worker_args,
-                             cores=[worker_cores] * args.workers, host_cores=other_cores) as stack:
+                             cores=[worker_cores] * args.workers, host_cores=other_cores) as stack, \
+                signed_in_clients(stack, args.clients) as sessions:
             import anvil.server
 
-            sessions = signed_in_clients(stack, args.clients)
             rest_rate(sessions, sample_images(64, seed=10), args.files_per_request, "warm-up", other_cores)
             install_fast_masking()  # as the worker does: ws4py would mask each image sent byte by byte
             anvil.server.connect(stack.key, url=stack.uplink_url, quiet=True)  # a server uplink: trusted, as a server module
@@ -226,8 +234,6 @@ def main(argv: list[str] | None = None) -> int:
                     log.info("round %d %s: %.1f images/s", r, path, (bare_rates if path == "bare" else rest_rates)[-1])
             stats_after = anvil.server.call("worker_stats")["batches"]
             anvil.server.disconnect()
-            for session in sessions:
-                session.close()
     finally:
         bare.close()
     after = report_load("after")
