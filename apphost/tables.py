@@ -4,7 +4,7 @@ The tables are created from ``anvil.yaml``'s ``db_schema`` (the new map format; 
 Anvil and this host). Storage is SQLAlchemy Core: a SQLite file (WAL mode) by default, PostgreSQL by
 URL. Every query is parameterised.
 
-What server modules see is Anvil's public API: ``app_tables.<name>`` with ``add_row``, ``get``,
+What server modules see is Anvil's public API: ``app_tables.<name>`` with ``add_row``, ``add_rows``, ``get``,
 ``get_by_id``, ``search`` (``anvil.tables.query`` operators and ``anvil.tables.order_by``), rows with
 ``row["col"]``, ``update``, ``delete``, ``get_id``, slicing and ``len`` of searches, and transactions
 through ``anvil.tables.Transaction`` / ``in_transaction`` (their private calls are routed here by
@@ -33,7 +33,7 @@ import threading
 import time
 import zlib
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -829,7 +829,7 @@ class AppTables(anvil.tables._base_classes.AppTables):
 class Table(anvil.tables.Table):
     """One data table (``app_tables.<name>``)."""
 
-    __slots__ = ("_db", "spec", "_sql")
+    __slots__ = ("_db", "spec", "_sql", "_columns", "_insert_stmt")
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Table:
         return object.__new__(cls)
@@ -838,24 +838,51 @@ class Table(anvil.tables.Table):
         self._db = db
         self.spec = spec
         self._sql = db.sql_table(spec.name)
+        self._columns = tuple(c for c in self._sql.c.keys() if c != "_id")  # what an INSERT writes
+        self._insert_stmt: sa.Insert | None = None
 
     def __repr__(self) -> str:
         return f"<Table {self.spec.name}>"
 
     def add_row(self, **values: Any) -> Row:
         """Add a row; keyword arguments are column values. Returns the new row."""
+        return self.add_rows([values])[0]
+
+    def add_rows(self, rows: Iterable[dict[str, Any]]) -> list[Row]:
+        """Add several rows with one INSERT (Anvil's ``add_rows``): each item is a dict of column values,
+        a column it leaves out is None. Returns the new rows in the same order. All or none: if any value
+        is refused, no row is added."""
+        rows = [dict(values) for values in rows]
+        if not rows:
+            return []
         try:
-            sql_values = self._db.to_sql(self.spec, values)
+            sql_rows = [self._db.to_sql(self.spec, values) for values in rows]
             with self._db.connect(write=True) as conn:
-                # bound parameters: SQLAlchemy compiles this INSERT once per set of columns, not per row
-                pk = conn.execute(self._sql.insert(), sql_values).inserted_primary_key[0]
+                # One statement object per table, so SQLAlchemy compiles and keys it once; the parameter
+                # sets go as multi-row INSERT ... VALUES ... RETURNING (1,000 rows per statement).
+                pks = conn.execute(self._insert(), [{c: r.get(c) for c in self._columns} for r in sql_rows]
+                                   ).scalars().all()
+            if self._db.is_sqlite:
+                # SQLite returns the ids in no promised order (and SQLAlchemy has no way to pair them
+                # up there but one INSERT per row); AUTOINCREMENT ids rise in the order rows go in.
+                pks.sort()
         except BaseException:
             self._db._unpin_once(failed=True)
             raise
         self._db._unpin_once()
-        # The row's values as a read would give them, from what was just written (no SELECT per add);
-        # linked rows are the ones the caller passed, with whatever values they already hold.
-        written = self._db.from_sql(self.spec, _Written({c: sql_values.get(c) for c in self._sql.c.keys()}))
+        return [self._written_row(pk, values, sql_values) for pk, values, sql_values in zip(pks, rows, sql_rows)]
+
+    def _insert(self) -> sa.Insert:
+        if self._insert_stmt is None:
+            # PostgreSQL: SQLAlchemy pairs the returned ids with the rows given (its "sentinel")
+            self._insert_stmt = self._sql.insert().returning(self._sql.c._id,
+                                                             sort_by_parameter_order=not self._db.is_sqlite)
+        return self._insert_stmt
+
+    def _written_row(self, pk: int, values: dict[str, Any], sql_values: dict[str, Any]) -> Row:
+        """A new row with the values a read would give, from what was just written (no SELECT per add);
+        linked rows are the ones the caller passed, with whatever values they already hold."""
+        written = self._db.from_sql(self.spec, _Written({c: sql_values.get(c) for c in self._columns}))
         for c in self.spec.columns:
             if c.type == "link_single" and isinstance(values.get(c.name), Row):
                 written[c.name] = values[c.name]

@@ -19,7 +19,6 @@ import time
 
 import anvil
 import anvil.server
-import anvil.tables
 import anvil.tables.query as q
 from anvil.tables import app_tables, order_by
 
@@ -98,7 +97,7 @@ def classify_for_user(user, files, experiment=None, notes=None, model=None, cloc
         except _NotStored as e:  # the database or the media store failed: stop, the rest would fail too
             _reject_rest(results, chunks[n:], e.code, e.message)
             break
-        # a chunk's cost includes storing it (up to 16 images of 20 MB in one transaction)
+        # a chunk's cost includes storing it (up to 16 images of 20 MB in one add_rows)
         slowest_chunk = max(slowest_chunk, clock() - t0)
     return [results[i] for i in sorted(results)]
 
@@ -162,21 +161,38 @@ def _predict_chunk(chunk, model, may_retry=lambda: True, sleep=time.sleep):
 
 
 def _record_chunk(user, chunk, outputs, experiment, notes):
-    """Store a chunk's predictions in one transaction: one commit (one disk sync) for the chunk instead
-    of one per image. All or none: if any row or the commit fails, none of the chunk is stored. Relaxed
-    isolation: the transaction only inserts new rows, so it cannot conflict with what others write."""
+    """Store a chunk's predictions as history rows with one ``add_rows``: one INSERT and one commit (one
+    disk sync) for the chunk instead of one per image. All or none: if any row fails, none of the chunk
+    is stored. Only valid predictions are stored; the worker's refusals are reported as they are."""
+    results, to_store = {}, []
+    for f, out in zip(chunk, outputs):
+        refused = _refusal(f, out)
+        if refused is not None:
+            results[f.index] = refused
+        else:
+            to_store.append((f, _prediction_values(user, f, out, experiment, notes)))
+    if not to_store:
+        return results
     try:
-        with anvil.tables.Transaction(relaxed=True):
-            return {f.index: _record(user, f, out, experiment, notes) for f, out in zip(chunk, outputs)}
-    except _NotStored:
-        raise
-    except Exception as e:  # the commit failed (e.g. the database went away or stayed locked)
+        rows = app_tables.predictions.add_rows([values for _, values in to_store])
+    except Exception as e:  # the INSERT, the commit or an image file failed: nothing of the chunk is kept
         log.exception("could not store a chunk of predictions")
         raise _NotStored(e)
+    for (f, values), row in zip(to_store, rows):
+        try:
+            result = prediction_to_dict(row, user)
+        except Exception:  # stored, but reading it back failed: still report it as stored
+            log.exception("stored prediction %s could not be read back", row.get_id())
+            # the same fields from what was written, so the caller's result card still works
+            result = _as_dict(row.get_id(), values, can_delete=True,
+                              shown_as_stored=previews.browser_shows(f.content_type))
+        result.update(index=f.index, ok=True)
+        results[f.index] = result
+    return results
 
 
-def _record(user, f, out, experiment, notes):
-    """Store one worker result as a history row (only a valid prediction is stored)."""
+def _refusal(f, out):
+    """The rejection to report for a worker result that is not a prediction to store (None: it is one)."""
     if isinstance(out, dict) and isinstance(out.get("error"), dict):
         err = out["error"]
         return uploads.rejection(f.index, f.filename, str(err.get("code") or "bad_image"),
@@ -185,28 +201,15 @@ def _record(user, f, out, experiment, notes):
         log.warning("worker returned an unusable result for one image")
         return uploads.rejection(f.index, f.filename, "bad_worker_response",
                                  "The prediction service returned an unusable result; nothing was stored")
+    return None
+
+
+def _prediction_values(user, f, out, experiment, notes):
+    """The column values of the history row for one worker result (a valid prediction)."""
     model = out.get("model") or {}
     # [key, display name] pairs in the model's order: a dict's key order does not survive Anvil's tables
     class_names = [[str(c["key"]), str(c.get("display_name") or c["key"])] for c in out.get("classes") or []
                    if isinstance(c, dict) and "key" in c]
-    values = _prediction_values(user, f, out, model, class_names, experiment, notes)
-    try:
-        row = app_tables.predictions.add_row(**values)
-    except Exception as e:  # the INSERT (or the image file) failed: the chunk's transaction rolls back
-        log.exception("could not store a prediction")
-        raise _NotStored(e)
-    try:
-        result = prediction_to_dict(row, user)
-    except Exception:  # stored, but reading it back failed: still report it as stored
-        log.exception("stored prediction %s could not be read back", row.get_id())
-        # the same fields from what was written, so the caller's result card still works
-        result = _as_dict(row.get_id(), values, can_delete=True, shown_as_stored=previews.browser_shows(f.content_type))
-    result.update(index=f.index, ok=True)
-    return result
-
-
-def _prediction_values(user, f, out, model, class_names, experiment, notes):
-    """The column values of the history row for one worker result."""
     return dict(
         created=dt.datetime.now(dt.timezone.utc),
         user=user,
@@ -263,13 +266,14 @@ def prediction_to_dict(row, viewer):
                     shown_as_stored=previews.shown_as_stored(row["image"]))
 
 
-def _classes_of(values):
-    """(key, display name) of a stored prediction's classes in its model's order. Stored as a list of
-    pairs because Anvil keeps simpleObject columns as PostgreSQL jsonb, which orders a dict's keys by
-    length (nt3 before astro); a row written as a dict gives its probabilities' keys, and any key either
-    lacks comes last."""
-    names = values["class_names"] or []
-    probabilities = values["probabilities"] or {}
+def _classes_of(names, probabilities):
+    """(key, display name) of a stored prediction's classes in its model's order, from its ``class_names``
+    and ``probabilities`` columns (each read once by the caller: a row copies a simpleObject on every
+    read). Stored as a list of pairs because Anvil keeps simpleObject columns as PostgreSQL jsonb, which
+    orders a dict's keys by length (nt3 before astro); a row written as a dict gives its probabilities'
+    keys, and any key either lacks comes last."""
+    names = names or []
+    probabilities = probabilities or {}
     if isinstance(names, dict):
         pairs = [(k, names.get(k, k)) for k in probabilities] + [(k, d) for k, d in names.items() if k not in probabilities]
     else:
@@ -281,9 +285,9 @@ def _classes_of(values):
 def _as_dict(row_id, values, can_delete, shown_as_stored):
     """The client's view of a prediction; ``values``: its row, or the column values it was written with."""
     owner = values["user"]
-    classes = _classes_of(values)
-    class_names = dict(classes)
     probabilities = values["probabilities"] or {}
+    classes = _classes_of(values["class_names"], probabilities)
+    class_names = dict(classes)
     return {
         "id": row_id,
         "created": values["created"],
@@ -398,7 +402,7 @@ def search_rows(filters, fetch=None):
     kw = history_query(filters)
     if kw is None:
         return []
-    return app_tables.predictions.search(order_by("created", ascending=False), *([fetch] if fetch else []), **kw)
+    return app_tables.predictions.search(order_by("created", ascending=False), *([] if fetch is None else [fetch]), **kw)
 
 
 def _page_args(page, page_size):
@@ -521,7 +525,7 @@ def history_csv(filters=None):
     that probability."""
     classes = []
     for r in search_rows(filters, q.fetch_only("class_names", "probabilities")):
-        for key, _ in _classes_of(r):
+        for key, _ in _classes_of(r["class_names"], r["probabilities"]):
             if key not in classes:
                 classes.append(key)
     rows = search_rows(filters, q.fetch_only(*CSV_READS, user=q.fetch_only("email")))
@@ -531,8 +535,8 @@ def history_csv(filters=None):
     writer.writerow(list(CSV_COLUMNS) + ["p_" + k for k in classes])
     for r in rows:
         owner = r["user"]
-        names = dict(_classes_of(r))
         probs = r["probabilities"] or {}
+        names = dict(_classes_of(r["class_names"], probs))
         created = r["created"]
         writer.writerow([_csv_cell(v) for v in (
             r.get_id(), created.astimezone(dt.timezone.utc).isoformat() if created else None,
@@ -581,11 +585,12 @@ def summarise_experiment(experiment, model=None):
             continue
         g["n"] += 1
         g["counts"][r["predicted_class"]] = g["counts"].get(r["predicted_class"], 0) + 1
-        for k, name in _classes_of(r):
+        probabilities = r["probabilities"] or {}
+        for k, name in _classes_of(r["class_names"], probabilities):
             g["names"][k] = name
             if k not in g["order"]:
                 g["order"].append(k)
-        for k, p in (r["probabilities"] or {}).items():
+        for k, p in probabilities.items():
             g["prob_sums"][k] = g["prob_sums"].get(k, 0.0) + p
     models = []
     for (name, version), g in sorted(groups.items(), key=lambda kv: -kv[1]["n"]):

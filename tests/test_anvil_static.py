@@ -94,7 +94,7 @@ def test_catches_an_unknown_callable(app):
 
 
 def test_catches_an_unknown_table(app):
-    edit(app / "server_code/predictions.py", "app_tables.predictions.add_row(", "app_tables.prediction.add_row(")
+    edit(app / "server_code/predictions.py", "app_tables.predictions.add_rows(", "app_tables.prediction.add_rows(")
     assert "app_tables.prediction is not a table in db_schema" in messages(app)
 
 

@@ -282,33 +282,34 @@ def test_database_unavailable_is_a_clear_error_and_nothing_is_written(live):
 
 
 def test_database_failing_at_the_insert_stores_nothing_of_that_chunk(live):
-    """The worker answered, then an INSERT fails: the files of that chunk (one transaction) and the rest
-    are reported as not stored (retryable), the chunks before stay, and the image files written for the
-    rolled-back rows are removed with them."""
+    """The worker answered, then a chunk's INSERT (one for its rows) fails: the files of that chunk and
+    the rest are reported as not stored (retryable), the chunks before stay, and the image files written
+    for the rows that were not stored are removed."""
     live.start_fake_worker("w")
     live.wait_workers(1)
     engine = live.runtime.db.engine
     inserts = []
 
-    def fail_third_insert(conn, cursor, statement, params, context, executemany):
+    def fail_second_insert(conn, cursor, statement, params, context, executemany):
         if statement.startswith("INSERT INTO app_predictions"):
             inserts.append(statement)
-            if len(inserts) >= CHUNK_SIZE + 3:
+            if len(inserts) >= 2:
                 raise sqlite3.OperationalError("disk I/O error")
 
-    n_files = CHUNK_SIZE + 5  # a full chunk, then the second chunk's third INSERT fails
-    sa.event.listen(engine, "before_cursor_execute", fail_third_insert)
+    n_files = CHUNK_SIZE + 5  # a full chunk, then the second chunk's INSERT fails
+    sa.event.listen(engine, "before_cursor_execute", fail_second_insert)
     try:
         with live.client(ANN) as client:
             r = upload(client, range(n_files))
     finally:
-        sa.event.remove(engine, "before_cursor_execute", fail_third_insert)
+        sa.event.remove(engine, "before_cursor_execute", fail_second_insert)
+    assert len(inserts) == 2
     assert r.status_code == 200, r.text
     results = r.json()["results"]
     assert [x["ok"] for x in results] == [True] * CHUNK_SIZE + [False] * 5
     assert {x["error"]["code"] for x in results[CHUNK_SIZE:]} == {"storage_unavailable"}
     assert live.n_rows() == CHUNK_SIZE
-    # the files of the two rolled-back rows and of the one whose INSERT failed are gone already
+    # the files of the rows that were not stored are gone already
     assert live.runtime.db.collect_orphan_media(min_age_s=0) == 0
     stored = {p.name for p in live.runtime.db.media.root.glob("??/*")}
     assert len(stored) == CHUNK_SIZE

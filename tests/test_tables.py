@@ -81,6 +81,42 @@ def test_round_trip_of_every_column_type(db):
             assert returned[key] == fresh[key] and type(returned[key]) is type(fresh[key]), key
 
 
+
+def test_add_rows_writes_many_rows_with_one_insert(db):
+    t = db.app_tables
+    g = t.groups.add_row(title="g")
+    friend = t.people.add_row(name="Fay")
+    many = [{"name": f"p{i}", "age": i, "photo": anvil.BlobMedia("image/png", b"img%d" % (i % 3), name=f"{i}.png"),
+             "extra": {"i": i}, "friend": friend, "groups": [g]} for i in range(40)]
+    many[7] = {"name": "sparse"}  # columns it leaves out are None, as add_row's
+    inserts = []
+    sa.event.listen(db.engine, "before_cursor_execute",
+                    lambda c, cur, statement, *a: inserts.append(statement) if statement.startswith("INSERT") else None)
+    rows = t.people.add_rows(iter(many))  # any iterable of dicts, as Anvil's
+    assert len(inserts) == 1 and "RETURNING" in inserts[0]
+    assert [r["name"] for r in rows] == [v["name"] for v in many]  # ids in the order given
+    assert len({r.get_id() for r in rows}) == 40
+    for values, row in zip(many, rows):
+        again = t.people.get_by_id(row.get_id())
+        assert again["name"] == values["name"] and again["age"] == values.get("age")
+        assert again["extra"] == values.get("extra") and row["extra"] == values.get("extra")
+        assert (again["photo"].get_bytes() if again["photo"] else None) == (
+            values["photo"].get_bytes() if "photo" in values else None)
+        assert again["friend"] == values.get("friend") and again["groups"] == values.get("groups", [])
+    assert rows[7]["photo"] is None and rows[7]["groups"] == [] and rows[7]["age"] is None
+    assert len(list(db.media.root.glob("??/*"))) == 3  # one file per distinct content
+    assert t.people.add_rows([]) == []
+
+
+def test_add_rows_is_all_or_none(db):
+    with pytest.raises(TableError):
+        db.app_tables.people.add_rows([{"name": "ok", "photo": anvil.BlobMedia("image/png", b"ok")},
+                                       {"name": "bad", "age": "12"}])
+    with pytest.raises(NoSuchColumnError):
+        db.app_tables.people.add_rows([{"name": "ok"}, {"nmae": "typo"}])
+    assert len(db.app_tables.people.search()) == 0
+    assert list(db.media.root.glob("??/*")) == [] and not db.media._pins  # the first row's file went too
+
 def test_unset_columns_and_naive_datetimes(db):
     row = db.app_tables.people.add_row(name="Bo", seen=dt.datetime(2024, 1, 1, 8, 0))
     for r in (row, db.app_tables.people.get_by_id(row.get_id())):  # as returned and as read
