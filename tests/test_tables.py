@@ -106,6 +106,11 @@ def test_add_rows_writes_many_rows_with_one_insert(db):
     assert rows[7]["photo"] is None and rows[7]["groups"] == [] and rows[7]["age"] is None
     assert len(list(db.media.root.glob("??/*"))) == 3  # one file per distinct content
     assert t.people.add_rows([]) == []
+    # more rows than one statement takes (SQLAlchemy sends 1,000 per INSERT): still in the order given
+    titles = [f"{i:04d}" for i in range(2100)]
+    added = t.groups.add_rows({"title": x} for x in reversed(titles))
+    stored = {r.get_id(): r["title"] for r in t.groups.search(q.fetch_only("title"))}
+    assert [r["title"] for r in added] == [stored[r.get_id()] for r in added] == titles[::-1]  # each id its row's
 
 
 def test_add_rows_is_all_or_none(db):
