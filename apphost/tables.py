@@ -857,11 +857,14 @@ class Table(anvil.tables.Table):
             return []
         try:
             sql_rows = [self._db.to_sql(self.spec, values) for values in rows]
+            params = [{c: r.get(c) for c in self._columns} for r in sql_rows]
             with self._db.connect(write=True) as conn:
-                # One statement object per table, so SQLAlchemy compiles and keys it once; the parameter
-                # sets go as multi-row INSERT ... VALUES ... RETURNING (1,000 rows per statement).
-                pks = conn.execute(self._insert(), [{c: r.get(c) for c in self._columns} for r in sql_rows]
-                                   ).scalars().all()
+                if conn.dialect.insert_executemany_returning:
+                    # One statement object per table, so SQLAlchemy compiles and keys it once; the rows
+                    # go as multi-row INSERT ... VALUES ... RETURNING (1,000 rows per statement).
+                    pks = conn.execute(self._insert(), params).scalars().all()
+                else:  # SQLite before 3.35 has no RETURNING: one INSERT per row
+                    pks = [conn.execute(self._sql.insert(), p).inserted_primary_key[0] for p in params]
             if self._db.is_sqlite:
                 # SQLite returns the ids in no promised order (and SQLAlchemy has no way to pair them
                 # up there but one INSERT per row); AUTOINCREMENT ids rise in the order rows go in.

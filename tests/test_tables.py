@@ -113,6 +113,17 @@ def test_add_rows_writes_many_rows_with_one_insert(db):
     assert [r["title"] for r in added] == [stored[r.get_id()] for r in added] == titles[::-1]  # each id its row's
 
 
+def test_add_rows_without_returning_inserts_row_by_row(db, monkeypatch):
+    """SQLite before 3.35 (e.g. Ubuntu 20.04's 3.31) has no INSERT ... RETURNING."""
+    monkeypatch.setattr(db.engine.dialect, "insert_executemany_returning", False)
+    inserts = []
+    sa.event.listen(db.engine, "before_cursor_execute",
+                    lambda c, cur, statement, *a: inserts.append(statement) if statement.startswith("INSERT") else None)
+    rows = db.app_tables.groups.add_rows([{"title": "a"}, {"title": "b"}, {}])
+    assert len(inserts) == 3
+    assert [db.app_tables.groups.get_by_id(r.get_id())["title"] for r in rows] == ["a", "b", None]
+
+
 def test_add_rows_is_all_or_none(db):
     with pytest.raises(TableError):
         db.app_tables.people.add_rows([{"name": "ok", "photo": anvil.BlobMedia("image/png", b"ok")},
