@@ -863,12 +863,13 @@ class Table(anvil.tables.Table):
                     # One statement object per table, so SQLAlchemy compiles and keys it once; the rows
                     # go as multi-row INSERT ... VALUES ... RETURNING (1,000 rows per statement).
                     pks = conn.execute(self._insert(), params).scalars().all()
+                    if self._db.is_sqlite:
+                        # SQLite returns the ids in no promised order (and SQLAlchemy has no way to pair
+                        # them up there but one INSERT per row); AUTOINCREMENT ids rise in the order the
+                        # rows go in.
+                        pks.sort()
                 else:  # SQLite before 3.35 has no RETURNING: one INSERT per row
                     pks = [conn.execute(self._sql.insert(), p).inserted_primary_key[0] for p in params]
-            if self._db.is_sqlite:
-                # SQLite returns the ids in no promised order (and SQLAlchemy has no way to pair them
-                # up there but one INSERT per row); AUTOINCREMENT ids rise in the order rows go in.
-                pks.sort()
         except BaseException:
             self._db._unpin_once(failed=True)
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 from ws4py.framing import Frame
@@ -33,7 +34,14 @@ def test_leading_and_trailing_zero_bytes_survive():
     assert bytes(mask(b"\x00\x01\x00\x00", b"\x00" * 9)) == b"\x00\x01\x00\x00" * 2 + b"\x00"
 
 
-def test_ws4py_frames_built_with_it_parse_back():
+@pytest.fixture
+def ws4py_restored(monkeypatch):
+    """ws4py's own masking back after the test (installing is for the whole process)."""
+    monkeypatch.setattr(Frame, "mask", Frame.mask)
+    monkeypatch.setattr(Frame, "unmask", Frame.unmask)
+
+
+def test_ws4py_frames_built_with_it_parse_back(ws4py_restored):
     install_fast_masking()
     install_fast_masking()  # idempotent
     assert Frame.mask.__module__ == Frame.unmask.__module__ == "uplink.framing"
@@ -45,3 +53,27 @@ def test_ws4py_frames_built_with_it_parse_back():
         stream.parser.send(wire)
         message = stream.has_message and stream.message
         assert message and bytes(message.data) == body
+
+
+def test_the_worker_installs_it_before_it_connects(tiny_model, ws4py_restored, monkeypatch):
+    import uplink.__main__ as worker
+
+    assert Frame.mask.__module__ == "ws4py.framing"
+    monkeypatch.setattr("uplink.callables.register_callables", lambda service: None)  # not in this process's anvil
+    monkeypatch.setattr("nscfate.predictor.set_cpu_threads", lambda *a: None)  # TensorFlow is running already
+    stop, at_connect = threading.Event(), []
+
+    class Server:  # connects, answers the echo, and asks the worker to stop at once
+        def connect(self, key, url):
+            at_connect.append(Frame.mask.__module__)
+            stop.set()
+
+        def call(self, name, *args):
+            return args[0]
+
+        def disconnect(self):
+            pass
+
+    args = worker.build_parser().parse_args(["--model", str(tiny_model), "--settle-seconds", "0"])
+    assert worker._serve(args, "key", stop, Server()) == 0
+    assert at_connect == ["uplink.framing"]
