@@ -874,7 +874,7 @@ class Table(anvil.tables.Table):
             self._db._unpin_once(failed=True)
             raise
         self._db._unpin_once()
-        return [self._written_row(pk, values, sql_values) for pk, values, sql_values in zip(pks, rows, sql_rows)]
+        return [self._written_row(pk, values, written) for pk, values, written in zip(pks, rows, params)]
 
     def _insert(self) -> sa.Insert:
         if self._insert_stmt is None:
@@ -883,10 +883,10 @@ class Table(anvil.tables.Table):
                                                              sort_by_parameter_order=not self._db.is_sqlite)
         return self._insert_stmt
 
-    def _written_row(self, pk: int, values: dict[str, Any], sql_values: dict[str, Any]) -> Row:
-        """A new row with the values a read would give, from what was just written (no SELECT per add);
+    def _written_row(self, pk: int, values: dict[str, Any], params: dict[str, Any]) -> Row:
+        """A new row with the values a read would give, from the INSERT's parameters (no SELECT per add);
         linked rows are the ones the caller passed, with whatever values they already hold."""
-        written = self._db.from_sql(self.spec, _Written({c: sql_values.get(c) for c in self._columns}))
+        written = self._db.from_sql(self.spec, _Written(params))
         for c in self.spec.columns:
             if c.type == "link_single" and isinstance(values.get(c.name), Row):
                 written[c.name] = values[c.name]
