@@ -204,12 +204,15 @@ class MediaStore:
             if target.exists():
                 return sha
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
             # a name of this thread's own: two uploads of the same content write side by side, and the
             # second rename replaces the first's file with the same bytes
             tmp = target.parent / f"{_TMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{sha}"
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                except FileNotFoundError:  # the first file of its shard: make the folder only then
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 try:
                     view = memoryview(data)
                     while view:

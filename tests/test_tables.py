@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import os
 import re
+import shutil
 import threading
+from pathlib import Path
 
 import anvil
 import anvil.tables
@@ -570,6 +573,26 @@ def test_a_media_write_that_fails_leaves_no_file_and_no_pin(db, monkeypatch):
     monkeypatch.undo()
     assert list(db.media.root.glob("??/*")) == [] and not db.media._pins
     assert len(db.app_tables.people.search()) == 0
+
+
+def _shard(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:2]
+
+
+def test_a_shard_folder_is_made_once_and_again_if_it_was_removed(db, monkeypatch):
+    made = []
+    real_mkdir = Path.mkdir
+    monkeypatch.setattr(Path, "mkdir", lambda self, *a, **k: (made.append(self.name), real_mkdir(self, *a, **k)))
+    # two contents in one shard (same first two hex digits of their SHA-256)
+    first, *rest = (b"%d" % i for i in range(1000))
+    same_shard = next(d for d in rest if _shard(d) == _shard(first))
+    a = db.app_tables.people.add_row(name="a", photo=anvil.BlobMedia("image/png", first))
+    db.app_tables.people.add_row(name="b", photo=anvil.BlobMedia("image/png", same_shard))
+    folder = db.media.path(a["photo"].sha256).parent
+    assert made == [folder.name]  # a syscall bound to fail (EEXIST) was made for every file before
+    shutil.rmtree(folder)  # e.g. an operator cleaning up by hand
+    c = db.app_tables.people.add_row(name="c", photo=anvil.BlobMedia("image/png", first))
+    assert made == [folder.name] * 2 and c["photo"].get_bytes() == first
 
 
 def test_the_sweep_removes_writes_a_crash_left_behind(db):
