@@ -126,6 +126,52 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# ---------------------------------------------------------------------------- the scratch filesystem
+
+def filesystem_of(path: Path, mounts: Path = Path("/proc/mounts")) -> str:
+    """The filesystem ``path`` lives on, e.g. "ext4 (/dev/vda at /)", from the longest mount point
+    above it."""
+    path = path.resolve()
+    best = ("", "unknown", "?")
+    try:
+        for line in mounts.read_text().splitlines():
+            device, point, kind = line.split()[:3]
+            point = point.replace("\\040", " ")
+            if path.is_relative_to(point) and len(point) > len(best[0]):
+                best = (point, kind, device)
+    except OSError:
+        pass
+    return f"{best[1]} ({best[2]} at {best[0] or '?'})"
+
+
+def file_create_ms(folder: Path, files: int = 200, size: int = 30_000) -> float:
+    """CPU milliseconds this process spends creating and writing one new ``size``-byte file in ``folder``,
+    unsynced: what the host pays for the file of each stored image, less its sync.
+
+    Printed because it differs tenfold between filesystems on the same VM: ext4 without a journal (this
+    VM's root filesystem) steps over every inode deleted in the last few minutes before it hands out a new
+    one (the kernel's ``recently_deleted``), so after one benchmark run's cleanup the next run's files cost
+    ~1 ms each instead of ~0.08 ms on a journaled ext4. The files stay (the caller's scratch folder goes
+    at the end): deleting them here would charge the run's own files the same way."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = os.urandom(size)
+    t0 = time.process_time()
+    for i in range(files):
+        fd = os.open(folder / f"probe-{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    return 1000 * (time.process_time() - t0) / files
+
+
+def scratch_line(folder: Path) -> str:
+    """One sentence on the filesystem under ``folder`` and what a new file costs there (probed in a
+    subfolder of ``folder``)."""
+    return (f"Scratch filesystem: {filesystem_of(folder)}; a new 30 kB file costs {file_create_ms(folder / 'fs-probe'):.2f} "
+            f"ms of CPU to create and write there (the host makes one per stored image).")
+
+
 # ------------------------------------------------------------------------------------ CPU quotas
 
 class CpuQuota:

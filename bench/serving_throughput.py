@@ -46,7 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (ROOT, CpuQuota, add_model_arguments, chosen_model, cpu_seconds, median,  # noqa: E402
-                          report_load, sample_images, setup_logging, write_section)
+                          report_load, sample_images, scratch_line, setup_logging, write_section)
 from bench.stack import ServingStack  # noqa: E402
 from uplink.framing import install_fast_masking  # noqa: E402
 
@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 signed_in_clients(stack, args.clients) as sessions:
             import anvil.server
 
+            scratch = scratch_line(Path(tmp))  # beside the host's data directory, where its media files go
             rest_rate(sessions, sample_images(64, seed=10), args.files_per_request, "warm-up", other_cores)
             install_fast_masking()  # as the worker does: ws4py would mask each image sent byte by byte
             anvil.server.connect(stack.key, url=stack.uplink_url, quiet=True)  # a server uplink: trusted, as a server module
@@ -262,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     ceiling_text = (f"bare model {bare_ms:.1f} ms of CPU on {model_cores} core(s) if it keeps them busy, so CPU time "
                     f"alone caps REST / bare at {ceiling:.0%}")
     print(f"CPU time per image in the REST rounds: {cpu_text} ({ceiling_text})")
+    print(scratch)
     print(str(before), "->", str(after))
 
     threads = f"{args.worker_threads} TensorFlow thread(s) each" if args.worker_threads else "TensorFlow's default threads"
@@ -286,7 +288,8 @@ Layout: {layout}.
 """ + "\n".join(f"| {i + 1} | {b:.1f} | {r:.1f} | {r / b:.0%} |" for i, (b, r) in enumerate(zip(bare_rates, rest_rates))) + f"""
 
 **REST / bare: {ratio:.0%}** (median of the rounds; target >= {TARGET:.0%}). {batches_text}
-CPU time per image during the REST rounds (from /proc): {cpu_text}; {ceiling_text}.""", before, after, level=4)
+CPU time per image during the REST rounds (from /proc): {cpu_text}; {ceiling_text}.
+{scratch}""", before, after, level=4)
     return 0
 
 

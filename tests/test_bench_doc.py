@@ -1,4 +1,6 @@
-"""bench.common.write_section: each benchmark script owns one section of docs/PERFORMANCE.md."""
+"""bench.common: each benchmark script owns one section of docs/PERFORMANCE.md and says what it ran on."""
+
+from pathlib import Path
 
 from bench.common import Load, write_section
 
@@ -36,3 +38,26 @@ def test_the_machine_line_tells_cpus_of_one_name_apart(tmp_path):
     assert cpu_model(info) == "AMD EPYC, family 25 model 17, AVX-512"
     info.write_text("processor\t: 0\nmodel name\t: Some CPU\n")
     assert cpu_model(info) == "Some CPU, no AVX2"
+
+
+def test_the_scratch_filesystem_is_the_longest_mount_point_above_it(tmp_path):
+    """The host's CPU per image depends on the filesystem its files go to (ext4 without a journal costs
+    ~1 ms per new file after a cleanup), so the throughput figures say which one it was."""
+    from bench.common import filesystem_of
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/vda / ext4 rw 0 0\n/dev/loop0 /mnt/j ext4 rw 0 0\n"
+                      "tmpfs /mnt/jobs tmpfs rw 0 0\n/dev/sdb /mnt/my\\040disk xfs rw 0 0\n")
+    assert filesystem_of(Path("/mnt/j/perf/run1"), mounts) == "ext4 (/dev/loop0 at /mnt/j)"
+    assert filesystem_of(Path("/mnt/jobs"), mounts) == "tmpfs (tmpfs at /mnt/jobs)"  # not /mnt/j's
+    assert filesystem_of(Path("/mnt/my disk/x"), mounts) == "xfs (/dev/sdb at /mnt/my disk)"
+    assert filesystem_of(Path("/srv/data"), mounts) == "ext4 (/dev/vda at /)"
+    assert filesystem_of(Path("/srv"), tmp_path / "no-such-file") == "unknown (? at ?)"
+
+
+def test_the_file_creation_probe_writes_new_files_and_keeps_them(tmp_path):
+    from bench.common import file_create_ms
+
+    ms = file_create_ms(tmp_path / "probe", files=20, size=1000)
+    files = sorted((tmp_path / "probe").iterdir())
+    assert ms > 0 and len(files) == 20 and all(f.stat().st_size == 1000 for f in files)
