@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (Stats, add_model_arguments, chosen_model, report_load,  # noqa: E402
-                          sample_images, setup_logging, write_section)
+                          sample_images, scratch_line, setup_logging, write_section)
 from bench.stack import ServingStack  # noqa: E402
 from uplink.framing import install_fast_masking  # noqa: E402
 
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         import anvil
         import anvil.server
 
+        scratch = scratch_line(Path(tmp))  # beside the host's data directory, where its media files go
         install_fast_masking()  # as the worker does: ws4py would mask each image sent byte by byte
         anvil.server.connect(stack.key, url=stack.uplink_url, quiet=True)  # a server uplink: trusted, as a server module
 
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n:>7}: {stats[n]}")
     print(f"REST / bare median ratio: {ratio:.2f}x (target <= {TARGET}x); uplink / bare "
           f"{stats['uplink'].median / stats['bare'].median:.2f}x")
+    print(scratch)
     print(str(before), "->", str(after))
 
     if args.write_doc:
@@ -113,7 +115,8 @@ rotating order; REST client authenticated with {'HTTP Basic' if args.auth == 'ba
 {rows}
 
 **REST end to end / bare Predictor: {ratio:.2f}x** (target <= {TARGET}x; per-image ratio median
-{per_image_ratio[len(per_image_ratio) // 2]:.2f}x).""", before, after)
+{per_image_ratio[len(per_image_ratio) // 2]:.2f}x).
+{scratch}""", before, after)
     return 0
 
 

@@ -30,3 +30,4 @@ def test_throughput_benchmark_runs_end_to_end(tiny_model, tmp_path):
 def test_latency_benchmark_runs_end_to_end(tiny_model, tmp_path):
     out = _bench("serving_latency.py", "--model", tiny_model, "--images", 3, "--warmup", 1, "--work", tmp_path)
     assert "REST / bare median ratio:" in out and "uplink / bare" in out
+    assert "Scratch filesystem: " in out
