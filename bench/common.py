@@ -126,6 +126,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def core_jiffies(cores: set[int] | None = None, stat: Path = Path("/proc/stat")) -> tuple[int, int]:
+    """(idle, total) clock ticks of ``cores`` (every core when None) since boot, from /proc/stat; idle
+    counts waiting on I/O too. Two readings give the share of a span the cores sat idle."""
+    idle = total = 0
+    for line in stat.read_text().splitlines():
+        name, *ticks = line.split()
+        if not name.startswith("cpu") or name == "cpu" or (cores is not None and int(name[3:]) not in cores):
+            continue
+        values = [int(t) for t in ticks[:8]]  # user nice system idle iowait irq softirq steal
+        idle += values[3] + values[4]
+        total += sum(values)
+    return idle, total
+
+
 # ---------------------------------------------------------------------------- the scratch filesystem
 
 def filesystem_of(path: Path, mounts: Path = Path("/proc/mounts")) -> str:

@@ -45,8 +45,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (ROOT, CpuQuota, add_model_arguments, chosen_model, cpu_seconds, median,  # noqa: E402
-                          report_load, sample_images, scratch_line, setup_logging, write_section)
+from bench.common import (ROOT, CpuQuota, add_model_arguments, chosen_model, core_jiffies, cpu_seconds,  # noqa: E402
+                          median, report_load, sample_images, scratch_line, setup_logging, write_section)
 from bench.stack import ServingStack  # noqa: E402
 from uplink.framing import install_fast_masking  # noqa: E402
 
@@ -221,9 +221,11 @@ def main(argv: list[str] | None = None) -> int:
             stats_before = anvil.server.call("worker_stats")["batches"]
             cpu_rest = {"host": 0.0, "worker": 0.0, "clients": 0.0}  # CPU seconds used during the REST rounds
             procs = {"host": stack.pids()["host"], "worker": stack.pids()["workers"], "clients": [os.getpid()]}
+            ticks = {"bare": [0, 0], "REST": [0, 0]}  # (idle, total) of the model's cores during each path
             for r in range(args.rounds):
                 order = ("bare", "REST") if r % 2 == 0 else ("REST", "bare")
                 for path in order:
+                    idle0, total0 = core_jiffies(worker_cores)
                     if path == "bare":
                         bare_rates.append(bare.rate())
                     else:
@@ -232,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
                                                     other_cores))
                         for k, pids in procs.items():
                             cpu_rest[k] += sum(cpu_seconds(p) for p in pids) - cpu0[k]
+                    idle1, total1 = core_jiffies(worker_cores)
+                    ticks[path][0] += idle1 - idle0
+                    ticks[path][1] += total1 - total0
                     log.info("round %d %s: %.1f images/s", r, path, (bare_rates if path == "bare" else rest_rates)[-1])
             stats_after = anvil.server.call("worker_stats")["batches"]
             anvil.server.disconnect()
@@ -263,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     ceiling_text = (f"bare model {bare_ms:.1f} ms of CPU on {model_cores} core(s) if it keeps them busy, so CPU time "
                     f"alone caps REST / bare at {ceiling:.0%}")
     print(f"CPU time per image in the REST rounds: {cpu_text} ({ceiling_text})")
+    idle = {path: i / max(1, t) for path, (i, t) in ticks.items()}
+    idle_text = (f"the model's {'core(s) ' + str(sorted(worker_cores)) if worker_cores else 'cores'} sat idle "
+                 f"{idle['REST']:.0%} of the time during the REST rounds and {idle['bare']:.0%} during the bare "
+                 f"ones (/proc/stat)")
+    print(f"Idle: {idle_text}")
     print(scratch)
     print(str(before), "->", str(after))
 
@@ -288,7 +298,7 @@ Layout: {layout}.
 """ + "\n".join(f"| {i + 1} | {b:.1f} | {r:.1f} | {r / b:.0%} |" for i, (b, r) in enumerate(zip(bare_rates, rest_rates))) + f"""
 
 **REST / bare: {ratio:.0%}** (median of the rounds; target >= {TARGET:.0%}). {batches_text}
-CPU time per image during the REST rounds (from /proc): {cpu_text}; {ceiling_text}.
+CPU time per image during the REST rounds (from /proc): {cpu_text}; {ceiling_text}; {idle_text}.
 {scratch}""", before, after, level=4)
     return 0
 
