@@ -182,8 +182,9 @@ def file_create_ms(folder: Path, files: int = 200, size: int = 30_000) -> float:
 def scratch_line(folder: Path) -> str:
     """One sentence on the filesystem under ``folder`` and what a new file costs there (probed in a
     subfolder of ``folder``)."""
-    return (f"Scratch filesystem: {filesystem_of(folder)}; a new 30 kB file costs {file_create_ms(folder / 'fs-probe'):.2f} "
-            f"ms of CPU to create and write there (the host makes one per stored image).")
+    ms = file_create_ms(folder / "fs-probe")
+    return (f"Scratch filesystem: {filesystem_of(folder)}; a new 30 kB file costs {ms:.2f} ms of CPU to create and "
+            f"write there (the host makes one per stored image).")
 
 
 # ------------------------------------------------------------------------------------ CPU quotas
