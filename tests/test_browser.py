@@ -336,6 +336,37 @@ def test_a_file_the_server_could_not_classify_can_be_sent_again(page, images):
     expect(page.locator("#batch-text")).to_have_text("1 of 1 image classified")
 
 
+def test_many_files_go_several_to_a_request_and_each_card_gets_its_own_answer(page, images, tmp_path):
+    """One file per request kept the worker's batches at 1-3 images; many files now go in groups (three
+    requests at a time), and each file's answer still lands on its own card, a rejected one among them."""
+    expect.set_options(timeout=60_000)
+    valid = [p for p in images.values() if p.suffix != ".txt"]
+    files = []
+    for i in range(19):  # distinct names, so that a card answered with another file's result would show it
+        source = valid[i % len(valid)]
+        files.append(tmp_path / f"cell-{i:02d}{source.suffix}")
+        files[-1].write_bytes(source.read_bytes())
+    files.insert(7, images["notes.txt"])
+    posts = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" and r.url.endswith("/_/api/predictions") else None)
+    sign_in(page)
+    expect(page.locator("#view-classify")).to_be_visible()
+    page.fill("#experiment", "E-groups")
+    page.set_input_files("#files", [str(p) for p in files])
+    expect(page.locator("#results .result[data-outcome]")).to_have_count(20)
+    expect(page.locator("#batch-text")).to_have_text("19 of 20 images classified, 1 rejected")
+    assert len(posts) == 3  # 20 files in three requests (7, 7 and 6), not twenty
+    rejected = page.locator('#results .result[data-outcome="rejected"]')
+    expect(rejected.locator(".card-title")).to_have_text("notes.txt")
+    ok = page.locator('#results .result[data-outcome="ok"]')
+    for i in range(19):
+        card = ok.nth(i)
+        expect(card.locator("img.thumb")).to_have_attribute("alt", f"Cell image {card.locator('.card-title').inner_text()}")
+    stored = page.request.get(page.url.split("#")[0] + "_/api/predictions?experiment=E-groups&page_size=50",
+                              headers={"X-Requested-With": "fetch"}).json()
+    assert sorted(r["filename"] for r in stored["rows"]) == sorted(p.name for p in files if p.suffix != ".txt")
+
+
 def test_a_new_account_waits_for_a_lab_admin(page, browser, host):
     newcomer = ("cy@lab.org", "cyclic horse battery")
     page.click(".signup summary")

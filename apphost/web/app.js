@@ -4,6 +4,10 @@
 "use strict";
 
 const UPLOAD_CONCURRENCY = 3;
+// Files go several to a request, so that the worker gets full batches: one file per request kept its
+// batches at 1-3 images and ran the model at a third of its batched speed (docs/PERFORMANCE.md).
+const FILES_PER_REQUEST = 16;
+const BYTES_PER_REQUEST = 32 * 1024 * 1024;  // well under the server's 128 MB per request
 const state = {
   user: null,          // {email, role}
   csrf: null,          // the session's CSRF token, sent with every state-changing request
@@ -435,34 +439,63 @@ function resultCard(file, retry) {
   };
 }
 
-function uploadFile(file, fields, onProgress) {
+/** Send ``files`` in one request; resolves to one result per file, in order (the server answers so).
+ * ``onProgress(i, fraction)``: how much of file i is sent (the form sends the files one after another). */
+function uploadFiles(files, fields, onProgress) {
   return new Promise((resolve) => {
     const form = new FormData();
-    form.append("file", file, file.name);
+    for (const file of files) form.append("file", file, file.name);
     for (const [k, v] of Object.entries(fields)) if (v) form.append(k, v);
     const xhr = new XMLHttpRequest();
     xhr.open("POST", "/_/api/predictions");
     xhr.setRequestHeader("X-Requested-With", "fetch");
     if (state.csrf) xhr.setRequestHeader("X-CSRF-Token", state.csrf);
-    xhr.upload.addEventListener("progress", (e) => { if (e.lengthComputable) onProgress(e.loaded / e.total); });
-    xhr.upload.addEventListener("load", () => onProgress(1));
-    const fail = (code, message) => resolve({ok: false, filename: file.name, error: {code, message}});
-    xhr.addEventListener("error", () => fail("network", "The upload failed: the server cannot be reached"));
+    const total = files.reduce((n, f) => n + f.size, 0);
+    xhr.upload.addEventListener("progress", (e) => {
+      if (!e.lengthComputable) return;
+      let sent = total * e.loaded / e.total, start = 0;  // the form's own bytes spread over the files
+      files.forEach((f, i) => {
+        onProgress(i, f.size ? Math.min(1, Math.max(0, (sent - start) / f.size)) : Number(sent >= start));
+        start += f.size;
+      });
+    });
+    xhr.upload.addEventListener("load", () => files.forEach((f, i) => onProgress(i, 1)));
+    const failAll = (code, message) => resolve(files.map((file) => ({ok: false, filename: file.name, error: {code, message}})));
+    xhr.addEventListener("error", () => failAll("network", "The upload failed: the server cannot be reached"));
     xhr.addEventListener("load", () => {
       let data = null;
       try { data = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
-      if (data && Array.isArray(data.results) && data.results.length) {
-        resolve({...data.results[0], filename: data.results[0].filename || file.name});
+      if (data && Array.isArray(data.results) && data.results.length === files.length) {
+        resolve(data.results.map((r, i) => ({...r, filename: r.filename || files[i].name})));
       } else if (xhr.status === 401) {
         signedOut("Your session has ended; sign in again.");
-        fail("not_signed_in", "Sign in again to classify images");
+        failAll("not_signed_in", "Sign in again to classify images");
       } else {
         const err = (data && data.error) || {};
-        fail(err.code || "http_" + xhr.status, err.message || `The server answered ${xhr.status}`);
+        failAll(err.code || "http_" + xhr.status, err.message || `The server answered ${xhr.status}`);
       }
     });
     xhr.send(form);
   });
+}
+
+/** Split ``jobs`` into requests: as many as run at once when there are few files (each answer comes as
+ * soon as it can), up to FILES_PER_REQUEST files and BYTES_PER_REQUEST each when there are many. */
+function uploadGroups(jobs) {
+  const size = Math.min(FILES_PER_REQUEST, Math.ceil(jobs.length / UPLOAD_CONCURRENCY));
+  const groups = [];
+  let group = [], bytes = 0;
+  for (const job of jobs) {
+    if (group.length && (group.length >= size || bytes + job.file.size > BYTES_PER_REQUEST)) {
+      groups.push(group);
+      group = [];
+      bytes = 0;
+    }
+    group.push(job);
+    bytes += job.file.size;
+  }
+  if (group.length) groups.push(group);
+  return groups;
 }
 
 async function classifyFiles(files, fields = null) {
@@ -485,19 +518,22 @@ async function classifyFiles(files, fields = null) {
         (later ? `, ${later} not classified (try again)` : "");
   };
   update();
-  const queue = [...jobs];
+  const queue = uploadGroups(jobs);
   const runNext = async () => {
     while (queue.length) {
-      const job = queue.shift();
-      const result = await uploadFile(job.file, fields, (f) => job.view.progress(f));
-      job.view.done(result);
-      finished += 1;
-      if (result.ok) ok += 1;
-      else if (result.error.retry_later) later += 1;
+      const group = queue.shift();
+      const answers = await uploadFiles(group.map((j) => j.file), fields, (i, f) => group[i].view.progress(f));
+      group.forEach((job, i) => {
+        const result = answers[i];
+        job.view.done(result);
+        finished += 1;
+        if (result.ok) ok += 1;
+        else if (result.error.retry_later) later += 1;
+      });
       update();
     }
   };
-  await Promise.all(Array.from({length: Math.min(UPLOAD_CONCURRENCY, jobs.length)}, runNext));
+  await Promise.all(Array.from({length: Math.min(UPLOAD_CONCURRENCY, queue.length)}, runNext));
   announce($("batch-text").textContent);
   if (fields.experiment) addExperiments([fields.experiment]);
 }
