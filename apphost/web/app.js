@@ -5,7 +5,7 @@
 
 const UPLOAD_CONCURRENCY = 3;
 // Files go several to a request, so that the worker gets full batches: one file per request kept its
-// batches at 1-3 images and ran the model at a third of its batched speed (docs/PERFORMANCE.md).
+// batches at 1-2 images and a drop of 512 images went at 28% of the batched speed (docs/PERFORMANCE.md).
 const FILES_PER_REQUEST = 16;
 const BYTES_PER_REQUEST = 32 * 1024 * 1024;  // well under the server's 128 MB per request
 const state = {
