@@ -453,7 +453,8 @@ function uploadFiles(files, fields, onProgress) {
     const total = files.reduce((n, f) => n + f.size, 0);
     xhr.upload.addEventListener("progress", (e) => {
       if (!e.lengthComputable) return;
-      let sent = total * e.loaded / e.total, start = 0;  // the form's own bytes spread over the files
+      const sent = total * e.loaded / e.total;  // the form's own bytes spread over the files
+      let start = 0;
       files.forEach((f, i) => {
         onProgress(i, f.size ? Math.min(1, Math.max(0, (sent - start) / f.size)) : Number(sent >= start));
         start += f.size;
