@@ -208,11 +208,12 @@ class MediaStore:
             # second rename replaces the first's file with the same bytes
             tmp = target.parent / f"{_TMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{sha}"
             try:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
                 try:
-                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    fd = os.open(tmp, flags, 0o600)
                 except FileNotFoundError:  # the first file of its shard: make the folder only then
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    fd = os.open(tmp, flags, 0o600)
                 try:
                     view = memoryview(data)
                     while view:
