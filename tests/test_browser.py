@@ -84,9 +84,10 @@ def _open_page(browser, url: str):
     page = context.new_page()
     problems: list[str] = []
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    # Failed requests the tests cause on purpose: 401 (wrong password, signed out), 403 (an account not
-    # enabled yet), 422 (the rejected file), 503 (a prediction service made unavailable).
-    expected = re.compile(r"Failed to load resource: .* status of (401|403|422|503)")
+    # Failed requests the tests cause on purpose: 400 (a request refused as a whole), 401 (wrong password,
+    # signed out), 403 (an account not enabled yet), 422 (the rejected file), 503 (a prediction service
+    # made unavailable).
+    expected = re.compile(r"Failed to load resource: .* status of (400|401|403|422|503)")
     page.on("console", lambda m: problems.append(f"console: {m.text}")
             if m.type == "error" and not expected.search(m.text) else None)
     page.goto(url + "/")
@@ -365,6 +366,26 @@ def test_many_files_go_several_to_a_request_and_each_card_gets_its_own_answer(pa
     stored = page.request.get(page.url.split("#")[0] + "_/api/predictions?experiment=E-groups&page_size=50",
                               headers={"X-Requested-With": "fetch"}).json()
     assert sorted(r["filename"] for r in stored["rows"]) == sorted(p.name for p in files if p.suffix != ".txt")
+
+
+def test_a_request_refused_as_a_whole_says_so_on_every_card_it_carried(page, images, tmp_path):
+    """An error about the request itself (no per-file results) reaches each file that went in it."""
+    expect.set_options(timeout=60_000)
+    source = images["cell-c.bmp"]
+    files = [tmp_path / f"whole-{i}.bmp" for i in range(6)]  # two requests of three
+    for f in files:
+        f.write_bytes(source.read_bytes())
+    sign_in(page)
+    expect(page.locator("#view-classify")).to_be_visible()
+    page.route("**/_/api/predictions", lambda route: route.fulfill(status=400, content_type="application/json", body=json.dumps(
+        {"error": {"code": "unknown_model", "message": "No worker serves the model 'nope'"}})))
+    page.set_input_files("#files", [str(f) for f in files])
+    rejected = page.locator('#results .result[data-outcome="rejected"]')
+    expect(rejected).to_have_count(6)
+    for i in range(6):
+        expect(rejected.nth(i).get_by_role("alert")).to_contain_text("No worker serves the model 'nope'")
+    expect(page.locator("#batch-text")).to_have_text("0 of 6 images classified, 6 rejected")
+    page.unroute("**/_/api/predictions")
 
 
 def test_a_new_account_waits_for_a_lab_admin(page, browser, host):
