@@ -14,8 +14,9 @@ Each round runs, back to back on the same machine state:
 
 The rounds alternate which path runs first; the ratio REST / bare is taken per round and the median
 reported. Target: at least 85%. With one worker, its batch-size histogram (``worker_stats``) shows how
-well the micro-batcher filled its batches; the CPU time each process used per image shows where the
-time went.
+well the micro-batcher filled its batches. Where the time went: the CPU each process used per image, and
+the model's cores' busy and idle time in each path (/proc/stat): the bare path's CPU per image over the
+REST path's caps the ratio, and how much longer the cores sat idle in the REST rounds takes the rest.
 
 By default everything shares the machine's cores, so the web tier (host, clients) takes CPU from the
 model. ``--worker-cores 0`` measures the deployed layout instead, where Anvil's servers run the web tier
@@ -41,6 +42,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -55,12 +57,38 @@ TARGET = 0.85
 FIRST_SEED = 11  # round r sends sample_images(--images, seed=FIRST_SEED + r)
 
 
-def ratio_ceiling(cpu_ms: dict[str, float], bare_ms: float, shared: bool) -> float:
-    """The highest REST / bare the CPU time allows: the bare model's CPU per image over what the REST path
-    spends per image on the model's cores (every process when all share the cores, the worker alone when
-    it has cores of its own). Below 1 means work outside the model, not idle cores, holds the ratio down."""
-    spent = sum(cpu_ms.values()) if shared else cpu_ms["worker"]
-    return bare_ms / spent
+@dataclass
+class CoreUse:
+    """What one path did with the model's cores over its rounds: images, and clock ticks (/proc/stat)
+    busy and idle (I/O wait counts as idle)."""
+
+    images: int = 0
+    busy: int = 0
+    idle: int = 0
+
+    def add(self, before: tuple[int, int], after: tuple[int, int], images: int) -> None:
+        """Count one round from two :func:`bench.common.core_jiffies` readings, (idle, total)."""
+        idle = after[0] - before[0]
+        self.idle += idle
+        self.busy += after[1] - before[1] - idle
+        self.images += images
+
+    @property
+    def busy_ms(self) -> float:
+        """Milliseconds of CPU on the model's cores per image, by every process and the kernel."""
+        return 1000 * self.busy / os.sysconf("SC_CLK_TCK") / max(1, self.images)
+
+    @property
+    def idle_share(self) -> float:
+        return self.idle / max(1, self.busy + self.idle)
+
+
+def explain_ratio(rest: CoreUse, bare: CoreUse) -> tuple[float, float]:
+    """(cap, explained): the bare path's CPU per image on the model's cores over the REST path's, which is
+    what REST / bare would be if both kept the cores equally busy; and that times how busy each kept
+    them, which is the ratio of the two paths' images/s over all their rounds together."""
+    cap = bare.busy_ms / rest.busy_ms
+    return cap, cap * (1 - rest.idle_share) / (1 - bare.idle_share)
 
 
 def bare_rate(predictor, prepared: list, batch: int) -> float:
@@ -219,24 +247,23 @@ def main(argv: list[str] | None = None) -> int:
             install_fast_masking()  # as the worker does: ws4py would mask each image sent byte by byte
             anvil.server.connect(stack.key, url=stack.uplink_url, quiet=True)  # a server uplink: trusted, as a server module
             stats_before = anvil.server.call("worker_stats")["batches"]
-            cpu_rest = {"host": 0.0, "worker": 0.0, "clients": 0.0}  # CPU seconds used during the REST rounds
-            procs = {"host": stack.pids()["host"], "worker": stack.pids()["workers"], "clients": [os.getpid()]}
-            ticks = {"bare": [0, 0], "REST": [0, 0]}  # (idle, total) of the model's cores during each path
+            procs = {"REST": {"host": stack.pids()["host"], "worker": stack.pids()["workers"], "clients": [os.getpid()]},
+                     "bare": {"bare model": [p.pid for p in bare.procs]}}
+            cpu = {path: dict.fromkeys(names, 0.0) for path, names in procs.items()}  # CPU seconds in each path's rounds
+            use = {"bare": CoreUse(), "REST": CoreUse()}
             for r in range(args.rounds):
                 order = ("bare", "REST") if r % 2 == 0 else ("REST", "bare")
                 for path in order:
-                    idle0, total0 = core_jiffies(worker_cores)
+                    cpu0 = {k: sum(cpu_seconds(p) for p in pids) for k, pids in procs[path].items()}
+                    jiffies0 = core_jiffies(worker_cores)
                     if path == "bare":
                         bare_rates.append(bare.rate())
                     else:
-                        cpu0 = {k: sum(cpu_seconds(p) for p in pids) for k, pids in procs.items()}
                         rest_rates.append(rest_rate(sessions, round_images[r], args.files_per_request, f"round{r}",
                                                     other_cores))
-                        for k, pids in procs.items():
-                            cpu_rest[k] += sum(cpu_seconds(p) for p in pids) - cpu0[k]
-                    idle1, total1 = core_jiffies(worker_cores)
-                    ticks[path][0] += idle1 - idle0
-                    ticks[path][1] += total1 - total0
+                    use[path].add(jiffies0, core_jiffies(worker_cores), args.images)
+                    for k, pids in procs[path].items():
+                        cpu[path][k] += sum(cpu_seconds(p) for p in pids) - cpu0[k]
                     log.info("round %d %s: %.1f images/s", r, path, (bare_rates if path == "bare" else rest_rates)[-1])
             stats_after = anvil.server.call("worker_stats")["batches"]
             anvil.server.disconnect()
@@ -259,20 +286,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bare  : {', '.join(f'{x:.1f}' for x in bare_rates)} images/s")
     print(f"REST  : {', '.join(f'{x:.1f}' for x in rest_rates)} images/s")
     print(f"REST / bare per round: {', '.join(f'{x:.0%}' for x in ratios)}; median {ratio:.0%} (target >= {TARGET:.0%})")
-    n_rest = args.images * len(rest_rates)
-    cpu_ms = {k: 1000 * v / n_rest for k, v in cpu_rest.items()}
+    cpu_ms = {k: 1000 * v / use[path].images for path in cpu for k, v in cpu[path].items()}
     cpu_text = ", ".join(f"{k} {v:.1f} ms" for k, v in cpu_ms.items())
-    model_cores = len(worker_cores) if worker_cores else before.cpus
-    bare_ms = 1000 / median(bare_rates) * model_cores
-    ceiling = ratio_ceiling(cpu_ms, bare_ms, shared=not worker_cores)
-    ceiling_text = (f"bare model {bare_ms:.1f} ms of CPU on {model_cores} core(s) if it keeps them busy, so CPU time "
-                    f"alone caps REST / bare at {ceiling:.0%}")
-    print(f"CPU time per image in the REST rounds: {cpu_text} ({ceiling_text})")
-    idle = {path: i / max(1, t) for path, (i, t) in ticks.items()}
-    idle_text = (f"the model's {'core(s) ' + str(sorted(worker_cores)) if worker_cores else 'cores'} sat idle "
-                 f"{idle['REST']:.0%} of the time during the REST rounds and {idle['bare']:.0%} during the bare "
-                 f"ones (/proc/stat)")
-    print(f"Idle: {idle_text}")
+    cores = f"core(s) {sorted(worker_cores)}" if worker_cores else "cores"
+    cap, explained = explain_ratio(use["REST"], use["bare"])
+    account_text = (f"busy per image on the model's {cores}, by every process and the kernel: REST {use['REST'].busy_ms:.1f} "
+                    f"ms, bare {use['bare'].busy_ms:.1f} ms, so CPU alone caps REST / bare at {cap:.0%}; the cores "
+                    f"sat idle {use['REST'].idle_share:.0%} of the REST rounds and {use['bare'].idle_share:.0%} of the "
+                    f"bare ones, which leaves {explained:.0%} (the ratio of the two paths' images/s over all rounds)")
+    print(f"CPU per image (from /proc): {cpu_text}")
+    print(f"Cores: {account_text}")
     print(scratch)
     print(str(before), "->", str(after))
 
@@ -298,7 +321,7 @@ Layout: {layout}.
 """ + "\n".join(f"| {i + 1} | {b:.1f} | {r:.1f} | {r / b:.0%} |" for i, (b, r) in enumerate(zip(bare_rates, rest_rates))) + f"""
 
 **REST / bare: {ratio:.0%}** (median of the rounds; target >= {TARGET:.0%}). {batches_text}
-CPU time per image during the REST rounds (from /proc): {cpu_text}; {ceiling_text}; {idle_text}.
+CPU per image (from /proc): {cpu_text}; {account_text}.
 {scratch}""", before, after, level=4)
     return 0
 

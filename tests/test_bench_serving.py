@@ -23,8 +23,8 @@ def test_throughput_benchmark_runs_end_to_end(tiny_model, tmp_path):
     out = _bench("serving_throughput.py", "--model", tiny_model, "--images", 32, "--clients", 2,
                  "--files-per-request", 8, "--rounds", 1, "--work", tmp_path)
     assert "REST / bare per round:" in out and "Worker batches during the timed rounds:" in out
-    assert "CPU time per image in the REST rounds: host" in out and "caps REST / bare at" in out
-    assert "Idle: the model's cores sat idle " in out
+    assert "CPU per image (from /proc): host" in out and "bare model" in out
+    assert "Cores: busy per image on the model's cores" in out and "caps REST / bare at" in out
     assert "Scratch filesystem: " in out and " ms of CPU to create and write there" in out
 
 
