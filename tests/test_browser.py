@@ -338,7 +338,7 @@ def test_a_file_the_server_could_not_classify_can_be_sent_again(page, images):
 
 
 def test_many_files_go_several_to_a_request_and_each_card_gets_its_own_answer(page, images, tmp_path):
-    """One file per request kept the worker's batches at 1-3 images; many files now go in groups (three
+    """One file per request kept the worker's batches at 1-2 images; many files now go in groups (three
     requests at a time), and each file's answer still lands on its own card, a rejected one among them."""
     expect.set_options(timeout=60_000)
     valid = [p for p in images.values() if p.suffix != ".txt"]
