@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import BinaryIO
 
@@ -135,8 +135,10 @@ class ImageInfo:
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        # Built field by field: dataclasses.asdict deep-copies every value, ~0.13 ms an image in the worker.
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["original_shape"] = list(self.original_shape)
+        d["warnings"] = list(self.warnings)
         return d
 
 

@@ -200,11 +200,14 @@ def test_sources_bytes_path_fileobj_agree(tmp_path):
 
 
 def test_info_to_dict_is_json_ready():
+    import dataclasses
     import json
 
-    d = decode_image(tiff_bytes(GREY16)).info.to_dict()
+    info = decode_image(tiff_bytes(GREY16)).info
+    d = info.to_dict()
     assert json.loads(json.dumps(d))["original_shape"] == [47, 60]
-    assert {"format", "dtype", "bit_depth", "original_shape", "pages", "page", "channels", "warnings"} <= set(d)
+    assert d == {**dataclasses.asdict(info), "original_shape": [47, 60]}  # every field
+    assert d["warnings"] is not info.warnings  # a copy: adding to a result's warnings leaves the info alone
 
 
 # ------------------------------------------------------------------------------------------------
