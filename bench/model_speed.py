@@ -14,6 +14,12 @@ Thread settings: TensorFlow sizes its intra-op pool to the cores this process ma
 (``os.sched_getaffinity``) unless ``--intra-op``/``--inter-op`` (``tf.config.threading``) say otherwise;
 ``--thread-sweep`` re-runs ResNet50 at 75x75 in subprocesses with each setting to show the effect.
 
+oneDNN: TensorFlow's x86 builds run convolutions and matrix products through oneDNN unless the
+environment says ``TF_ENABLE_ONEDNN_OPTS=0`` (read once, when TensorFlow loads). ``--onednn-pairs N``
+runs ResNet50 at 75x75 with it on and off in N pairs of fresh subprocesses, taken in turn, at the
+batch size and at batch 1, and gives each pair's ratio: the machine's speed drifts more from one
+minute to the next than the difference, so only pairs run close together compare.
+
     python bench/model_speed.py --write-doc
 """
 
@@ -109,19 +115,68 @@ def training_rate(arch: str, size: tuple[int, int], batch: int, steps: int) -> f
     return steps * batch / (time.perf_counter() - t0)
 
 
-def thread_sweep(settings: list[tuple[int, int]], batch: int, repeats: int) -> dict[tuple[int, int], float]:
-    """ResNet50 75x75 images/s with each (intra, inter) setting, each in a fresh subprocess."""
-    out = {}
-    for intra, inter in settings:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--archs", "resnet50", "--only-size", "75x75",
-               "--batch", str(batch), "--repeats", str(repeats), "--intra-op", str(intra), "--inter-op", str(inter),
-               "--no-training", "--json"]
-        res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-        if res.returncode != 0:
-            raise RuntimeError(res.stderr[-2000:])
-        out[(intra, inter)] = json.loads(res.stdout.strip().splitlines()[-1])["resnet50@75x75"]
-        log.info("intra-op %d, inter-op %d: %.1f images/s", intra, inter, out[(intra, inter)])
+def resnet50_rate(batch: int, repeats: int, env: dict[str, str] | None = None, *args: str) -> float:
+    """ResNet50 75x75 images/s in a fresh subprocess (so that settings read when TensorFlow loads apply)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--archs", "resnet50", "--only-size", "75x75",
+           "--batch", str(batch), "--repeats", str(repeats), "--no-training", "--json", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr[-2000:])
+    return json.loads(res.stdout.strip().splitlines()[-1])["resnet50@75x75"]
+
+
+SWEEP_ROUNDS = 3
+
+
+def thread_sweep(settings: list[tuple[int, int]], batch: int, repeats: int,
+                 rounds: int = SWEEP_ROUNDS) -> dict[tuple[int, int], list[float]]:
+    """ResNet50 75x75 images/s with each (intra, inter) setting, one per round: each setting once per
+    round in a fresh subprocess, in rotating order (one run of each is within this VM's drift of the
+    next)."""
+    rates: dict[tuple[int, int], list[float]] = {s: [] for s in settings}
+    for r in range(rounds):
+        for intra, inter in settings[r % len(settings):] + settings[:r % len(settings)]:
+            v = resnet50_rate(batch, repeats, None, "--intra-op", str(intra), "--inter-op", str(inter))
+            rates[(intra, inter)].append(v)
+            log.info("round %d, intra-op %d, inter-op %d: %.1f images/s", r + 1, intra, inter, v)
+    return rates
+
+
+ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+
+
+def onednn_is_on(env: dict[str, str] | os._Environ = os.environ) -> bool:
+    """Whether TensorFlow loaded with this environment uses oneDNN (its default on x86)."""
+    return env.get(ONEDNN_ENV, "1").strip().lower() not in ("0", "false")
+
+
+def onednn_pairs(pairs: int, batch: int, repeats: int) -> list[dict[tuple[bool, int], float]]:
+    """ResNet50 75x75 images/s with oneDNN on and off, at ``batch`` and at 1: one dict per pair, keyed
+    (oneDNN on?, batch). The two settings alternate which runs first."""
+    out = []
+    for i in range(pairs):
+        rates = {}
+        for on in ((True, False) if i % 2 == 0 else (False, True)):
+            env = {ONEDNN_ENV: "1" if on else "0"}
+            rates[(on, batch)] = resnet50_rate(batch, repeats, env)
+            rates[(on, 1)] = resnet50_rate(1, 6 * repeats, env)  # one image a call: more calls for a steady median
+        log.info("pair %d: batch %d on %.1f off %.1f, batch 1 on %.1f off %.1f images/s", i + 1, batch,
+                 rates[(True, batch)], rates[(False, batch)], rates[(True, 1)], rates[(False, 1)])
+        out.append(rates)
     return out
+
+
+def onednn_table(pairs: list[dict[tuple[bool, int], float]], batch: int) -> str:
+    rows = [f"| pair | on, batch {batch} | off, batch {batch} | off / on | on, batch 1 | off, batch 1 | off / on |",
+            "|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(pairs, 1):
+        rows.append(f"| {i} | {r[(True, batch)]:.1f} | {r[(False, batch)]:.1f} | {r[(False, batch)] / r[(True, batch)]:.2f} "
+                    f"| {r[(True, 1)]:.1f} | {r[(False, 1)]:.1f} | {r[(False, 1)] / r[(True, 1)]:.2f} |")
+    big = median([r[(False, batch)] / r[(True, batch)] for r in pairs])
+    one = median([r[(False, 1)] / r[(True, 1)] for r in pairs])
+    rows.append(f"\n**oneDNN off / on: {big:.2f}x at batch {batch}, {one:.2f}x at batch 1** (medians of the pairs' ratios).")
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-batch", type=int, default=32)
     ap.add_argument("--no-training", action="store_true")
     ap.add_argument("--thread-sweep", action="store_true", help="also ResNet50 75x75 under several thread settings")
+    ap.add_argument("--onednn-pairs", type=int, default=0, metavar="N",
+                    help="also ResNet50 75x75 with oneDNN on and off (TF_ENABLE_ONEDNN_OPTS), N pairs of fresh processes")
     ap.add_argument("--json", action="store_true", help="print the inference rates as one JSON line")
     ap.add_argument("--write-doc", action="store_true", help="write the section of docs/PERFORMANCE.md")
     args = ap.parse_args(argv)
@@ -163,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.thread_sweep:
         cores = len(os.sched_getaffinity(0))
         sweep = thread_sweep(sorted({(1, 1), (cores, 1), (cores, 2), (2 * cores, 2)}), args.batch, args.repeats)
+    onednn = onednn_pairs(args.onednn_pairs, args.batch, args.repeats) if args.onednn_pairs else None
     after = report_load("after")
 
     header = "| architecture | " + " | ".join(f"{h}x{w}" for h, w in SIZES) + " |"
@@ -177,7 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ResNet50 75x75 training: {train:.1f} images/s (batch {args.train_batch})")
     if sweep:
         for (intra, inter), v in sweep.items():
-            print(f"threads intra {intra} inter {inter}: {v:.1f} images/s")
+            print(f"threads intra {intra} inter {inter}: median {median(v):.1f} images/s "
+                  f"({', '.join(f'{x:.1f}' for x in v)})")
+    if onednn:
+        print(onednn_table(onednn, args.batch))
     print(str(before), "->", str(after))
 
     if args.write_doc:
@@ -186,8 +247,14 @@ def main(argv: list[str] | None = None) -> int:
             extra += (f"\nTraining, ResNet50 at 75x75 (`model.fit` on in-memory batches of {args.train_batch}, AdamW): "
                       f"**{train:.1f} images/s** on this CPU.\n")
         if sweep:
-            extra += "\nThread settings, ResNet50 at 75x75, fresh process each:\n\n| intra-op | inter-op | images/s |\n|---|---|---|\n"
-            extra += "\n".join(f"| {i} | {j} | {v:.1f} |" for (i, j), v in sweep.items()) + "\n"
+            extra += (f"\nThread settings, ResNet50 at 75x75, a fresh process each, {SWEEP_ROUNDS} rounds in rotating order:\n\n"
+                      "| intra-op | inter-op | images/s (median) | each round |\n|---|---|---|---|\n")
+            extra += "\n".join(f"| {i} | {j} | {median(v):.1f} | {', '.join(f'{x:.1f}' for x in v)} |"
+                                for (i, j), v in sweep.items()) + "\n"
+        if onednn:
+            extra += (f"\noneDNN on and off (`{ONEDNN_ENV}`; the tables above: "
+                      f"{'on' if onednn_is_on() else 'off'}), ResNet50 at 75x75, "
+                      f"{len(onednn)} pairs of fresh processes taken in turn, images/s:\n\n{onednn_table(onednn, args.batch)}\n")
         write_section("model_speed", "Model speed per architecture", f"""
 Inference images/s through `Predictor.predict_prepared` (the fixed-signature compiled function), batches
 of {args.batch}, random weights, median of {args.repeats} rotating rounds; TensorFlow threads: {threads}
