@@ -3,10 +3,8 @@ Lite (XNNPACK), side by side in one process.
 
 - **tf.function**: what serving runs, ``Predictor._run`` (the fixed-signature compiled function).
 - **XLA**: the same call under ``tf.function(jit_compile=True)``; it compiles once per batch size.
-- **TFLite**: the network converted by ``tf.lite.TFLiteConverter`` and run by ``tf.lite.Interpreter``
-  (XNNPACK, one thread per core). The model's first layer, ``PercentileNormalization``, does not
-  convert to TensorFlow Lite's own operations, so it runs in TensorFlow and only the network after it is
-  converted; the timed call includes both.
+- **TFLite**: the whole model converted by ``tf.lite.TFLiteConverter`` and run by
+  ``tf.lite.Interpreter`` (XNNPACK, one thread per core).
 
 Each engine's outputs are compared with the ``tf.function``'s on the same batch. Rates: images/s of
 ``--calls`` calls (batch ``--batch``) and ``--calls-one`` calls (batch 1), the median of ``--rounds``
@@ -51,19 +49,11 @@ def xla_engine(model) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def tflite_engine(model, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    """The model after its normalization layer in TensorFlow Lite; the normalization in TensorFlow."""
-    import keras
     import tensorflow as tf
 
-    from nscfate.layers import PercentileNormalization
-
-    norm = next(layer for layer in model.layers if isinstance(layer, PercentileNormalization))
-    body = keras.Model(norm.output, model.output)
-    h, w = model.input_shape[1:3]
-    normalize = tf.function(lambda x: norm(x), input_signature=[tf.TensorSpec([None, h, w, 1], tf.float32)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice (ai-edge-litert succeeds it)
-        interpreter = tf.lite.Interpreter(model_content=tf.lite.TFLiteConverter.from_keras_model(body).convert(),
+        interpreter = tf.lite.Interpreter(model_content=tf.lite.TFLiteConverter.from_keras_model(model).convert(),
                                           num_threads=threads)
     inp = interpreter.get_input_details()[0]["index"]
     out = interpreter.get_output_details()[0]["index"]
@@ -74,7 +64,7 @@ def tflite_engine(model, threads: int) -> Callable[[np.ndarray], np.ndarray]:
             interpreter.resize_tensor_input(inp, list(x.shape))
             interpreter.allocate_tensors()
             shape[0] = x.shape
-        interpreter.set_tensor(inp, np.asarray(normalize(x)))
+        interpreter.set_tensor(inp, x)
         interpreter.invoke()
         return interpreter.get_tensor(out).copy()
 
@@ -142,9 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_doc:
         write_section("inference_engines", "Inference engines", f"""
 Model: {model_note}. The Predictor's `tf.function` against XLA
-(`jit_compile=True`) and TensorFlow Lite (`tf.lite.Interpreter`, XNNPACK, {threads} threads; the
-model's `PercentileNormalization` runs in TensorFlow, the network after it in TensorFlow Lite), one
-process, {args.calls} calls of {args.batch} images and {args.calls_one} of one image per engine and
+(`jit_compile=True`) and TensorFlow Lite (the whole model converted, `tf.lite.Interpreter`, XNNPACK,
+{threads} threads), one process, {args.calls} calls of {args.batch} images and {args.calls_one} of one image per engine and
 round, medians of {args.rounds} rotating rounds. Setup: the compile or conversion and the first calls
 at both batch sizes, and the RSS they added.
 

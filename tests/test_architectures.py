@@ -108,3 +108,38 @@ def test_batchnorm_momentum_is_set_for_short_schedules(tmp_path, arch):
     model.save(tmp_path / "m.keras")
     again = keras.models.load_model(tmp_path / "m.keras")
     assert {l.momentum for l in again.layers if isinstance(l, keras.layers.BatchNormalization)} == {BN_MOMENTUM}
+
+
+@pytest.mark.parametrize("shape,low,high", [((4, 45, 60, 1), 1.0, 99.0), ((3, 75, 75, 1), 1.0, 99.0),
+                                            ((2, 8, 9, 1), 0.0, 100.0), ((2, 16, 16, 1), 5.0, 50.0)])
+def test_percentile_normalization_equals_keras_quantile(shape, low, high):
+    """The layer ranks the pixels itself (so that TensorFlow Lite can run it): the very floats that
+    ops.quantile gives, which the shipped models were trained and checked with."""
+    from keras import ops
+
+    from nscfate.layers import PercentileNormalization
+
+    x = (np.random.default_rng(1).normal(size=shape) * 1000).astype("float32")
+    q = ops.quantile(x, [low / 100, high / 100], axis=(1, 2, 3), keepdims=True)
+    expected = np.asarray((x - q[0]) / ops.maximum(q[1] - q[0], 1e-6))
+    np.testing.assert_array_equal(np.asarray(PercentileNormalization(low, high)(x)), expected)
+
+
+def test_a_model_converts_to_tensorflow_lite_whole():
+    """Every operation, the normalization included, is one of TensorFlow Lite's own: a CPU worker can run
+    the converted model (bench/inference_engines.py), with the Keras model's outputs."""
+    import warnings
+
+    import tensorflow as tf
+
+    model = build_model("cnn", 4, (45, 60))
+    x = _images((45, 60), n=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+        interpreter = tf.lite.Interpreter(model_content=tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    inp, out = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
+    interpreter.resize_tensor_input(inp, list(x.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp, x)
+    interpreter.invoke()
+    np.testing.assert_allclose(interpreter.get_tensor(out), np.asarray(model(x, training=False)), atol=1e-5)
