@@ -125,6 +125,18 @@ def test_percentile_normalization_equals_keras_quantile(shape, low, high):
     np.testing.assert_array_equal(np.asarray(PercentileNormalization(low, high)(x)), expected)
 
 
+def test_percentile_normalization_of_images_of_unknown_size():
+    """Traced for any image size, the layer cannot fix the quantiles' positions: it takes ops.quantile's."""
+    import tensorflow as tf
+
+    from nscfate.layers import PercentileNormalization
+
+    layer = PercentileNormalization()
+    x = (np.random.default_rng(2).normal(size=(2, 20, 30, 1)) * 100).astype("float32")
+    any_size = tf.function(layer, input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32)])
+    np.testing.assert_array_equal(np.asarray(any_size(x)), np.asarray(layer(x)))
+
+
 def test_a_model_converts_to_tensorflow_lite_whole():
     """Every operation, the normalization included, is one of TensorFlow Lite's own: a CPU worker can run
     the converted model (bench/inference_engines.py), with the Keras model's outputs."""
