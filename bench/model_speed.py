@@ -12,7 +12,8 @@ in-memory batches, after warm-up steps.
 
 Thread settings: TensorFlow sizes its intra-op pool to the cores this process may use
 (``os.sched_getaffinity``) unless ``--intra-op``/``--inter-op`` (``tf.config.threading``) say otherwise;
-``--thread-sweep`` re-runs ResNet50 at 75x75 in subprocesses with each setting to show the effect.
+``--thread-sweep`` re-runs ResNet50 at 75x75 in subprocesses with each setting, in rotating rounds, to
+show the effect.
 
 oneDNN: TensorFlow's x86 builds run convolutions and matrix products through oneDNN unless the
 environment says ``TF_ENABLE_ONEDNN_OPTS=0`` (read once, when TensorFlow loads). ``--onednn-pairs N``
