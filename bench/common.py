@@ -9,6 +9,7 @@ under.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import platform
@@ -41,6 +42,45 @@ def setup_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "httpcore", "anvil"):  # a line per request would drown the figures
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# ------------------------------------------------------------------------------------- options
+
+def int_at_least(minimum: int):
+    """An argparse ``type`` for integers of at least ``minimum``: ``--rounds 0`` is refused with a
+    usage message instead of failing later with a ZeroDivisionError or an empty median."""
+    def parse(text: str) -> int:
+        value = int(text)  # argparse reports a ValueError as "invalid int value"
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    parse.__name__ = "int"
+    return parse
+
+
+def float_at_least(minimum: float, *, exclusive: bool = False):
+    """An argparse ``type`` for floats of at least (or, ``exclusive``, above) ``minimum``."""
+    def parse(text: str) -> float:
+        value = float(text)
+        if not (value > minimum if exclusive else value >= minimum):  # NaN fails too
+            raise argparse.ArgumentTypeError(f"must be {'above' if exclusive else 'at least'} {minimum:g}, got {value:g}")
+        return value
+    parse.__name__ = "float"
+    return parse
+
+
+def positive_list(text: str) -> list[int]:
+    """An argparse ``type`` for comma-separated counts of at least one, e.g. ``1,2,3``."""
+    try:
+        return [POSITIVE(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers of at least 1, "
+                                         f"e.g. 1,2,3; got {text!r}") from None
+
+
+#: A count of at least one (images, rounds, clients, ...), and one that may be zero.
+POSITIVE = int_at_least(1)
+NON_NEGATIVE = int_at_least(0)
 
 
 # ------------------------------------------------------------------------------------------ load

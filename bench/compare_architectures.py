@@ -28,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import NON_NEGATIVE, POSITIVE, float_at_least  # noqa: E402
 from nscfate.architectures import ARCHITECTURES  # noqa: E402
 
 log = logging.getLogger("compare")
@@ -58,15 +59,15 @@ def main(argv=None) -> int:
     ap.add_argument("--task", default="medium4")
     ap.add_argument("--archs", default=",".join(ARCHITECTURES))
     ap.add_argument("--image-size", default="75x75")
-    ap.add_argument("--subsample", type=float, default=0.25)
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--subsample", type=float_at_least(0, exclusive=True), default=0.25)
+    ap.add_argument("--epochs", type=POSITIVE, default=4)
+    ap.add_argument("--batch-size", type=POSITIVE, default=32)
+    ap.add_argument("--lr", type=float_at_least(0, exclusive=True), default=1e-3)
     ap.add_argument("--arch-lr", default="vgg19=1e-4",
                     help="per-architecture learning rates, e.g. vgg19=1e-4 (VGG has no BatchNorm and does not "
                          "train from scratch at 1e-3)")
-    ap.add_argument("--grouped-holdout", type=float, default=0.15)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--grouped-holdout", type=float_at_least(0), default=0.15)
+    ap.add_argument("--seed", type=NON_NEGATIVE, default=0)
     ap.add_argument("--render-only", action="store_true", help="rewrite the Markdown from earlier results")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -47,7 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import report_load, setup_logging, write_section  # noqa: E402
+from bench.common import NON_NEGATIVE, POSITIVE, report_load, setup_logging, write_section  # noqa: E402
 
 log = logging.getLogger("bench.gpu_training")
 SIZE = (75, 75)
@@ -144,16 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="synthetic (or real) dataset folder")
     ap.add_argument("--arrays", type=Path, required=True, help="folder for the prepared arrays (written once)")
-    ap.add_argument("--limit", type=int, help="use this many images (a quick check)")
-    ap.add_argument("--prepare-jobs", type=int, default=os.cpu_count(), help="processes preparing the images")
-    ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--limit", type=POSITIVE, help="use this many images (a quick check)")
+    ap.add_argument("--prepare-jobs", type=POSITIVE, default=os.cpu_count(), help="processes preparing the images")
+    ap.add_argument("--epochs", type=POSITIVE, default=1)
+    ap.add_argument("--batch-size", type=POSITIVE, default=256)
     ap.add_argument("--precision", choices=PRECISIONS, default="float32", help="Keras dtype policy")
     ap.add_argument("--xla", action="store_true", help="compile the training step with XLA (jit_compile=True)")
-    ap.add_argument("--steps-per-execution", type=int, default=1)
-    ap.add_argument("--skip-steps", type=int, default=10, help="steps per epoch left out of the rate")
-    ap.add_argument("--target-epochs", type=int, default=10)
-    ap.add_argument("--target-images", type=int, default=600_000)
+    ap.add_argument("--steps-per-execution", type=POSITIVE, default=1)
+    ap.add_argument("--skip-steps", type=NON_NEGATIVE, default=10, help="steps per epoch left out of the rate")
+    ap.add_argument("--target-epochs", type=POSITIVE, default=10)
+    ap.add_argument("--target-images", type=POSITIVE, default=600_000)
     ap.add_argument("--write-doc", action="store_true", help="write the section of docs/PERFORMANCE.md")
     args = ap.parse_args(argv)
     setup_logging()

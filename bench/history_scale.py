@@ -38,7 +38,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DEFAULT_WORK, Stats, report_load, setup_logging, write_section  # noqa: E402
+from bench.common import (DEFAULT_WORK, POSITIVE, Stats, positive_list, report_load, setup_logging,  # noqa: E402
+                          write_section)
 
 log = logging.getLogger("bench.history_scale")
 
@@ -375,9 +376,10 @@ def run_size(n: int, backend: str, pg_url: str | None, args) -> tuple[Filled, li
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", default="10000,100000", help="history sizes, comma-separated (e.g. 10000,100000,1000000)")
-    ap.add_argument("--repeats", type=int, default=5, help="timed calls of each operation per size")
-    ap.add_argument("--csv-all-repeats", type=int, default=2, help="timed exports of the whole history per size")
+    ap.add_argument("--rows", type=positive_list, default="10000,100000",
+                    help="history sizes, comma-separated (e.g. 10000,100000,1000000)")
+    ap.add_argument("--repeats", type=POSITIVE, default=5, help="timed calls of each operation per size")
+    ap.add_argument("--csv-all-repeats", type=POSITIVE, default=2, help="timed exports of the whole history per size")
     ap.add_argument("--postgres", action="store_true", help="also on a throw-away PostgreSQL cluster")
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"scratch folder (default {DEFAULT_WORK})")
     ap.add_argument("--write-doc", action="store_true", help="write the section of docs/PERFORMANCE.md")
@@ -385,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     logging.getLogger("nscfate_app").setLevel(logging.WARNING)
     args.work.mkdir(parents=True, exist_ok=True)
-    sizes = [int(s) for s in args.rows.split(",")]
+    sizes = args.rows
     before = report_load("before")
     results: dict[tuple[str, int], tuple[Filled, list[Op]]] = {}
     with ExitStack() as stack:

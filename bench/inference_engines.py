@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (add_model_arguments, chosen_model, median, report_load, setup_logging,  # noqa: E402
+from bench.common import (POSITIVE, add_model_arguments, chosen_model, median, report_load, setup_logging,  # noqa: E402
                           write_section)
 
 log = logging.getLogger("bench.inference_engines")
@@ -74,10 +74,10 @@ def tflite_engine(model, threads: int) -> Callable[[np.ndarray], np.ndarray]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(ap)
-    ap.add_argument("--batch", type=int, default=32, help="images per call (the worker's default max batch)")
-    ap.add_argument("--calls", type=int, default=5, help="timed calls of --batch images per round")
-    ap.add_argument("--calls-one", type=int, default=40, help="timed calls of one image per round")
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--batch", type=POSITIVE, default=32, help="images per call (the worker's default max batch)")
+    ap.add_argument("--calls", type=POSITIVE, default=5, help="timed calls of --batch images per round")
+    ap.add_argument("--calls-one", type=POSITIVE, default=40, help="timed calls of one image per round")
+    ap.add_argument("--rounds", type=POSITIVE, default=6)
     ap.add_argument("--write-doc", action="store_true", help="write the section of docs/PERFORMANCE.md")
     args = ap.parse_args(argv)
     setup_logging()

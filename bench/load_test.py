@@ -42,7 +42,10 @@ from pathlib import Path
 
 import httpx
 
-from apphost.testing import free_port
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from apphost.testing import free_port  # noqa: E402
+from bench.common import POSITIVE  # noqa: E402
 
 log = logging.getLogger("load_test")
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,13 +287,13 @@ def _tiny_model(tmp: Path) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=50, help="concurrent clients (default 50)")
-    parser.add_argument("--uploads", type=int, default=20, help="uploads per client (default 20)")
+    parser.add_argument("--clients", type=POSITIVE, default=50, help="concurrent clients (default 50)")
+    parser.add_argument("--uploads", type=POSITIVE, default=20, help="uploads per client (default 20)")
     parser.add_argument("--auth", choices=["session", "basic"], default="session",
                         help="session: sign in once, cookie + CSRF (the web UI); basic: HTTP Basic per request")
     parser.add_argument("--url", help="a running host (default: start one here)")
     parser.add_argument("--email", help="account on the running host (password: $NSCFATE_BENCH_PASSWORD)")
-    parser.add_argument("--workers", type=int, default=2, help="workers of the started host (default 2)")
+    parser.add_argument("--workers", type=POSITIVE, default=2, help="workers of the started host (default 2)")
     parser.add_argument("--model", help="model directory or name for the started host (default: a tiny test model)")
     parser.add_argument("--out", type=Path, help="also write the JSON figures here")
     args = parser.parse_args(argv)

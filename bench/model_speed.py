@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import median, report_load, setup_logging, write_section  # noqa: E402
+from bench.common import NON_NEGATIVE, POSITIVE, median, report_load, setup_logging, write_section  # noqa: E402
 
 log = logging.getLogger("bench.model_speed")
 SIZES = ((45, 60), (60, 60), (75, 75))
@@ -185,16 +185,16 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--archs", default=",".join(ARCHITECTURES))
-    ap.add_argument("--batch", type=int, default=32, help="images per model call (the worker's default max batch)")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch", type=POSITIVE, default=32, help="images per model call (the worker's default max batch)")
+    ap.add_argument("--repeats", type=POSITIVE, default=5)
     ap.add_argument("--only-size", help="measure one size, e.g. 75x75")
-    ap.add_argument("--intra-op", type=int, default=0, help="tf.config.threading intra-op threads (0: TF's default)")
-    ap.add_argument("--inter-op", type=int, default=0, help="tf.config.threading inter-op threads (0: TF's default)")
-    ap.add_argument("--train-steps", type=int, default=20)
-    ap.add_argument("--train-batch", type=int, default=32)
+    ap.add_argument("--intra-op", type=NON_NEGATIVE, default=0, help="tf.config.threading intra-op threads (0: TF's default)")
+    ap.add_argument("--inter-op", type=NON_NEGATIVE, default=0, help="tf.config.threading inter-op threads (0: TF's default)")
+    ap.add_argument("--train-steps", type=POSITIVE, default=20)
+    ap.add_argument("--train-batch", type=POSITIVE, default=32)
     ap.add_argument("--no-training", action="store_true")
     ap.add_argument("--thread-sweep", action="store_true", help="also ResNet50 75x75 under several thread settings")
-    ap.add_argument("--onednn-pairs", type=int, default=0, metavar="N",
+    ap.add_argument("--onednn-pairs", type=NON_NEGATIVE, default=0, metavar="N",
                     help="also ResNet50 75x75 with oneDNN on and off (TF_ENABLE_ONEDNN_OPTS), N pairs of fresh processes")
     ap.add_argument("--json", action="store_true", help="print the inference rates as one JSON line")
     ap.add_argument("--write-doc", action="store_true", help="write the section of docs/PERFORMANCE.md")

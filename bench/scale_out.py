@@ -36,8 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (add_model_arguments, chosen_model, median, report_load,  # noqa: E402
-                          sample_images, setup_logging, write_section)
+from bench.common import (POSITIVE, add_model_arguments, chosen_model, float_at_least, median,  # noqa: E402
+                          positive_list, report_load, sample_images, setup_logging, write_section)
 from bench.serving_throughput import BareModels, rest_rate, signed_in_clients  # noqa: E402
 from bench.stack import ServingStack  # noqa: E402
 from uplink.framing import install_fast_masking  # noqa: E402
@@ -85,20 +85,20 @@ def core_sets(n_workers: int, cores_per_worker: int, quota: float | None = None)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(ap)
-    ap.add_argument("--workers", default="1,2", help="worker counts to measure (comma-separated)")
-    ap.add_argument("--cores-per-worker", type=int, default=1)
-    ap.add_argument("--images", type=int, default=512)
-    ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--files-per-call", type=int, default=16)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--cpu-quota", type=float, help="cap each worker at this fraction of a core (cgroup; root)")
+    ap.add_argument("--workers", type=positive_list, default="1,2", help="worker counts to measure (comma-separated)")
+    ap.add_argument("--cores-per-worker", type=POSITIVE, default=1)
+    ap.add_argument("--images", type=POSITIVE, default=512)
+    ap.add_argument("--clients", type=POSITIVE, default=8)
+    ap.add_argument("--files-per-call", type=POSITIVE, default=16)
+    ap.add_argument("--rounds", type=POSITIVE, default=2)
+    ap.add_argument("--cpu-quota", type=float_at_least(0, exclusive=True), help="cap each worker at this fraction of a core (cgroup; root)")
     ap.add_argument("--write-doc", action="store_true", help="write the section of docs/PERFORMANCE.md")
     args = ap.parse_args(argv)
     setup_logging()
     before = report_load("before")
 
     model_dir, model_note = chosen_model(args)
-    counts = [int(n) for n in args.workers.split(",")]
+    counts = args.workers
     plans = {n: core_sets(n, args.cores_per_worker, args.cpu_quota) for n in counts}
     images = sample_images(args.images, seed=23)
     results: dict[int, dict[str, list[float]]] = {}

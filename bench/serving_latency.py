@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (Stats, add_model_arguments, chosen_model, report_load,  # noqa: E402
+from bench.common import (NON_NEGATIVE, POSITIVE, Stats, add_model_arguments, chosen_model, report_load,  # noqa: E402
                           sample_images, scratch_line, setup_logging, write_section)
 from bench.stack import ServingStack  # noqa: E402
 from uplink.framing import install_fast_masking  # noqa: E402
@@ -39,8 +39,8 @@ TARGET = 1.5
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(ap)
-    ap.add_argument("--images", type=int, default=60, help="distinct images, each sent once per path")
-    ap.add_argument("--warmup", type=int, default=5, help="untimed requests per path first")
+    ap.add_argument("--images", type=POSITIVE, default=60, help="distinct images, each sent once per path")
+    ap.add_argument("--warmup", type=NON_NEGATIVE, default=5, help="untimed requests per path first")
     ap.add_argument("--auth", choices=("basic", "session"), default="basic", help="how the REST client signs in")
     ap.add_argument("--worker-args", default="", help="extra options for python -m uplink, e.g. '--max-wait-ms 5'")
     ap.add_argument("--write-doc", action="store_true", help="write the section of docs/PERFORMANCE.md")

@@ -47,8 +47,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (ROOT, CpuQuota, add_model_arguments, chosen_model, core_jiffies, cpu_seconds,  # noqa: E402
-                          median, report_load, sample_images, scratch_line, setup_logging, write_section)
+from bench.common import (NON_NEGATIVE, POSITIVE, ROOT, CpuQuota, add_model_arguments, chosen_model,  # noqa: E402
+                          core_jiffies, cpu_seconds, float_at_least, median, report_load, sample_images,
+                          scratch_line, setup_logging, write_section)
 from bench.stack import ServingStack  # noqa: E402
 from uplink.framing import install_fast_masking  # noqa: E402
 
@@ -200,15 +201,15 @@ def rest_rate(sessions: list, images: list[tuple[str, bytes]], per_request: int,
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(ap)
-    ap.add_argument("--images", type=int, default=512)
-    ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--files-per-request", type=int, default=16)
-    ap.add_argument("--max-batch", type=int, default=32, help="worker --max-batch, and the bare batch size")
-    ap.add_argument("--max-wait-ms", type=float, default=5.0, help="worker --max-wait-ms")
-    ap.add_argument("--workers", type=int, default=1, help="worker processes (and bare-model processes)")
-    ap.add_argument("--worker-threads", type=int, default=0,
+    ap.add_argument("--images", type=POSITIVE, default=512)
+    ap.add_argument("--clients", type=POSITIVE, default=8)
+    ap.add_argument("--files-per-request", type=POSITIVE, default=16)
+    ap.add_argument("--max-batch", type=POSITIVE, default=32, help="worker --max-batch, and the bare batch size")
+    ap.add_argument("--max-wait-ms", type=float_at_least(0), default=5.0, help="worker --max-wait-ms")
+    ap.add_argument("--workers", type=POSITIVE, default=1, help="worker processes (and bare-model processes)")
+    ap.add_argument("--worker-threads", type=NON_NEGATIVE, default=0,
                     help="TensorFlow threads of each worker and bare model (default 0: every core it may use)")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=POSITIVE, default=3)
     ap.add_argument("--worker-cores", help="pin the worker(s) and the bare model(s) to these cores (e.g. '0'), "
                                            "the host and the clients to the rest: the deployed layout")
     ap.add_argument("--write-doc", action="store_true", help="write the section of docs/PERFORMANCE.md")

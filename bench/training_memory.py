@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DEFAULT_WORK, median, report_load, setup_logging, write_section  # noqa: E402
+from bench.common import DEFAULT_WORK, POSITIVE, median, report_load, setup_logging, write_section  # noqa: E402
 
 log = logging.getLogger("bench.training_memory")
 
@@ -161,12 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--large", type=Path, required=True, help="the larger synthetic set (e.g. 600,000 images)")
     ap.add_argument("--arch", default="cnn", help="model trained in the memory runs (small: cnn)")
     ap.add_argument("--image-size", default="45x60")
-    ap.add_argument("--steps", type=int, default=100, help="training steps of the memory runs (same for both)")
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=POSITIVE, default=100, help="training steps of the memory runs (same for both)")
+    ap.add_argument("--batch-size", type=POSITIVE, default=64)
     ap.add_argument("--pipeline-archs", default="cnn,resnet50", help="models for the pipeline comparison")
-    ap.add_argument("--pipeline-steps", type=int, default=30)
-    ap.add_argument("--pipeline-images", type=int, default=4096)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--pipeline-steps", type=POSITIVE, default=30)
+    ap.add_argument("--pipeline-images", type=POSITIVE, default=4096)
+    ap.add_argument("--rounds", type=POSITIVE, default=2)
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-pipeline", action="store_true")
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK / "training-memory")
