@@ -164,8 +164,8 @@ def shipped_models_section() -> list[str]:
                      f"{dir_size(info.path) / 1e6:.1f} MB |")
     reports = sorted((Path(__file__).resolve().parent.parent / "docs" / "evaluation").glob("*/report.md"))
     if reports:
-        lines += ["", "Evaluation reports (`nscfate evaluate`: metrics with bootstrap intervals, confusion matrix, "
-                  "one-vs-rest ROC, reliability diagram):", ""]
+        lines += ["", "Evaluation reports (`nscfate evaluate`: metrics with 95% intervals (Wilson for accuracy, "
+                  "bootstrap for the others), confusion matrix, one-vs-rest ROC, reliability diagram):", ""]
         lines += [f"- [{r.parent.name}](evaluation/{r.parent.name}/report.md)" for r in reports]
     return lines + [""]
 

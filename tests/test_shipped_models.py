@@ -1,5 +1,7 @@
 """The models committed under models/: registered, intact, within size, honest, and reproducing."""
 
+from pathlib import Path
+
 import pytest
 
 from nscfate.modeldir import MAX_MODEL_DIR_BYTES, dir_size, verify_model_dir
@@ -37,3 +39,12 @@ def test_default_model_meets_the_accuracy_target():
     info = REGISTRY.info(check=False)
     assert info.arch == "resnet50" and info.input_size == (75, 75)
     assert info.metrics["test"]["accuracy"] >= 0.90
+
+
+def test_models_doc_lists_the_shipped_models_as_their_metrics_say():
+    """docs/MODELS.md's shipped-models section is what bench/compare_architectures.py would write now: a
+    model's metrics rewritten without the doc regenerated would leave stale figures there."""
+    from bench.compare_architectures import shipped_models_section
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "MODELS.md").read_text()
+    assert "\n".join(shipped_models_section()) in doc
