@@ -1,6 +1,6 @@
 """Measure reliability and security and write the figures into docs/RELIABILITY.md.
 
-    python scripts/reliability_report.py                 # full run (~7 min on 2 cores)
+    python scripts/reliability_report.py                 # full run (4-7 min on 2 cores)
     python scripts/reliability_report.py --quick         # small budgets, to try the script
     python scripts/reliability_report.py --check         # exit 1 if the doc's figures are missing
 
