@@ -14,7 +14,8 @@ TIFF      8/16/32-bit integer and 16/32/64-bit float, 1-bit, grey/RGB/RGBA/palet
 ========  ====================================================================================
 
 Pixel values: integer images are divided by their dtype's maximum (so uint8 and uint16 both land in
-[0, 1]; signed integers keep their sign); float images keep their values and must be finite.
+[0, 1]; signed integers keep their sign), 32- and 64-bit ones whose values fit 16 bits by the 16-bit
+maximum (:func:`_integer_full_scale`); float images keep their values and must be finite.
 Colour: R=G=B colour (within 2 grey levels, for lossy formats) is grey and is read as such silently;
 real colour is converted with ITU-R BT.601 luma weights and a warning in ``info.warnings``. Alpha is
 composited over the image's own background (the median grey of its opaque pixels), so a transparent
@@ -431,7 +432,7 @@ def _decode_tiff(data: bytes, page: int | None, limits: DecodeLimits, label: str
 
 def _invert(arr: np.ndarray) -> np.ndarray:
     if arr.dtype.kind in "ui":
-        return (np.iinfo(arr.dtype).max - arr.astype(np.int64)).astype(arr.dtype)
+        return (_integer_full_scale(arr) - arr.astype(np.int64)).astype(arr.dtype)
     if arr.dtype.kind == "b":
         return ~arr
     return arr.max() - arr
@@ -448,12 +449,30 @@ def _cmyk_to_rgb(arr: np.ndarray) -> np.ndarray:
 
 
 def _scale(arr: np.ndarray) -> np.ndarray:
-    """Integers to float32 divided by the dtype maximum; floats unchanged; booleans to 0/1."""
+    """Integers to float32 divided by :func:`_integer_full_scale`; floats unchanged; booleans to 0/1."""
     if arr.dtype.kind == "b":
         return arr.astype(np.float32)
     if arr.dtype.kind in "ui":
-        return arr.astype(np.float32) / np.float32(np.iinfo(arr.dtype).max)
+        return arr.astype(np.float32) / np.float32(_integer_full_scale(arr))
     return arr.astype(np.float32)
+
+
+def _integer_full_scale(arr: np.ndarray) -> int:
+    """What integer samples are divided by: their dtype's maximum, except that 32- and 64-bit samples
+    whose values fit 16 bits are scaled as 16-bit ones (uint16's maximum, or int16's when negative).
+
+    Cameras give at most 16 bits; some writers store them as 32-bit integers. Divided by 2**32 - 1, a
+    12-bit image would span ~1e-6, where the model's normalisation (its epsilon) and the single-cell
+    check's floors are no longer small: every cell came out as the same class at 0.998. Scaled as
+    16-bit, the same pixels give the same floats whether stored as uint16 or uint32.
+    """
+    if arr.dtype.itemsize > 2 and arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if 0 <= lo and hi <= 65535:
+            return 65535
+        if -32768 <= lo and hi <= 32767:
+            return 32767
+    return int(np.iinfo(arr.dtype).max)
 
 
 #: Largest channel difference, in units of the sample range, at which colour still counts as grey.

@@ -27,7 +27,12 @@ def cell_array(h: int = 47, w: int = 60, dtype=np.uint8, seed: int = 0) -> np.nd
 def expected_float(arr: np.ndarray) -> np.ndarray:
     """What decode_image must return for a grey integer/float array."""
     if arr.dtype.kind in "ui":
-        return arr.astype(np.float32) / np.iinfo(arr.dtype).max
+        top = np.iinfo(arr.dtype).max
+        if arr.dtype.itemsize > 2 and arr.min() >= 0 and arr.max() <= 65535:  # 16-bit values stored wider
+            top = 65535
+        elif arr.dtype.itemsize > 2 and arr.min() >= -32768 and arr.max() <= 32767:
+            top = 32767
+        return arr.astype(np.float32) / top
     return arr.astype(np.float32)
 
 

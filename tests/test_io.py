@@ -71,6 +71,27 @@ def test_tiff_other_sample_types(dtype):
     assert out.info.dtype == np.dtype(dtype).name and out.info.bit_depth == np.dtype(dtype).itemsize * 8
 
 
+def test_16_bit_values_stored_as_32_bit_integers_decode_as_16_bit_ones():
+    """A 12-bit camera image written as uint32 or int32 gives the floats it gives as uint16: divided by
+    2**32 - 1 it spanned ~1e-6, below the model's normalisation epsilon (every cell one class)."""
+    twelve_bit = (cell_array(dtype=np.uint16) >> 4).astype(np.uint16)
+    as16 = decode_image(tiff_bytes(twelve_bit)).pixels
+    assert as16.max() > 0.01
+    for dtype in (np.uint32, np.int32, np.uint64, np.int64):
+        wide = decode_image(tiff_bytes(twelve_bit.astype(dtype)))
+        np.testing.assert_array_equal(wide.pixels, as16)
+        assert wide.info.bit_depth == np.dtype(dtype).itemsize * 8
+    signed = (twelve_bit.astype(np.int32) - 2048)  # values of an int16
+    np.testing.assert_array_equal(decode_image(tiff_bytes(signed)).pixels,
+                                  decode_image(tiff_bytes(signed.astype(np.int16))).pixels)
+    # min-is-white is inverted against the same 16-bit scale
+    np.testing.assert_array_equal(decode_image(tiff_bytes(twelve_bit.astype(np.uint32), photometric="miniswhite")).pixels,
+                                  decode_image(tiff_bytes(twelve_bit, photometric="miniswhite")).pixels)
+    # values beyond 16 bits keep the dtype's scale
+    big = twelve_bit.astype(np.uint32) << 16
+    np.testing.assert_allclose(decode_image(tiff_bytes(big)).pixels, big / np.float32(2**32 - 1), rtol=1e-6)
+
+
 def test_tiff_bilevel_and_min_is_white():
     mask = GREY8 > 100
     out = decode_image(tiff_bytes(mask, photometric="minisblack"))
