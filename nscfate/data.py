@@ -55,9 +55,10 @@ IFC_NAME = re.compile(
 )
 #: The channel suffix alone, whatever precedes it: IDEAS's default ``<object>_Ch<n>.ome.tif`` and names
 #: with no batch carry marker channels too. Decides the channel of every file (:func:`file_channel`).
-#: A copy's mark that file managers add ("x_Ch2 (1).ome.tif", "x_Ch2.ome (1).tif", "x_Ch2-1.ome.tif",
-#: "x_Ch2 copy.ome.tif"): a copied marker file is still a marker file.
-_COPY_MARK = r"(?: ?\(\d+\)| copy(?: \d+)?|-\d+)?"
+#: A copy's mark that file managers add: browsers and KDE "x_Ch2 (1).ome.tif", "x_Ch2.ome (1).tif";
+#: "x_Ch2-1.ome.tif"; macOS "x_Ch2 copy 2.ome.tif"; Windows "x_Ch2.ome - Copy (2).tif"; GNOME
+#: "x_Ch2 (copy).tif", "(another copy)", "(3rd copy)". A copied marker file is still a marker file.
+_COPY_MARK = r"(?: ?\(\d+\)| copy(?: \d+)?|-\d+| - copy(?: \(\d+\))?| \((?:another |\d+(?:st|nd|rd|th) )?copy\))?"
 CHANNEL_SUFFIX = re.compile(rf"(?:^|_)Ch(?P<channel>\d+){_COPY_MARK}(?:\.ome)?{_COPY_MARK}\.[^.]+$", re.IGNORECASE)
 #: Fewest images of one class that a split can put on both sides.
 MIN_PER_CLASS = 2

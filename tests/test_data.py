@@ -67,6 +67,13 @@ def test_parse_ifc_name(name, expected):
     ("x_Ch3.ome (1).tif", 3),
     ("x_Ch4-1.ome.tif", 4),
     ("x_Ch2 copy.tif", 2),
+    ("x_Ch2 copy 2.ome.tif", 2),
+    ("x_Ch3.ome - Copy.tif", 3),  # Windows Explorer
+    ("x_Ch3 - Copy (2).ome.tif", 3),
+    ("x_Ch4 (copy).tif", 4),  # GNOME Files
+    ("x_Ch4.ome (another copy).tif", 4),
+    ("x_Ch2 (3rd copy).ome.tif", 2),
+    ("x_Ch2 - notes.tif", None),
     ("cell-7.png", None),
 ])
 def test_file_channel(name, channel):
