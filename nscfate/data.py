@@ -295,12 +295,17 @@ def _read_csv(path: Path, channel: int | None, allow_marker_channels: bool) -> l
     except csv.Error as exc:
         raise DatasetError(f"{path}: malformed CSV ({exc})") from None
     samples, missing = [], []
+    listed: dict[str, tuple[int, str]] = {}  # file -> (line, label) of its first row
     for line, row in enumerate(rows, start=2):
         if not row.get("path"):
             raise DatasetError(f"{path}, line {line}: empty path")
         file = Path(row["path"])
         file = file if file.is_absolute() else base / file
         label = parse_label(row.get("label", ""), f"{path}, line {line}")
+        first = listed.setdefault(os.path.normpath(file), (line, label))
+        if first[0] != line:  # twice would count it twice; under two labels it would teach both
+            raise DatasetError(f"{path}, line {line}: {row['path']} is listed again (first on line {first[0]}"
+                               + (f", as {first[1]}; here as {label})" if first[1] != label else ")"))
         if not file.is_file():
             missing.append(row["path"])
             continue

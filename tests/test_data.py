@@ -212,6 +212,8 @@ def test_csv_errors(tmp_path):
         "path,label\na.png,neuron\n": "unknown label 'neuron'",
         "path,label\nmissing.png,astro\n": "do not exist",
         "path,label\n": "lists no images",
+        "path,label\na.png,astro\n./a.png,oligo\n": r"line 3: ./a.png is listed again \(first on line 2, as astro; here as oligo\)",
+        "path,label\na.png,astro\nb/../a.png,astro\n": r"line 3: b/../a.png is listed again \(first on line 2\)$",
     }
     for i, (text, message) in enumerate(cases.items()):
         (tmp_path / f"m{i}.csv").write_text(text)
