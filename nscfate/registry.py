@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,6 +160,14 @@ def resolve(model: str | os.PathLike | None = None, registry: Registry | None = 
     return entry.path
 
 
+_RELEASE = re.compile(r"(\d+(?:\.\d+)*)(.*)", re.DOTALL)
+
+
 def _version_key(version: str) -> tuple:
-    # numeric parts compare as numbers ("1.10" > "1.9"); text parts sort after them
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in version.replace("-", ".").split("."))
+    """Versions in order: the leading numbers compare as numbers ("1.10" > "1.9"); whatever follows
+    them marks a pre-release ("1.0.0-rc1", "1.0.0rc2", "1.0.0-beta.2"), which comes before its
+    release, as in SemVer and PEP 440; build metadata after "+" is left out."""
+    release = _RELEASE.fullmatch(version.split("+", 1)[0].strip())
+    numbers, tag = (tuple(int(p) for p in release.group(1).split(".")), release.group(2)) if release else ((), version)
+    return numbers, 0 if tag else 1, tuple((0, int(p), "") if p.isdigit() else (1, 0, p.lower())
+                                           for p in re.findall(r"\d+|[^\W\d_]+", tag))

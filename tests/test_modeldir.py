@@ -183,6 +183,19 @@ def test_registry_lookup_default_and_unknown(tmp_path):
         resolve(tmp_path / "nowhere", reg)
 
 
+def test_registry_serves_a_release_before_its_release_candidate(tmp_path):
+    from nscfate.registry import _version_key
+
+    order = ["0.9", "1.0.0-beta.2", "1.0.0-beta.10", "1.0.0-rc1", "1.0.0rc2", "1.0.0", "1.9.0", "1.10.0"]
+    assert sorted(reversed(order), key=_version_key) == order
+    _save(tmp_path / "r", name="alpha", version="1.0.0")
+    _save(tmp_path / "c", name="alpha", version="1.0.0-rc1")
+    reg = Registry(tmp_path)
+    reg.add(tmp_path / "r")
+    reg.add(tmp_path / "c")
+    assert Registry(tmp_path).get("alpha").version == "1.0.0"
+
+
 def test_registry_hash_pins_directory_content(tmp_path):
     _save(tmp_path / "a", name="alpha")
     reg = Registry(tmp_path)
