@@ -567,6 +567,8 @@ def summarise_experiment(experiment, model=None):
     class sets and error rates differ. ``mean_probability`` is the average predicted probability of
     each condition (a second, calibration-dependent estimate of the share). Images flagged as no cell
     or not a single cell are not cells: they are counted in ``left_out`` (by reason), not in the shares.
+    An image uploaded again (the same SHA-256) is one cell: counted once per model, its repeats in
+    ``repeats``; the top-level counts are of distinct images, whichever models classified them.
     """
     experiment = uploads.clean_text(experiment, "experiment", uploads.MAX_EXPERIMENT_CHARS)
     if experiment is None:
@@ -575,14 +577,24 @@ def summarise_experiment(experiment, model=None):
     if model:
         kw["model_name"] = model
     groups = {}
-    reads = q.fetch_only("model_name", "model_version", "warnings", "predicted_class", "class_names", "probabilities")
+    cells, not_cells = set(), set()  # distinct images, over all models
+    reads = q.fetch_only("model_name", "model_version", "warnings", "predicted_class", "class_names", "probabilities",
+                         "image_sha256")
     for r in app_tables.predictions.search(reads, **kw):
         key = (r["model_name"], r["model_version"])
-        g = groups.setdefault(key, {"counts": {}, "prob_sums": {}, "order": [], "names": {}, "n": 0, "left_out": {}})
+        g = groups.setdefault(key, {"counts": {}, "prob_sums": {}, "order": [], "names": {}, "n": 0, "left_out": {},
+                                    "seen": set(), "repeats": 0})
+        image = r["image_sha256"] or r.get_id()
+        if image in g["seen"]:  # a double drop or a re-upload: the same cell, and the same answer
+            g["repeats"] += 1
+            continue
+        g["seen"].add(image)
         reason = _not_a_cell(r["warnings"])
         if reason is not None:
             g["left_out"][reason] = g["left_out"].get(reason, 0) + 1
+            not_cells.add(image)
             continue
+        cells.add(image)
         g["n"] += 1
         g["counts"][r["predicted_class"]] = g["counts"].get(r["predicted_class"], 0) + 1
         probabilities = r["probabilities"] or {}
@@ -599,9 +611,9 @@ def summarise_experiment(experiment, model=None):
         for c in conditions:
             c["mean_probability"] = g["prob_sums"].get(c["key"], 0.0) / g["n"]
         models.append({"model": {"name": name, "version": version}, "n_cells": g["n"], "conditions": conditions,
-                       "left_out": g["left_out"]})
-    return {"experiment": experiment, "n_cells": sum(g["n"] for g in groups.values()),
-            "n_left_out": sum(sum(g["left_out"].values()) for g in groups.values()), "models": models,
+                       "left_out": g["left_out"], "repeats": g["repeats"]})
+    return {"experiment": experiment, "n_cells": len(cells), "n_left_out": len(not_cells - cells),
+            "n_repeats": sum(g["repeats"] for g in groups.values()), "models": models,
             "interval": "95% Wilson score interval for the share of cells predicted in each condition"}
 
 

@@ -505,14 +505,18 @@ def test_an_image_without_a_cell_is_said_so_and_left_out_of_the_summary(page, im
     expect(blank_card.locator(".verdict strong")).to_have_text("No cell found")
     expect(blank_card.locator(".warnings")).to_contain_text("no cell found: the image is nearly uniform")
     expect(cards.filter(has_text="cell-c.bmp").locator(".verdict")).to_contain_text("Predicted condition:")
+    page.set_input_files("#files", [str(images["cell-c.bmp"])])  # the same cell again: not a second cell
+    expect(cards).to_have_count(3)
 
     page.click("#nav a[data-view=summary]")
     page.fill("#summary-experiment", "E-no-cell")
     page.click("#summary-form button[type=submit]")
     body = page.locator("#summary-body")
     expect(body).to_contain_text("1 cell in experiment “E-no-cell”")
-    expect(body).to_contain_text("1 image flagged as no cell or not a single cell are left out.")
+    expect(body).to_contain_text("1 image flagged as no cell or not a single cell is left out.")
+    expect(body).to_contain_text("Uploads of an image already counted (the same file again): 1, counted once.")
     expect(body.locator(".left-out")).to_have_text("Left out of the shares: 1 image: no cell found.")
+    expect(body.locator(".repeats")).to_have_text("Uploads of an image already counted: 1, counted once.")
     counts = [int(t) for t in body.locator("tbody tr td:nth-child(2)").all_inner_texts()]
     assert sum(counts) == 1
 

@@ -553,6 +553,12 @@ def test_experiment_summary(rt, people):
     assert again["n_cells"] == 10 and again["n_left_out"] == 1
     assert again["models"][0]["left_out"] == {"no cell found": 1}
     assert again["models"][0]["conditions"] == conditions
+    # the same images again (a double drop, a re-upload): the same cells, counted once, their repeats said
+    rt.call("classify_cell_images", images(3) + [blank], experiment="E9", session=people["bob"])
+    repeated = rt.call("experiment_summary", "E9", session=people["bob"])
+    assert (repeated["n_cells"], repeated["n_left_out"], repeated["n_repeats"]) == (10, 1, 4)
+    assert repeated["models"][0]["conditions"] == conditions and repeated["models"][0]["repeats"] == 4
+    assert repeated["models"][0]["left_out"] == {"no cell found": 1}
     predictions = module(rt, "predictions")
     assert predictions._not_a_cell(["does not look like a single cell: 3 similar objects"]) == "not a single cell"
     assert predictions._not_a_cell(["does not look like a single-cell crop: the object fills the whole image",
@@ -560,6 +566,16 @@ def test_experiment_summary(rt, people):
     with pytest.raises(Exception) as e:
         rt.call("experiment_summary", "  ", session=people["bob"])
     assert e.value.code == "bad_experiment"
+
+
+def test_summary_counts_a_cell_classified_by_two_models_once_at_the_top(rt, people, worker):
+    rt.call("classify_cell_images", images(5), experiment="E2m", session=people["ann"])
+    worker.model_name = "other-model"
+    rt.call("classify_cell_images", images(3, 3), experiment="E2m", session=people["ann"])  # 2 of the 5 again
+    summary = rt.call("experiment_summary", "E2m", session=people["ann"])
+    assert [(m["model"]["name"], m["n_cells"], m["repeats"]) for m in summary["models"]] == [
+        ("tiny-medium4", 5, 0), ("other-model", 3, 0)]
+    assert (summary["n_cells"], summary["n_repeats"]) == (6, 0)  # distinct images: cells 0-5
 
 
 def test_models_passthrough_and_worker_down(rt, people, worker):

@@ -778,7 +778,8 @@ async function showSummary(params) {
     return;
   }
   out.append(h("p", {}, `${cells(s.n_cells)} in experiment “${s.experiment}”. ${s.interval}.` +
-                        (s.n_left_out ? ` ${images(s.n_left_out)} flagged as no cell or not a single cell are left out.` : "")));
+                        (s.n_left_out ? ` ${images(s.n_left_out)} flagged as no cell or not a single cell ${s.n_left_out === 1 ? "is" : "are"} left out.` : "") +
+                        (s.n_repeats ? ` Uploads of an image already counted (the same file again): ${s.n_repeats}, counted once.` : "")));
   for (const m of s.models) {
     const leftOut = Object.entries(m.left_out || {}).map(([why, n]) => `${images(n)}: ${why}`).join("; ");
     const rows = m.conditions.map((c) => h("tr", {},
@@ -792,6 +793,7 @@ async function showSummary(params) {
       h("h2", {}, `Model ${m.model.name} ${m.model.version}: ${cells(m.n_cells)}`),
       h("p", {class: "muted"}, trainedOn(m.model.name)),
       leftOut ? h("p", {class: "muted left-out"}, `Left out of the shares: ${leftOut}.`) : null,
+      m.repeats ? h("p", {class: "muted repeats"}, `Uploads of an image already counted: ${m.repeats}, counted once.`) : null,
       h("div", {class: "table-wrap"}, h("table", {},
         h("thead", {}, h("tr", {}, h("th", {scope: "col"}, "Condition"), h("th", {scope: "col"}, "Cells"),
           h("th", {scope: "col"}, "Share"), h("th", {scope: "col"}, "95% interval"),

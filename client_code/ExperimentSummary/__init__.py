@@ -40,6 +40,8 @@ class ExperimentSummary(ExperimentSummaryTemplate):
         if left_out:
             self.summary_label.text += " (left out of the shares: %s)" % "; ".join(
                 "%d %s" % (n, why) for why, n in sorted(left_out.items()))
+        if group.get("repeats"):
+            self.summary_label.text += "; %d repeated upload(s) of an image counted once" % group["repeats"]
         rows = []
         for c in group["conditions"]:
             row = dict(c)
