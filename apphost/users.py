@@ -312,7 +312,7 @@ class Accounts:
             # Verified against this very hash a moment ago (a script's next request): no argon2 and no
             # write; last_login was set then.
             if not user["enabled"]:
-                raise AccountIsNotEnabled("This account is not enabled yet; a lab admin has to enable it")
+                raise _not_enabled(user)
             return user
         if not self._verify(stored or self._dummy_hash, password) or stored is None:
             self.limiter.failed(*keys)
@@ -320,7 +320,7 @@ class Accounts:
                 user["n_password_failures"] = (user["n_password_failures"] or 0) + 1
             raise AuthenticationFailed("Incorrect email address or password")
         if not user["enabled"]:
-            raise AccountIsNotEnabled("This account is not enabled yet; a lab admin has to enable it")
+            raise _not_enabled(user)
         self.limiter.succeeded(key_email)
         updates: dict[str, Any] = {"last_login": _now(), "n_password_failures": 0}
         if self.hasher.check_needs_rehash(stored):
@@ -482,6 +482,14 @@ class Accounts:
 
 def role_of(user: Row | None) -> str | None:
     return None if user is None else (user["role"] or "researcher")
+
+
+def _not_enabled(user: Row) -> AccountIsNotEnabled:
+    """Why a correct password does not sign in: a new account awaits approval, a used one was disabled
+    (said only once the password matched, like every other reason)."""
+    if user["last_login"] is None:
+        return AccountIsNotEnabled("This account is not enabled yet; a lab admin has to enable it")
+    return AccountIsNotEnabled("This account has been disabled; ask a lab admin to enable it again")
 
 
 def _hash_token(token: str) -> str:

@@ -412,7 +412,20 @@ def test_a_new_account_waits_for_a_lab_admin(page, browser, host):
     row.get_by_role("button", name="Disable cy@lab.org").click()  # asks first...
     row.get_by_role("button", name="Cancel").click()  # ...and can be taken back
     expect(row).to_contain_text("enabled")
-    expect(row.get_by_role("button", name="Disable cy@lab.org")).to_be_visible()
+    expect(row.get_by_role("button", name="Disable cy@lab.org")).to_be_focused()
+    # A role changes only when confirmed (an arrow key on the select alone must not do it)...
+    role = row.get_by_role("combobox", name="Role of cy@lab.org")
+    role.select_option("lab_admin")
+    expect(role).to_be_disabled()
+    row.get_by_role("button", name="Cancel").click()
+    expect(role).to_have_value("researcher")
+    expect(role).to_be_enabled()
+    # ...and a refused change leaves the select showing what is stored: the last lab admin stays one
+    own = admin.get_by_role("combobox", name=f"Role of {ADMIN[0]}")
+    own.select_option("researcher")
+    admin.get_by_role("button", name=f"Confirm: Make {ADMIN[0]} a researcher").click()
+    expect(admin.locator("#users-error")).to_contain_text("This is the last lab admin")
+    expect(own).to_have_value("lab_admin")
     admin.context.close()
 
     sign_in(page, *newcomer)
@@ -472,6 +485,18 @@ def test_disabling_an_account_ends_its_session(page, browser, host):
     sign_in(page, *person)
     expect(page.locator("#view-classify")).to_be_visible()
 
+    # Made a lab admin, the person can step down again; their page then stops offering Users.
+    row.get_by_role("combobox", name=f"Role of {person[0]}").select_option("lab_admin")
+    admin.get_by_role("button", name=f"Confirm: Make {person[0]} a lab admin").click()
+    expect(admin.locator("#announcer")).to_have_text(f"Updated {person[0]}")
+    page.reload()
+    page.click("#nav-users")
+    page.get_by_role("combobox", name=f"Role of {person[0]}").select_option("researcher")
+    page.get_by_role("button", name=f"Confirm: Make {person[0]} a researcher").click()
+    expect(page.locator("#view-classify")).to_be_visible()
+    expect(page.locator("#nav-users")).to_be_hidden()
+    expect(page.locator("#users-error")).to_be_hidden()
+
     row.get_by_role("button", name=f"Disable {person[0]}").click()
     row.get_by_role("button", name=f"Confirm disabling {person[0]}").click()
     expect(row.get_by_role("button", name=f"Enable {person[0]}")).to_be_visible()
@@ -483,7 +508,7 @@ def test_disabling_an_account_ends_its_session(page, browser, host):
     expect(page.locator("#view-sign-in")).to_be_visible()
     expect(page.locator("#sign-in-error")).to_have_text("Your session has ended; sign in again.")
     sign_in(page, *person)
-    expect(page.locator("#sign-in-error")).to_contain_text("not enabled")
+    expect(page.locator("#sign-in-error")).to_contain_text("This account has been disabled")
 
 
 def test_an_image_without_a_cell_is_said_so_and_left_out_of_the_summary(page, images):

@@ -63,10 +63,13 @@ def test_authenticate(rt, accounts):
     assert str(wrong.value) == str(unknown.value)  # no hint whether the account exists
     assert rt.run(lambda: accounts.find("ann@lab.org")["n_password_failures"]) == 1
     pending = accounts.signup("new@lab.org", PASSWORD)
-    with pytest.raises(anvil.users.AccountIsNotEnabled):
+    with pytest.raises(anvil.users.AccountIsNotEnabled, match="not enabled yet"):
         accounts.authenticate("new@lab.org", PASSWORD)
     rt.run(lambda: pending.update(enabled=True))
     assert accounts.authenticate("new@lab.org", PASSWORD) == pending
+    rt.run(lambda: pending.update(enabled=False))  # used, then disabled: said so, not "not yet"
+    with pytest.raises(anvil.users.AccountIsNotEnabled, match="has been disabled; ask a lab admin"):
+        accounts.authenticate("new@lab.org", PASSWORD)
 
 
 def test_every_entry_point_ignores_the_case_and_spaces_of_an_email(rt, accounts):

@@ -683,7 +683,7 @@ function deleteControl(r, afterDelete) {
   ask.addEventListener("click", () => {
     const confirmButton = h("button", {type: "button", class: "danger small"}, "Confirm delete");
     const cancel = h("button", {type: "button", class: "secondary small"}, "Cancel");
-    cancel.addEventListener("click", () => box.replaceChildren(ask));
+    cancel.addEventListener("click", () => { box.replaceChildren(ask); ask.focus(); });  // focus stays in place
     confirmButton.addEventListener("click", async () => {
       confirmButton.disabled = true;
       try {
@@ -885,17 +885,38 @@ async function showUsers() {
   const change = async (u, changes) => {
     try {
       await api("PATCH", "/_/api/users/" + encodeURIComponent(u.id), changes);
-      announce(`Updated ${u.email}`);
-      await showUsers();
     } catch (e) {
+      await showUsers();  // the table shows what is stored, not what was tried
       showMessage(error, e.message);
+      return;
     }
+    announce(`Updated ${u.email}`);
+    if (u.email === state.user.email && changes.role && changes.role !== "lab_admin") {
+      await loadSession();  // no longer a lab admin: this page and its tab go
+      location.hash = "#/classify";
+      return;
+    }
+    await showUsers();
   };
   $("users-table").tBodies[0].replaceChildren(...users.map((u) => {
     const role = h("select", {"aria-label": `Role of ${u.email}`},
                    h("option", {value: "researcher", selected: u.role !== "lab_admin"}, "researcher"),
                    h("option", {value: "lab_admin", selected: u.role === "lab_admin"}, "lab admin"));
-    role.addEventListener("change", () => change(u, {role: role.value}));
+    role.addEventListener("change", () => {
+      // A role decides who may manage accounts and delete anyone's predictions: confirmed, as a
+      // disable is (an arrow key on the select must not change it alone).
+      const wanted = role.value;
+      role.disabled = true;
+      const makes = wanted === "lab_admin" ? `Make ${u.email} a lab admin` : `Make ${u.email} a researcher`;
+      const confirmButton = h("button", {type: "button", class: "small", "aria-label": `Confirm: ${makes}`},
+                              u.email === state.user.email && wanted !== "lab_admin" ? "Confirm (your own role)" : "Confirm");
+      const cancel = h("button", {type: "button", class: "secondary small"}, "Cancel");
+      const done = () => { confirmButton.remove(); cancel.remove(); role.disabled = false; };
+      confirmButton.addEventListener("click", () => { done(); change(u, {role: wanted}); });
+      cancel.addEventListener("click", () => { done(); role.value = u.role === "lab_admin" ? "lab_admin" : "researcher"; role.focus(); });
+      role.after(" ", confirmButton, " ", cancel);
+      confirmButton.focus();
+    });
     const toggle = h("button", {type: "button", class: (u.enabled ? "secondary" : "") + " small"},
                      u.enabled ? "Disable" : "Enable");
     toggle.setAttribute("aria-label", `${u.enabled ? "Disable" : "Enable"} ${u.email}`);
@@ -906,9 +927,10 @@ async function showUsers() {
                               "Confirm disable");
       const cancel = h("button", {type: "button", class: "secondary small"}, "Cancel");
       confirmButton.addEventListener("click", () => change(u, {enabled: false}));
-      cancel.addEventListener("click", () => { confirmButton.remove(); cancel.remove(); toggle.hidden = false; });
+      cancel.addEventListener("click", () => { confirmButton.remove(); cancel.remove(); toggle.hidden = false; toggle.focus(); });
       toggle.hidden = true;
       toggle.after(confirmButton, " ", cancel);
+      confirmButton.focus();
     });
     return h("tr", {"data-email": u.email},
              h("td", {}, u.email),
