@@ -372,7 +372,7 @@ def _decode_tiff(data: bytes, page: int | None, limits: DecodeLimits, label: str
         if page is None:
             page = 0
             if n_pages > 1:
-                warnings.append(f"multi-page TIFF ({n_pages} pages): decoded page 0; choose another with page=")
+                warnings.append(f"multi-page TIFF ({n_pages} pages): only the first page was read")
         if not 0 <= page < n_pages:
             raise ImageError(f"{label}: page {page} does not exist; the TIFF has {n_pages} page(s) (0..{n_pages - 1})")
         try:

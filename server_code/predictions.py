@@ -362,7 +362,7 @@ def history_query(filters):
     start = _parse_date(filters.get("date_from"), "date_from")
     end = _parse_date(filters.get("date_to"), "date_to")
     if start is not None and end is not None and end < start:
-        raise errors.InvalidRequest("The 'to' date (date_to) is before the 'from' date (date_from)",
+        raise errors.InvalidRequest("The To date is before the From date (date_to before date_from)",
                                     code="bad_date_range")
     bounds = []
     if start is not None:

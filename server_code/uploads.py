@@ -173,7 +173,7 @@ def check_files(files):
         total += len(data)
         if total > MAX_TOTAL_BYTES:
             raise errors.InvalidRequest(
-                "The images in one request add up to more than %d MB; send fewer at a time"
+                "The images in one request add up to more than %d MiB; send fewer at a time"
                 % (MAX_TOTAL_BYTES // (1024 * 1024)), code="request_too_large")
         fmt, mime = sniff_format(data)
         if fmt is None:
@@ -184,7 +184,9 @@ def check_files(files):
 
 
 def _too_big(n):
-    return "The file is %.1f MB; the limit is %d MB per image" % (n / 1048576.0, MAX_BYTES_PER_FILE // 1048576)
+    # In MiB, as the limit is, with the bytes: "20.0 MB" over a limit of "20 MB" read as no excess at all.
+    return "The file is %.2f MiB (%s bytes); the limit is %d MiB (%s bytes) per image" % (
+        n / 1048576.0, format(n, ","), MAX_BYTES_PER_FILE // 1048576, format(MAX_BYTES_PER_FILE, ","))
 
 
 def multipart_fields(content_type, data):

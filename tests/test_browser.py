@@ -246,6 +246,13 @@ def test_a_researchers_session(page, host, images):
         page.click("#export-csv")
     assert list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text()))) == []
     page.fill("#f-experiment", "")
+    page.fill("#f-date-from", "2026-12-09")  # an export the server refuses says why, not a failed download
+    page.fill("#f-date-to", "2026-12-01")
+    page.click("#export-csv")
+    expect(page.locator("#history-error")).to_have_text(
+        "Not exported: The To date is before the From date (date_to before date_from)")
+    page.fill("#f-date-from", "")
+    page.fill("#f-date-to", "")
     row = rows.filter(has_text="cell-b.jpg")
     deleted_id = row.get_attribute("data-id")
     row.get_by_role("button", name="Delete cell-b.jpg").click()
@@ -255,11 +262,18 @@ def test_a_researchers_session(page, host, images):
     assert page.request.get(f"{host}/_/api/predictions/{deleted_id}").status == 404
 
     # ---- detail, experiment summary, model cards
+    page.fill("#f-experiment", EXPERIMENT)
+    page.click("#history-filters button[type=submit]")
+    expect(page).to_have_url(re.compile(r"#/history\?.*experiment="))
+    filtered_url = page.url
     rows.filter(has_text="cell-d-16bit.tif").get_by_role("link", name="View").click()
     expect(page.locator("#detail-title")).to_have_text("cell-d-16bit.tif")
     _wait_for_image(page, page.locator("#detail-body img.large"))
     expect(page.locator("#detail-body .facts")).to_contain_text(EXPERIMENT)
     shot(page, "04-detail")
+    page.click("#detail-back")  # back to the history page it came from, its filters kept
+    expect(page).to_have_url(filtered_url)
+    expect(page.locator("#f-experiment")).to_have_value(EXPERIMENT)
 
     page.click("#nav a[data-view=summary]")
     page.fill("#summary-experiment", EXPERIMENT)

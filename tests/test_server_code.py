@@ -287,6 +287,10 @@ def test_request_limits(rt, people, monkeypatch):
     results = rt.call("classify_cell_images", images(1), session=people["ann"])
     assert results[0]["error"]["code"] == "too_many_bytes"
     assert n_rows(rt) == 0
+    # just over the real limit: said in the limit's unit, with the bytes ("20.0 MB, the limit 20 MB" was not)
+    monkeypatch.undo()
+    assert uploads._too_big(21_000_000) == ("The file is 20.03 MiB (21,000,000 bytes); the limit is 20 MiB "
+                                            "(20,971,520 bytes) per image")
 
 
 def test_filenames_are_cleaned(rt, people):

@@ -710,6 +710,25 @@ function setUpHistory() {
   form.addEventListener("reset", () => setTimeout(() => goHistory({page_size: $("page-size").value}), 0));
   // Export what the filters say now, also before they are applied to the table.
   form.addEventListener("input", () => setExportLink(formFilters(form)));
+  // A refused export (filters that cannot be read, a session that ended) would only show as a failed
+  // download: one row is asked for first, and the reason shown here. The CSV itself still streams
+  // as a download rather than through a script (a whole history can be hundreds of MB).
+  const exportLink = $("export-csv");
+  exportLink.addEventListener("click", async (e) => {
+    if (exportLink.dataset.checked === exportLink.href) return;  // checked just now: let it download
+    e.preventDefault();
+    const error = $("history-error");
+    showMessage(error, "");
+    try {
+      await api("GET", "/_/api/predictions" + query({...formFilters(form), page: 0, page_size: 1}));
+    } catch (err) {
+      showMessage(error, "Not exported: " + err.message);
+      return;
+    }
+    exportLink.dataset.checked = exportLink.href;
+    exportLink.click();
+    delete exportLink.dataset.checked;
+  });
   const move = (delta) => {
     const p = {...state.historyPage};
     p.page = Math.max(0, p.page + delta);
@@ -722,8 +741,14 @@ function setUpHistory() {
 
 // -------------------------------------------------------------------------------------------- detail
 
+/** The history page last shown, with its filters and page: where a detail goes back to. */
+function historyHash() {
+  return "#/history" + (state.historyPage ? query(state.historyPage) : "");
+}
+
 async function showDetail(id) {
   showView("detail");
+  $("detail-back").href = historyHash();
   $("detail-title").textContent = "Prediction";  // not the previous one's file name while loading or on error
   const body = $("detail-body");
   body.replaceChildren(h("p", {class: "muted"}, "Loading…"));
@@ -746,7 +771,7 @@ async function showDetail(id) {
   fact("Image SHA-256", r.image_sha256);
   const actions = h("p", {class: "actions"},
                     h("a", {href: r.image_url, class: "button secondary", download: r.filename}, "Download the image"));
-  if (r.can_delete) actions.append(" ", deleteControl(r, () => { location.hash = "#/history"; }));
+  if (r.can_delete) actions.append(" ", deleteControl(r, () => { location.hash = historyHash(); }));
   body.replaceChildren(h("div", {class: "detail"},
     h("div", {class: "detail-image"},
       h("img", {src: r.preview_url, class: "large", alt: `Cell image ${r.filename}`})),
