@@ -328,18 +328,25 @@ def test_a_file_the_server_could_not_classify_can_be_sent_again(page, images):
     expect.set_options(timeout=60_000)
     sign_in(page)
     expect(page.locator("#view-classify")).to_be_visible()
-    name = "astro_D3B_000123_Ch1-brightfield.png"
-    unavailable = {"results": [{"ok": False, "index": 0, "filename": name, "error": {
-        "code": "worker_unavailable", "retry_later": True, "message": "The prediction service is not available right now "
-        "(UplinkDisconnectedError); nothing was stored for this file, send it again"}}], "n_ok": 0, "n_rejected": 1}
-    page.route("**/_/api/predictions", lambda route: route.fulfill(
-        status=503, content_type="application/json", body=json.dumps(unavailable)))
+    name, other = "astro_D3B_000123_Ch1-brightfield.png", "cell-c.bmp"
+    message = ("The prediction service is not available right now (UplinkDisconnectedError); nothing was stored "
+               "for this file, send it again")
+
+    def unavailable(route):  # the answer for as many files as this request carries (few files: one each)
+        sent = [f.decode() for f in re.findall(rb'filename="([^"]+)"', route.request.post_data_buffer)]
+        route.fulfill(status=503, content_type="application/json", body=json.dumps({
+            "results": [{"ok": False, "index": i, "filename": f, "error": {
+                "code": "worker_unavailable", "retry_later": True, "message": message}} for i, f in enumerate(sent)],
+            "n_ok": 0, "n_rejected": len(sent)}))
+
+    page.route("**/_/api/predictions", unavailable)
     page.fill("#experiment", "E-retry")
-    page.set_input_files("#files", [str(images[name])])
-    card = page.locator('#results .result[data-outcome="not-classified"]')
-    expect(card).to_have_count(1)
+    page.set_input_files("#files", [str(images[name]), str(images[other])])
+    cards = page.locator('#results .result[data-outcome="not-classified"]')
+    expect(cards).to_have_count(2)
+    card = cards.filter(has_text=name)
     expect(card.get_by_role("alert")).to_contain_text("Not classified: The prediction service is not available")
-    expect(page.locator("#batch-text")).to_have_text("0 of 1 image classified, 1 not classified (try again)")
+    expect(page.locator("#batch-text")).to_have_text("0 of 2 images classified, 2 not classified (try again)")
     page.unroute("**/_/api/predictions")
     page.fill("#experiment", "E-next")  # typed for the next upload: not this file's
     card.get_by_role("button", name="Try again").click()
@@ -347,8 +354,9 @@ def test_a_file_the_server_could_not_classify_can_be_sent_again(page, images):
     stored = page.request.get(page.url.split("#")[0] + "_/api/predictions?experiment=E-retry",
                               headers={"X-Requested-With": "fetch"}).json()
     assert stored["total"] == 1 and stored["rows"][0]["filename"] == name
-    expect(page.locator("#results .result")).to_have_count(1)  # the failed card made way for the new one
-    expect(page.locator("#batch-text")).to_have_text("1 of 1 image classified")
+    expect(page.locator("#results .result")).to_have_count(2)  # the failed card made way for the new one
+    # the status counts every card shown, not only the file sent again ("1 of 1" said nothing of the other)
+    expect(page.locator("#batch-text")).to_have_text("1 of 2 images classified, 1 not classified (try again)")
 
 
 def test_many_files_go_several_to_a_request_and_each_card_gets_its_own_answer(page, images, tmp_path):
@@ -558,6 +566,18 @@ def test_an_image_without_a_cell_is_said_so_and_left_out_of_the_summary(page, im
     expect(body.locator(".repeats")).to_have_text("Uploads of an image already counted: 1, counted once.")
     counts = [int(t) for t in body.locator("tbody tr td:nth-child(2)").all_inner_texts()]
     assert sum(counts) == 1
+
+    # an experiment of blank frames only: said so, not an empty table
+    page.click("#nav a[data-view=classify]")
+    page.fill("#experiment", "E-blank-only")
+    page.set_input_files("#files", [str(blank)])
+    expect(cards).to_have_count(4)
+    page.click("#nav a[data-view=summary]")
+    page.fill("#summary-experiment", "E-blank-only")
+    page.click("#summary-form button[type=submit]")
+    expect(body).to_contain_text("0 cells in experiment “E-blank-only”")
+    expect(body).to_contain_text("No cells to share out: every image of this model was left out.")
+    expect(body.locator("table")).to_have_count(0)
 
 
 def test_the_model_banner_follows_the_model_picked(browser, two_model_host, tiny_model, second_model, images):

@@ -509,12 +509,15 @@ async function classifyFiles(files, fields = null) {
   results.prepend(...jobs.map((j) => j.view.card));
   const status = $("batch-status");
   status.hidden = false;
-  let finished = 0, ok = 0, later = 0;
+  // The status counts every card shown, so that a file sent again (or a second drop) adds to the
+  // totals rather than replacing them with its own "1 of 1".
   const update = () => {
-    const n = `${jobs.length} image${jobs.length === 1 ? "" : "s"}`;
-    const rejected = jobs.length - ok - later;
-    $("batch-text").textContent = finished < jobs.length
-      ? `Classifying ${n}: ${finished} done`
+    const count = (outcome) => results.querySelectorAll(`.result[data-outcome="${outcome}"]`).length;
+    const all = results.querySelectorAll(".result").length, pending = results.querySelectorAll(".result.pending").length;
+    const ok = count("ok"), rejected = count("rejected"), later = count("not-classified");
+    const n = `${all} image${all === 1 ? "" : "s"}`;
+    $("batch-text").textContent = pending
+      ? `Classifying ${n}: ${all - pending} done`
       : `${ok} of ${n} classified` + (rejected ? `, ${rejected} rejected` : "") +
         (later ? `, ${later} not classified (try again)` : "");
   };
@@ -524,13 +527,7 @@ async function classifyFiles(files, fields = null) {
     while (queue.length) {
       const group = queue.shift();
       const answers = await uploadFiles(group.map((j) => j.file), fields, (i, f) => group[i].view.progress(f));
-      group.forEach((job, i) => {
-        const result = answers[i];
-        job.view.done(result);
-        finished += 1;
-        if (result.ok) ok += 1;
-        else if (result.error.retry_later) later += 1;
-      });
+      group.forEach((job, i) => job.view.done(answers[i]));
       update();
     }
   };
@@ -613,7 +610,11 @@ async function showHistory(params) {
   const p = historyParams(params);
   const form = $("history-filters");
   for (const k of FILTERS) form.elements[k].value = p[k];
-  $("page-size").value = String(p.page_size);
+  const size = $("page-size");
+  if (![...size.options].some((o) => o.value === String(p.page_size))) {  // a size typed into the URL: shown too
+    size.append(h("option", {}, String(p.page_size)));
+  }
+  size.value = String(p.page_size);
   // The filters as asked for (not as the form reads them back: a date input shows "" for a bad date).
   const filters = {};
   for (const k of FILTERS) filters[k] = p[k];
@@ -819,6 +820,7 @@ async function showSummary(params) {
       h("p", {class: "muted"}, trainedOn(m.model.name)),
       leftOut ? h("p", {class: "muted left-out"}, `Left out of the shares: ${leftOut}.`) : null,
       m.repeats ? h("p", {class: "muted repeats"}, `Uploads of an image already counted: ${m.repeats}, counted once.`) : null,
+      !m.n_cells ? h("p", {}, "No cells to share out: every image of this model was left out.") :
       h("div", {class: "table-wrap"}, h("table", {},
         h("thead", {}, h("tr", {}, h("th", {scope: "col"}, "Condition"), h("th", {scope: "col"}, "Cells"),
           h("th", {scope: "col"}, "Share"), h("th", {scope: "col"}, "95% interval"),
