@@ -50,7 +50,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".tif", ".tiff", ".png", ".bmp", ".jpg", ".
 BRIGHTFIELD_CHANNEL = 1
 #: IDEAS export names: <medium>_<day><replicate>_<object>_Ch<n>.[ome.]<ext>
 IFC_NAME = re.compile(
-    r"^(?P<prefix>.+)_(?P<batch>[^_]+)_(?P<object>\d+)_Ch(?P<channel>\d+)\.(?:ome\.)?(?:tiff?|bmp|png)$",
+    r"^(?P<prefix>.+)_(?P<batch>[^_]+)_(?P<object>\d+)_Ch(?P<channel>\d+)\.(?:ome\.)?(?:tiff?|bmp|png|jpe?g)$",
     re.IGNORECASE,
 )
 #: The channel suffix alone, whatever precedes it: IDEAS's default ``<object>_Ch<n>.ome.tif`` and names

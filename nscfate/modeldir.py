@@ -261,7 +261,13 @@ def _store_weights_half(keras_file: Path) -> None:
     def half(name, obj, dst):
         if isinstance(obj, h5py.Dataset):
             arr = obj[()]
-            node = dst.create_dataset(name, data=arr.astype(np.float16) if arr.dtype == np.float32 else arr)
+            if arr.dtype == np.float32:
+                largest = float(np.max(np.abs(arr), initial=0.0))
+                if largest > float(np.finfo(np.float16).max):
+                    raise ConfigError(f"weight {name} reaches {largest:.3g}, beyond float16's range: export with "
+                                      "weights_dtype='float32'")
+                arr = arr.astype(np.float16)
+            node = dst.create_dataset(name, data=arr)
         else:
             node = dst.require_group(name)
         for k, v in obj.attrs.items():
@@ -390,6 +396,10 @@ def save_model_dir(
         stored = load_keras_model(tmp)  # what users will load: the golden output comes from it
         golden_output = np.asarray(stored(golden_input, training=False), dtype=np.float32)
         half_error = float(np.max(np.abs(golden_output - float32_out)))
+        if not half_error <= DEFAULT_GOLDEN_ATOL:  # NaN too: a weight beyond float16's range
+            # The metrics describe the float32 model; a float16 copy that answers differently is another model.
+            raise ConfigError(f"stored as float16, the weights change the golden outputs by {half_error:.3g} "
+                              f"(more than {DEFAULT_GOLDEN_ATOL:g}): export with weights_dtype='float32'")
         np.save(tmp / GOLDEN_INPUT_FILE, golden_input)
         np.save(tmp / GOLDEN_OUTPUT_FILE, golden_output)
 

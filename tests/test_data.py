@@ -48,7 +48,7 @@ def _write(path, data):
     ("nt3_D3A_12_Ch1.tif", ("nt3", "D3A", 1)),
     ("my_medium_D2A_5_Ch1.BMP", ("my_medium", "D2A", 1)),
     ("cell_001.png", None),
-    ("astro_D3B_000042_Ch1.jpg", None),
+    ("astro_D3B_000042_Ch1.jpg", ("astro", "D3B", 1)),  # converted to JPEG: the batch still counts
 ])
 def test_parse_ifc_name(name, expected):
     assert parse_ifc_name(name) == expected
@@ -173,12 +173,13 @@ def test_csv_manifest(tmp_path):
     _write(tmp_path / "imgs" / "x1.png", png)
     _write(tmp_path / "imgs" / "x2.png", png)
     abs_file = _write(tmp_path / "elsewhere" / "astro_D3A_1_Ch1.ome.tif", tiff_bytes(cell_array()))
+    jpeg = _write(tmp_path / "imgs" / "nt3_D7B_12_Ch1.jpg", pil_bytes(cell_array(), "JPEG"))  # an IDEAS name, converted
     (tmp_path / "m.csv").write_text(
-        f"path,label,group,comment\nimgs/x1.png,oligo,run1,ok\nimgs/x2.png,Rashh,,\n{abs_file},astro,,\n")
+        f"path,label,group,comment\nimgs/x1.png,oligo,run1,ok\nimgs/x2.png,Rashh,,\n{abs_file},astro,,\n{jpeg},nt3,,\n")
     samples = read_dataset(tmp_path / "m.csv")
     got = {s.path.rsplit("/", 1)[-1]: (s.label, s.group, s.channel) for s in samples}
     assert got == {"x1.png": ("oligo", "run1", None), "x2.png": ("rashh", "imgs/x2.png", None),
-                   "astro_D3A_1_Ch1.ome.tif": ("astro", "D3A", 1)}
+                   "astro_D3A_1_Ch1.ome.tif": ("astro", "D3A", 1), "nt3_D7B_12_Ch1.jpg": ("nt3", "D7B", 1)}
     assert str(tmp_path / "imgs" / "x1.png") in {s.path for s in samples}
 
 

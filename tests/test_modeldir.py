@@ -60,6 +60,29 @@ def test_half_precision_weights_load_as_float32_and_golden_reproduces(tmp_path):
     verify_model_dir(tmp_path / "h")
 
 
+def test_half_precision_that_changes_the_answers_is_refused(tmp_path):
+    """float16 holds at most 65,504: a larger weight becomes inf, and the stored model would not be the one
+    the metrics describe. Export refuses it and writes nothing."""
+    model = build_model("cnn", 2, SIZE)
+    dense = model.layers[-1]
+    kernel, bias = dense.get_weights()
+    dense.set_weights([kernel * 1e6, bias])
+    with pytest.raises(ConfigError, match="beyond float16's range: export with weights_dtype='float32'"):
+        save_model_dir(tmp_path / "h", model, name="tiny", version="0.1.0", task="astro_vs_oligo", arch="cnn",
+                       golden_input=_golden(), config={}, metrics={}, weights_dtype="float16",
+                       training_data={"description": "synthetic", "synthetic": True}, reproduce_command="x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_half_precision_is_held_to_the_golden_tolerance(tmp_path, monkeypatch):
+    import nscfate.modeldir as modeldir
+
+    monkeypatch.setattr(modeldir, "DEFAULT_GOLDEN_ATOL", 0.0)  # any rounding at all is now too much
+    with pytest.raises(ConfigError, match=r"change the golden outputs by [0-9.e-]+ \(more than 0\)"):
+        _save(tmp_path / "h", arch="resnet18", weights_dtype="float16")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o077, 0o700)])
 def test_model_directory_permissions_follow_the_umask(tmp_path, umask, mode):
     """A model directory is for sharing (readable as the umask allows), not private like a temp dir."""
