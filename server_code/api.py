@@ -8,6 +8,7 @@ session. Errors are JSON: ``{"error": {"code": ..., "message": ...}}`` with a ma
     GET    /_/api/predictions              filters: condition, date_from, date_to, experiment, user,
                                            model; paging: page (from 0), page_size
     GET    /_/api/predictions/:id          one prediction (JSON)
+    PATCH  /_/api/predictions/:id          JSON {"experiment": ..., "notes": ...}: change them (owner, lab admin)
     DELETE /_/api/predictions/:id          delete it (its owner or a lab admin)
     GET    /_/api/predictions/:id/image    the stored image
     GET    /_/api/predictions/:id/preview  the image as browsers can show it (TIFF -> PNG)
@@ -160,13 +161,19 @@ def predictions_csv(**params):
         "Content-Disposition": 'attachment; filename="nscfate-predictions.csv"'})
 
 
-@anvil.server.http_endpoint("/predictions/:prediction_id", methods=["GET", "DELETE"], authenticate_users=True)
+@anvil.server.http_endpoint("/predictions/:prediction_id", methods=["GET", "PATCH", "DELETE"], authenticate_users=True)
 @_api
 def prediction_item(prediction_id, **params):
     user = _user()
     if anvil.server.request.method == "DELETE":
         predictions.delete_for_user(user, prediction_id)
         return json_response({"deleted": prediction_id})
+    if anvil.server.request.method == "PATCH":
+        try:
+            changes = anvil.server.request.body_json
+        except ValueError:
+            changes = None
+        return json_response(_with_links(predictions.update_for_user(user, prediction_id, changes)))
     return json_response(_with_links(predictions.prediction_to_dict(predictions.get_row(prediction_id), user)))
 
 

@@ -307,6 +307,7 @@ def _as_dict(row_id, values, can_delete, shown_as_stored):
         "experiment": values["experiment"],
         "notes": values["notes"],
         "can_delete": can_delete,
+        "can_edit": can_delete,  # experiment and notes: the same people (the owner, lab admins)
         "image_shown_as_stored": shown_as_stored,
     }
 
@@ -479,6 +480,30 @@ def preview_media(row):
         raise errors.NotFound("This prediction has no stored image")
     data, content_type = previews.preview(row["image"])
     return anvil.BlobMedia(content_type, data, name="preview." + content_type.split("/")[-1])
+
+
+def update_for_user(user, prediction_id, changes):
+    """Change a prediction's experiment and/or notes (its owner or a lab admin): the tag a batch was
+    classified under, when it was forgotten or mistyped. What the model answered is not changed."""
+    if not isinstance(changes, dict) or not changes or set(changes) - {"experiment", "notes"}:
+        raise errors.InvalidRequest('Send "experiment" and/or "notes": text, or null to clear it',
+                                    code="bad_prediction_change")
+    row = get_row(prediction_id)
+    if not access.can_delete(user, row):
+        raise errors.Forbidden("Only the person who made this prediction or a lab admin can change it")
+    values = {}
+    if "experiment" in changes:
+        values["experiment"] = uploads.clean_text(changes["experiment"], "experiment", uploads.MAX_EXPERIMENT_CHARS)
+    if "notes" in changes:
+        values["notes"] = uploads.clean_text(changes["notes"], "notes", uploads.MAX_NOTES_CHARS)
+    row.update(**values)
+    return prediction_to_dict(row, user)
+
+
+@anvil.server.callable
+def update_prediction(prediction_id, **changes):
+    """Change a stored prediction's ``experiment`` and/or ``notes`` (its owner or a lab admin)."""
+    return update_for_user(access.require_user(), prediction_id, changes)
 
 
 def delete_for_user(user, prediction_id):

@@ -205,6 +205,24 @@ def test_the_detail_view_says_when_grad_cam_used_another_model_version(app, work
     assert detail.gradcam_note.text == "Explained with model version 2.0.0; the prediction was made with version 1.0.0"
 
 
+def test_a_prediction_is_tagged_afterwards_in_its_detail_view(app):
+    classify(app, pngs(1), experiment="")
+    history = app.forms["History"]()
+    row = history.history_rows.get_components()[0]
+    row.view_link_click()
+    detail = app.alerts[-1]
+    assert detail.edit_button.visible and not detail.edit_panel.visible
+    detail.edit_button_click()
+    detail.experiment_box.text = "x" * 201
+    detail.save_button_click()
+    assert app.alerts[-1].startswith("Not saved: experiment is too long") and detail.edit_panel.visible
+    detail.experiment_box.text, detail.notes_box.text = " E-late ", "tagged afterwards"
+    detail.save_button_click()
+    assert "experiment E-late" in detail.meta_label.text and detail.notes_label.text == "tagged afterwards"
+    assert not detail.edit_panel.visible
+    assert app.call("get_prediction", row.item["id"])["experiment"] == "E-late"
+
+
 # ---- the same with the real worker (a tiny trained model), and the test worker's shapes against it
 
 

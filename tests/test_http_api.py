@@ -189,6 +189,17 @@ def test_delete_permissions_over_http(client):
     assert client.get(pid, auth=ANN).status_code == 404
 
 
+def test_a_prediction_is_tagged_afterwards_over_http(client):
+    pid = upload(client, 1).json()["results"][0]["url"]
+    r = client.patch(pid, auth=ANN, json={"experiment": "E-late", "notes": "forgot the tag"})
+    assert r.status_code == 200 and (r.json()["experiment"], r.json()["notes"]) == ("E-late", "forgot the tag")
+    assert r.json()["url"] == pid
+    assert client.patch(pid, auth=BOB, json={"experiment": "mine"}).status_code == 403
+    bad = client.patch(pid, auth=ANN, content=b"not json", headers={"Content-Type": "application/json"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_prediction_change"
+    assert client.get(pid, auth=ANN).json()["experiment"] == "E-late"
+
+
 def test_summary_and_models(client):
     upload(client, 4, experiment="E5")
     r = client.get("/_/api/summary", auth=ANN, params={"experiment": "E5"})

@@ -404,6 +404,27 @@ def test_delete_permissions(rt, people):
     assert type(e.value).__name__ == "NotFound"
 
 
+def test_experiment_and_notes_can_be_changed_by_the_owner_or_a_lab_admin(rt, people):
+    """A batch classified before its experiment was typed: tagged afterwards, and counted there."""
+    r1, r2 = rt.call("classify_cell_images", images(2), notes="plate 2", session=people["ann"])
+    assert r1["can_edit"] and not rt.call("get_prediction", r1["id"], session=people["bob"])["can_edit"]
+    with pytest.raises(Exception) as e:
+        rt.call("update_prediction", r1["id"], experiment="E-late", session=people["bob"])  # another researcher
+    assert type(e.value).__name__ == "Forbidden"
+    changed = rt.call("update_prediction", r1["id"], experiment="  E-late ", session=people["ann"])
+    assert (changed["experiment"], changed["notes"]) == ("E-late", "plate 2")  # only what was sent changes
+    assert changed["predicted_class"] == r1["predicted_class"] and changed["probabilities"] == r1["probabilities"]
+    rt.call("update_prediction", r2["id"], experiment="E-late", notes=None, session=people["ada"])  # a lab admin
+    assert rt.call("get_prediction", r2["id"], session=people["ann"])["notes"] is None  # null clears
+    assert rt.call("experiment_summary", "E-late", session=people["bob"])["n_cells"] == 2
+    for changes, code in (({}, "bad_prediction_change"), ({"predicted_class": "astro"}, "bad_prediction_change"),
+                          ({"experiment": "x" * 201}, "bad_experiment"), ({"notes": 5}, "bad_notes")):
+        with pytest.raises(Exception) as e:
+            rt.call("update_prediction", r1["id"], session=people["ann"], **changes)
+        assert e.value.code == code, changes
+    assert rt.call("get_prediction", r1["id"], session=people["ann"])["experiment"] == "E-late"
+
+
 def test_csv_export(rt, people):
     rt.call("classify_cell_images", images(2), experiment="E1", notes="=HYPERLINK(\"x\")", session=people["ann"])
     media = rt.call("export_predictions_csv", {"experiment": "E1"}, session=people["bob"])

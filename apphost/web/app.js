@@ -677,6 +677,42 @@ function emailWithBreak(email) {
   return at > 0 ? [email.slice(0, at), h("wbr"), email.slice(at)] : email;
 }
 
+/** Change a stored prediction's experiment and notes (a batch classified before its experiment was
+ *  typed, a typo): a button that opens a small form in place. */
+function editControl(r, afterSave) {
+  const box = h("span", {class: "edit-control"});
+  const open = h("button", {type: "button", class: "secondary"}, "Edit experiment and notes");
+  open.addEventListener("click", () => {
+    const experiment = h("input", {id: "edit-experiment", name: "experiment", maxlength: "200", list: "experiment-list",
+                                   value: r.experiment || ""});
+    const notes = h("input", {id: "edit-notes", name: "notes", maxlength: "2000", value: r.notes || ""});
+    const message = h("p", {class: "error", role: "alert", hidden: true});
+    const cancel = h("button", {type: "button", class: "secondary"}, "Cancel");
+    const form = h("form", {class: "panel edit-form", "aria-label": `Experiment and notes of ${r.filename}`},
+      h("label", {for: "edit-experiment"}, "Experiment"), experiment,
+      h("label", {for: "edit-notes"}, "Notes"), notes, message,
+      h("p", {}, h("button", {type: "submit"}, "Save"), " ", cancel));
+    cancel.addEventListener("click", () => { box.replaceChildren(open); open.focus(); });
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      try {
+        await api("PATCH", "/_/api/predictions/" + encodeURIComponent(r.id),
+                  {experiment: experiment.value.trim() || null, notes: notes.value.trim() || null});
+      } catch (err) {
+        showMessage(message, err.message);
+        return;
+      }
+      announce(`Saved the experiment and notes of ${r.filename}`);
+      if (experiment.value.trim()) addExperiments([experiment.value.trim()]);
+      await afterSave();
+    });
+    box.replaceChildren(form);
+    experiment.focus();
+  });
+  box.append(open);
+  return box;
+}
+
 /** Delete in two steps (no browser dialog): "Delete" then "Confirm delete". */
 function deleteControl(r, afterDelete) {
   const box = h("span", {class: "delete-control"});
@@ -772,6 +808,7 @@ async function showDetail(id) {
   fact("Image SHA-256", r.image_sha256);
   const actions = h("p", {class: "actions"},
                     h("a", {href: r.image_url, class: "button secondary", download: r.filename}, "Download the image"));
+  if (r.can_edit) actions.append(" ", editControl(r, () => showDetail(r.id)));
   if (r.can_delete) actions.append(" ", deleteControl(r, () => { location.hash = historyHash(); }));
   body.replaceChildren(h("div", {class: "detail"},
     h("div", {class: "detail-image"},

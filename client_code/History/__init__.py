@@ -89,6 +89,7 @@ class History(HistoryTemplate):
             alert("Could not open this prediction: %s" % e)
             return
         alert(content=PredictionDetail(item=detail), large=True, title=detail["filename"])
+        self.load()  # its experiment or notes may have been changed there
 
     def row_deleted(self, **event_args):
         self.load()
