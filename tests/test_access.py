@@ -120,7 +120,7 @@ def test_server_functions_refuse_anonymous_callers(rt):
             "explain_prediction": ("[1,1]",), "get_image_preview": ("[1,1]",), "get_image_previews": (["[1,1]"],),
             "get_prediction": ("[1,1]",),
             "set_user_enabled": ("[1,1]", True),
-            "set_user_role": ("[1,1]", "lab_admin")}
+            "set_user_role": ("[1,1]", "lab_admin"), "update_prediction": ("[1,1]",)}
     for name in sorted(rt.callables):
         if name == "get_session_info":
             assert rt.call(name) is None
