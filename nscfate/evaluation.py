@@ -345,7 +345,8 @@ def report_markdown(metrics: dict, *, title: str, display_names: dict[str, str],
         lines.append("")
     lines += [
         "| metric | value [95% CI: Wilson for accuracy, bootstrap for the others] |", "|---|---|",
-        f"| images | {metrics['n']} |",
+        f"| images | {metrics['n']}"
+        + (f" ({metrics['refused']} more could not be read, left out)" if metrics.get("refused") else "") + " |",
         f"| accuracy | {_ci(metrics, 'accuracy')} |",
         f"| balanced accuracy | {_ci(metrics, 'balanced_accuracy')} |",
         f"| macro-F1 | {_ci(metrics, 'macro_f1')} |",

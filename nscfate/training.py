@@ -562,7 +562,11 @@ def evaluate_splits(model, splits: Splits, cfg: RunConfig, classes: Sequence[str
         if samples:
             labels, probs = predictions[name] = predict_dataset(model, samples, cfg, classes)
             out[name] = summarize(labels, probs, classes, n_boot=cfg.train.eval_bootstrap, seed=cfg.data.seed)
-            log.info("%s accuracy %.4f (n=%d)", name, out[name]["accuracy"], len(samples))
+            if len(labels) < len(samples):  # the pipeline skips an unreadable file; the metrics say how many
+                out[name]["refused"] = len(samples) - len(labels)
+                log.warning("%s: %d of %d images could not be read and are not in its metrics", name,
+                            out[name]["refused"], len(samples))
+            log.info("%s accuracy %.4f (n=%d)", name, out[name]["accuracy"], len(labels))
     return out, predictions
 
 

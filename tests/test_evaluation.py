@@ -151,8 +151,11 @@ def test_evaluate_says_what_it_left_out_and_when_the_data_trained_the_model(tmp_
     meta["training_data"] = {**meta["training_data"], "path": str(tmp_path / "data")}
     (model / "metadata.json").write_text(json.dumps(meta))
     write_checksums(model)
+    broken = sorted((tmp_path / "data" / "astro").glob("*_Ch1.ome.tif"))[0]
+    broken.write_bytes(b"II*\x00 truncated")  # a file that cannot be read: left out, and said so
     with caplog.at_level(logging.INFO, logger="nscfate"):
         m = evaluate(model, tmp_path / "data", tmp_path / "out", n_boot=0, progress=False)
-    assert m["n"] == 12
+    assert (m["n"], m["refused"]) == (11, 1)
+    assert "| images | 11 (1 more could not be read, left out) |" in (tmp_path / "out" / "report.md").read_text()
     assert "12 images of classes outside task 'astro_vs_oligo' left out (nt3 6, rashh 6)" in caplog.text
     assert "is the dataset tiny-astro_vs_oligo was trained on" in caplog.text

@@ -75,6 +75,25 @@ def test_train_exports_a_verified_model_directory(tmp_path, synth_dir, monkeypat
         train(cfg)
 
 
+def test_held_out_metrics_say_how_many_images_could_not_be_read(tmp_path, synth_dir):
+    """The pipeline skips an unreadable file: the split's metrics count what was read and say the rest."""
+    import shutil
+
+    from nscfate import data as D
+    from nscfate.architectures import build_model
+    from nscfate.training import Splits, evaluate_splits
+
+    cfg = _cfg(tmp_path, synth_dir)
+    samples = D.read_dataset(synth_dir, task="medium4")[:6]
+    broken = tmp_path / "broken_Ch1.ome.tif"
+    shutil.copy(samples[0].path, broken)
+    broken.write_bytes(broken.read_bytes()[:40])
+    test = [*samples[1:], D.Sample(str(broken), samples[0].label, samples[0].group, 1)]
+    splits = Splits(*(D.SampleTable(part) for part in ([], [], test, [])))
+    metrics, _ = evaluate_splits(build_model("cnn", 4, (32, 32)), splits, cfg, ["astro", "oligo", "rashh", "nt3"])
+    assert (metrics["test"]["n"], metrics["test"]["refused"]) == (5, 1)
+
+
 def test_interrupted_run_resumes_where_it_stopped(tmp_path, synth_dir):
     import keras
 
