@@ -518,7 +518,7 @@ nscfate host: the worker could not load a model (its error is above), so nothing
 def worker_command(args: argparse.Namespace, port: int) -> list[str]:
     """The command line of one worker (the key travels in its environment, never here)."""
     command = [sys.executable, "-m", "uplink", "--url", f"ws://{url_host(args.host)}:{port}/_/uplink",
-               "--log-level", args.log_level]
+               "--log-level", args.log_level, "--parent-pid", str(os.getpid())]
     for model in args.model:
         command += ["--model", model]
     if args.default_model:

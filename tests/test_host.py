@@ -466,6 +466,7 @@ def test_worker_command_line():
     plain = worker_command(build_parser().parse_args([]), 3030)
     assert plain[1:3] == ["-m", "uplink"] and "ws://127.0.0.1:3030/_/uplink" in plain
     assert "--intra-op-threads" not in plain  # TensorFlow's default: every core
+    assert plain[plain.index("--parent-pid") + 1] == str(os.getpid())  # a killed host leaves no worker behind
     args = build_parser().parse_args(["--workers", "2", "--worker-threads", "1", "--model", "models/m"])
     command = worker_command(args, 3030)
     assert command[command.index("--intra-op-threads") + 1] == "1"

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inter-op-threads", type=int, default=1,
                         help="TensorFlow operations run side by side (default 1: batches run one at a time)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument("--parent-pid", type=int,
+                        help="stop when this process is gone (the local host passes its own: a host killed "
+                             "outright must not leave its workers behind, to join the next one)")
     return parser
 
 
@@ -153,8 +156,18 @@ def _serve(args: argparse.Namespace, key: str, stop: threading.Event, server) ->
         service.close()
         return 0 if stop.is_set() else 1
     logger.info("%s: %s at %s, default model %s", READY, ", ".join(CALLABLES), args.url, service.default_model)
+    code = 0
     while not stop.wait(1.0):
-        pass
+        if args.parent_pid and os.getppid() != args.parent_pid:
+            logger.warning("the host that started this worker (pid %d) is gone; stopping", args.parent_pid)
+            break
+        # anvil-uplink reconnects by itself, for ever, also when the server refuses the key (a host that
+        # made a new one): exit instead, so that a supervisor starts the worker again with the key it has now.
+        refused = getattr(server, "_fatal_error", None)
+        if refused:
+            logger.error("the uplink server refused this worker: %s", refused)
+            code = 1
+            break
 
     # Calls the server sent just before the signal may still be on the wire; keep accepting for a
     # moment so they run instead of failing with a disconnect, then refuse new ones (retryable error).
@@ -165,7 +178,7 @@ def _serve(args: argparse.Namespace, key: str, stop: threading.Event, server) ->
     service.close()
     server.disconnect()
     logger.info("worker stopped")
-    return 0
+    return code
 
 
 def _connect(server, key: str, url: str, stop: threading.Event) -> bool:
