@@ -55,6 +55,8 @@ ORPHAN_MIN_AGE_S = 3600.0  # younger ones may belong to a write still in progres
 READY_FUNCTIONS = ("predict_cell_fate", READY_FUNCTION, "list_models")
 #: Seconds a worker gets to finish its calls after SIGTERM before it is killed.
 WORKER_STOP_GRACE = 30.0
+#: On a stop, most seconds the requests in progress get to finish (an upload is answered within ~25 s).
+REQUEST_DRAIN_S = 30.0
 #: Exit status of ``python -m uplink`` when it cannot load its models (a configuration error).
 WORKER_EXIT_NO_MODEL = 2
 
@@ -391,21 +393,33 @@ class LocalHost:
             judged_before = await asyncio.to_thread(sweep_orphan_media, self.runtime.db, judged_before, time.time())
             await asyncio.sleep(ORPHAN_SWEEP_S)
 
+    async def _stop_workers(self) -> None:
+        await asyncio.gather(*(s.stop() for s in getattr(self, "supervisors", [])))
+
     async def serve(self) -> int:
         import uvicorn
 
+        from apphost.draining import DrainingServer, InFlightRequests
         from apphost.protocol import MAX_FRAME_BYTES
 
         # log_config=None: uvicorn's loggers go to ours (stderr); its default sends access logs to stdout.
-        config = uvicorn.Config(self.app, host=self.args.host, port=self.args.port, ws_max_size=MAX_FRAME_BYTES,
-                                log_level=self.args.log_level.lower(), lifespan="on", log_config=None,
-                                forwarded_allow_ips=self.args.forwarded_allow_ips)
-        server = uvicorn.Server(config)
-        serving = asyncio.create_task(server.serve())
+        config = uvicorn.Config(InFlightRequests(self.app), host=self.args.host, port=self.args.port,
+                                ws_max_size=MAX_FRAME_BYTES, log_level=self.args.log_level.lower(), lifespan="on",
+                                log_config=None, forwarded_allow_ips=self.args.forwarded_allow_ips)
+        # On a stop, the uploads in progress finish before the workers are stopped (apphost.draining).
+        server = DrainingServer(config, grace=REQUEST_DRAIN_S, before_close=self._stop_workers)
+
+        async def run_server() -> bool:
+            try:
+                await server.serve()
+            except SystemExit:  # uvicorn's way of saying it could not start (e.g. the port is in use)
+                return False
+            return True
+
+        serving = asyncio.create_task(run_server())
         while not server.started and not serving.done():
             await asyncio.sleep(0.05)
         if serving.done():
-            serving.exception()  # uvicorn exits with SystemExit after logging why (e.g. port in use)
             logger.error("the server could not start on %s port %s (see above)", self.args.host, self.args.port)
             return 1
         port = server.servers[0].sockets[0].getsockname()[1]
@@ -437,7 +451,7 @@ class LocalHost:
             await serving
         finally:
             sweeping.cancel()
-            await asyncio.gather(*(s.stop() for s in self.supervisors))
+            await self._stop_workers()  # done already by a stop that drained (DrainingServer)
             if not serving.done():
                 server.should_exit = True
                 await serving
@@ -562,13 +576,15 @@ class WorkerSupervisor:
         backoff = 1.0
         while not self._should_stop():
             started = time.monotonic()
-            # The worker's output joins the host's log (stderr); stdout is kept for the ready message.
-            self.proc = await asyncio.create_subprocess_exec(*self.command, env=self.env, stdout=sys.stderr.fileno())
+            # The worker's output joins the host's log (stderr); stdout is kept for the ready message. A
+            # session of its own: a Ctrl-C at the terminal reaches the host alone, which lets the uploads in
+            # progress finish before it stops the workers (apphost.draining).
+            self.proc = await asyncio.create_subprocess_exec(*self.command, env=self.env, stdout=sys.stderr.fileno(),
+                                                             start_new_session=True)
             logger.info("%s started (pid %d)", self.name, self.proc.pid)
             code = await self.proc.wait()
             ran = time.monotonic() - started
-            # Give a Ctrl-C that also reached the worker time to reach the server first.
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # a worker that exits at a stop: let the stop be seen first
             if self._should_stop():
                 return
             if code == WORKER_EXIT_NO_MODEL and not self._ever_ready():
