@@ -136,6 +136,13 @@ def data_paths(arg: Path | None, env: dict[str, str], *, create: bool = True) ->
         (root / "media").mkdir(mode=0o700, exist_ok=True)
     except OSError as exc:
         raise HostError(f"cannot create the data directory {root}: {exc.strerror}") from None
+    # A host on a directory it cannot write started, and then answered every request "try again" (the
+    # database could not be written); retrying never helps, so it is said at once.
+    if not all(os.access(d, os.W_OK | os.X_OK) for d in (root, root / "media")):
+        raise HostError(f"the data directory {root} is not writable by this user (a read-only mount?)")
+    if root.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        logger.warning("the data directory %s can be read by other users (it holds the accounts and the history); "
+                       "chmod 700 it", root)
     return DataPaths(root)
 
 
@@ -165,6 +172,8 @@ def load_or_create_key(path: Path) -> str:
     0600 permissions. Never logged."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except PermissionError as exc:
+        raise HostError(f"cannot write the uplink key {path}: {exc.strerror}") from None
     except FileExistsError:
         mode = path.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -224,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     # still stopped in order and the exit status is ours.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
+    # The files the host makes (SQLite's database, its journal) hold the accounts and the history: this
+    # user's alone, whatever the directory a lab made for them allows.
+    os.umask(0o077)
     try:
         host = LocalHost(args, env)
     except HostError as exc:
@@ -330,6 +342,9 @@ class LocalHost:
                 REPO_ROOT, db_url=self.db_url, media_dir=self.paths.media, env=None,
                 call=lambda name, *a, **k: self.app.state.hub.call_sync(name, *a, **k),
                 host_functions={"nscfate_host_status": self._host_status})
+        except sqlalchemy.exc.ArgumentError as exc:  # e.g. "postgresql//...": not a URL at all
+            raise HostError("DATABASE_URL cannot be read as a database URL (not shown: it may hold a "
+                            "password); the form is postgresql://USER:PASSWORD@HOST/DATABASE") from None
         except sqlalchemy.exc.OperationalError as exc:
             raise HostError(f"cannot open the database ({describe_database(self.db_url)}): "
                             f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}") from None

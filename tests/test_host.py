@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from apphost.__main__ import (
+    HostError,
     data_paths,
     database_url,
     describe_database,
@@ -282,6 +283,7 @@ def test_one_command_runs_everything_and_keeps_workers_alive(tmp_path, tiny_mode
                    files=[("file", ("cell.png", png_bytes(3, size=40), "image/png"))], timeout=60)
     assert r.status_code == 200 and r.json()["n_ok"] == 1
     assert (tmp_path / "data" / "app.db").exists() and any((tmp_path / "data" / "media").rglob("*"))
+    assert (tmp_path / "data" / "app.db").stat().st_mode & 0o077 == 0  # accounts and history: this user's alone
 
     # A worker that dies is replaced.
     kill_pid(workers[0])
@@ -504,9 +506,41 @@ def test_start_up_problems_are_messages_not_tracebacks(tmp_path, hosts):
     cases = [({"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}, "cannot open the database"),
              ({"DATABASE_URL": "mysql://x@127.0.0.1/db"}, "not installed"),
              ({"NSCFATE_ADMIN_EMAIL": "ada@lab.org", "NSCFATE_ADMIN_PASSWORD": "short"}, "at least 10 characters"),
-             ({"PORT": "web"}, "PORT must be a port number")]
+             ({"PORT": "web"}, "PORT must be a port number"),
+             ({"DATABASE_URL": "postgresql//lab:s3cret@db/x"}, "DATABASE_URL cannot be read as a database URL")]
     for n, (env, message) in enumerate(cases):
         host = Host(tmp_path / str(n), "--workers", "0", env=env)
         hosts.append(host)
         assert host.proc.wait(60) == 2, env
         assert message in host.stderr() and "Traceback" not in host.stderr(), host.stderr()
+        assert "s3cret" not in host.stderr()
+
+
+def test_a_data_directory_it_cannot_write_is_refused_at_start_and_an_open_one_is_warned_about(
+        tmp_path, monkeypatch, caplog):
+    """Started on a read-only directory, the host answered every request "try again" for ever."""
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as on a read-only mount (root passes chmod)
+    with pytest.raises(HostError, match="is not writable by this user"):
+        data_paths(tmp_path / "ro", {})
+    monkeypatch.undo()
+    (tmp_path / "open").mkdir(mode=0o755)
+    (tmp_path / "open").chmod(0o755)
+    with caplog.at_level(logging.WARNING, logger="apphost"):
+        data_paths(tmp_path / "open", {})
+    assert "can be read by other users" in caplog.text and "chmod 700" in caplog.text
+
+
+def test_a_port_in_use_is_said_in_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "apphost", "--port", str(port), "--workers", "0",
+                               "--data-dir", str(tmp_path / "data")], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "NSCFATE_ADMIN_EMAIL": "ada@lab.org",
+                                                "NSCFATE_ADMIN_PASSWORD": "a long passphrase 1"})
+    assert done.returncode == 1, done.stderr
+    assert f"the server could not start on 127.0.0.1 port {port}" in done.stderr
+    assert "address already in use" in done.stderr and "Traceback" not in done.stderr
