@@ -302,7 +302,7 @@ def _read_csv(path: Path, channel: int | None, allow_marker_channels: bool) -> l
         file = Path(row["path"])
         file = file if file.is_absolute() else base / file
         label = parse_label(row.get("label", ""), f"{path}, line {line}")
-        first = listed.setdefault(os.path.normpath(file), (line, label))
+        first = listed.setdefault(os.path.abspath(file), (line, label))
         if first[0] != line:  # twice would count it twice; under two labels it would teach both
             raise DatasetError(f"{path}, line {line}: {row['path']} is listed again (first on line {first[0]}"
                                + (f", as {first[1]}; here as {label})" if first[1] != label else ")"))

@@ -367,6 +367,9 @@ def save_model_dir(
     task_obj = get_task(task)
     if target.exists() and not overwrite:
         raise ConfigError(f"{target} already exists; choose another output or allow overwriting")
+    if target.is_dir() and any(target.iterdir()) and not (target / METADATA_FILE).is_file():
+        raise ConfigError(f"{target} is not a model directory (no {METADATA_FILE}); overwriting would delete it: "
+                          "choose another output")
     if weights_dtype not in ("auto", "float32", "float16"):
         raise ConfigError(f"weights_dtype must be auto, float32 or float16, got {weights_dtype!r}")
     if not {"description", "synthetic"} <= set(training_data):

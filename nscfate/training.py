@@ -378,6 +378,29 @@ def _fit_ended(run: Path) -> bool:
     return bool(history(run)) and not (run / BACKUP_DIR).exists()
 
 
+def _within(a: Path, b: Path) -> bool:
+    """Whether ``a`` is ``b`` or inside it."""
+    return a == b or b in a.parents
+
+
+def _check_paths(cfg: RunConfig, *, restart: bool, overwrite: bool) -> None:
+    """Refuse, before anything is read or written, what would delete what is not ours: ``--restart``
+    and ``--overwrite`` remove a whole folder, so it must be a run folder or a model directory (or
+    empty), and the data, the run folder and the model directory must not contain one another."""
+    data, run, out = (Path(p).resolve() for p in (cfg.data.path, cfg.run_path, cfg.out))
+    if _within(out, run) or _within(run, out):
+        raise ConfigError(f"the model directory {cfg.out} and the run folder {cfg.run_path} must be separate folders")
+    for name, folder in (("run folder", run), ("model directory", out)):
+        if _within(data, folder) or (data.is_dir() and _within(folder, data)):
+            raise ConfigError(f"the {name} {folder} and the data {cfg.data.path} must not contain one another")
+    for flag, folder, marker, what in (("--restart", run, CONFIG_FILE, "a run folder of nscfate train"),
+                                       ("--overwrite", out, "metadata.json", "a model directory")):
+        if (restart if flag == "--restart" else overwrite) and folder.is_dir() and any(folder.iterdir()) \
+                and not (folder / marker).is_file():
+            raise ConfigError(f"{flag} would delete {folder}, which is not {what} (no {marker}); "
+                              "not deleting it: choose another folder")
+
+
 def _check_run_dir(cfg: RunConfig, restart: bool) -> Path:
     """Create the run folder, or keep it when it holds the same config (to resume or re-export it)."""
     run = cfg.run_path
@@ -418,6 +441,7 @@ def train(cfg: RunConfig, *, restart: bool = False, overwrite: bool = False, com
     from nscfate.memory import pin_malloc_thresholds
 
     pin_malloc_thresholds()  # RSS flat through long passes, whatever the dataset's size
+    _check_paths(cfg, restart=restart, overwrite=overwrite)
     out = Path(cfg.out)
     if out.exists() and not overwrite:
         raise ConfigError(f"{out} already exists; choose another --out or pass --overwrite")

@@ -230,6 +230,14 @@ def test_csv_errors(tmp_path):
         read_dataset(tmp_path / "marker2.csv")
 
 
+def test_a_file_listed_twice_is_found_however_its_paths_are_spelled(tmp_path, monkeypatch):
+    _write(tmp_path / "csvs" / "a.png", pil_bytes(cell_array(), "PNG"))
+    (tmp_path / "csvs" / "m.csv").write_text(f"path,label\na.png,astro\n{tmp_path / 'csvs' / 'a.png'},oligo\n")
+    monkeypatch.chdir(tmp_path)  # the CSV named by a relative path, one row absolute
+    with pytest.raises(errors.DatasetError, match="line 3: .*a.png is listed again .*as astro; here as oligo"):
+        read_dataset("csvs/m.csv")
+
+
 def test_directory_errors(tmp_path):
     with pytest.raises(errors.DatasetError, match="no such file"):
         read_dataset(tmp_path / "nope")

@@ -182,6 +182,11 @@ def test_nothing_half_written_on_error(tmp_path):
     _save(tmp_path / "m")
     with pytest.raises(ConfigError, match="already exists"):
         _save(tmp_path / "m")
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / "registry.json").write_text("{}")
+    with pytest.raises(ConfigError, match="not a model directory .* overwriting would delete it"):
+        _save(tmp_path / "lab", overwrite=True)
+    assert (tmp_path / "lab" / "registry.json").read_text() == "{}"
 
 
 def test_registry_lookup_default_and_unknown(tmp_path):

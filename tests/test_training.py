@@ -94,6 +94,31 @@ def test_held_out_metrics_say_how_many_images_could_not_be_read(tmp_path, synth_
     assert (metrics["test"]["n"], metrics["test"]["refused"]) == (5, 1)
 
 
+def test_restart_and_overwrite_delete_only_what_training_made(tmp_path, synth_dir):
+    """--restart and --overwrite remove a whole folder: one that is not a run folder or a model directory,
+    or folders that contain one another (or the data), are refused before anything is read or written."""
+    import dataclasses
+
+    from nscfate.training import train
+
+    others = tmp_path / "runs"
+    (others / "other-model").mkdir(parents=True)
+    (others / "notes.md").write_text("a lab's notes")
+    cfg = _cfg(tmp_path, synth_dir)
+    with pytest.raises(ConfigError, match="--restart would delete .*runs, which is not a run folder"):
+        train(dataclasses.replace(cfg, run_dir=str(others)), restart=True)
+    with pytest.raises(ConfigError, match="--overwrite would delete .*runs, which is not a model directory"):
+        train(dataclasses.replace(cfg, out=str(others)), overwrite=True)
+    assert (others / "notes.md").read_text() == "a lab's notes" and (others / "other-model").is_dir()
+    for changes, message in (({"run_dir": str(synth_dir)}, "run folder .* and the data .* must not contain"),
+                             ({"run_dir": str(tmp_path / "model")}, "must be separate folders"),
+                             ({"out": str(synth_dir / "models" / "m"), "run_dir": str(tmp_path / "r")},
+                              "model directory .* and the data")):
+        with pytest.raises(ConfigError, match=message):
+            train(dataclasses.replace(cfg, **changes), restart=True, overwrite=True)
+    assert (synth_dir / "astro").is_dir() and not (tmp_path / "model").exists()
+
+
 def test_interrupted_run_resumes_where_it_stopped(tmp_path, synth_dir):
     import keras
 
