@@ -46,7 +46,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from nscfate.config import RunConfig
-from nscfate.errors import ConfigError, DatasetError
+from nscfate.errors import ConfigError, DatasetError, ImageError
 
 log = logging.getLogger(__name__)
 
@@ -613,8 +613,17 @@ def export(model, cfg: RunConfig, splits: Splits, metrics: dict, manifest_sha256
     from nscfate.preprocessing import load_prepared
 
     task = get_task(cfg.task)
-    held_out = (splits.test or splits.val)[:GOLDEN_COUNT]
-    golden = np.stack([load_prepared(s.path, cfg.model.input_size) for s in held_out])
+    golden = []
+    for sample in (splits.test or splits.val):  # the first readable ones: a broken file must not block export
+        try:
+            golden.append(load_prepared(sample.path, cfg.model.input_size))
+        except ImageError as exc:
+            log.warning("not a golden input: %s", exc)
+        if len(golden) == GOLDEN_COUNT:
+            break
+    if not golden:
+        raise DatasetError("no held-out image could be read for the model's golden input/output pair")
+    golden = np.stack(golden)
     synthetic = _is_synthetic(cfg)
     every = [s for part in splits.parts().values() for s in part]
     unbatched = D.classes_without_batches(every)

@@ -119,6 +119,26 @@ def test_restart_and_overwrite_delete_only_what_training_made(tmp_path, synth_di
     assert (synth_dir / "astro").is_dir() and not (tmp_path / "model").exists()
 
 
+def test_an_unreadable_held_out_image_does_not_block_the_export(tmp_path, synth_dir):
+    """The golden pair takes the first held-out images that can be read: one broken file made a
+    finished run impossible to export, again at every try."""
+    import shutil
+
+    from nscfate.modeldir import verify_model_dir
+    from nscfate.training import train
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    for i in range(12):  # enough that the test split holds some
+        (data / "astro" / f"aa_broken_{i}.tif").write_bytes(b"not a TIFF")
+    cfg = load_config(overrides={**_cfg(tmp_path, synth_dir).to_dict(), "data": {
+        "path": str(data), "grouped_holdout": 0.25, "shuffle_buffer": 64}, "train": {
+        "epochs": 1, "batch_size": 16, "steps_per_epoch": 1, "eval_bootstrap": 0}})
+    result = train(cfg)
+    info = verify_model_dir(result.model_dir)
+    assert info.metrics["test"].get("refused", 0) + info.metrics["val"].get("refused", 0) > 0
+
+
 def test_interrupted_run_resumes_where_it_stopped(tmp_path, synth_dir):
     import keras
 
