@@ -39,7 +39,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -401,6 +401,26 @@ def _check_paths(cfg: RunConfig, *, restart: bool, overwrite: bool) -> None:
                               "not deleting it: choose another folder")
 
 
+def _config_changes(previous: RunConfig, cfg: RunConfig) -> list[str]:
+    """The settings that differ, as "key: old -> new". Paths count as the same folder however they are
+    spelled ("data/" and "data"; a run saved before data paths were made absolute, from the same folder)."""
+    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    before, now = flat(previous.to_dict()), flat(cfg.to_dict())
+    changes = []
+    for key in sorted(before.keys() | now.keys()):
+        a, b = before.get(key), now.get(key)
+        if key in ("data.path", "out", "run_dir") and a and b and Path(a).resolve() == Path(b).resolve():
+            continue
+        if a != b:
+            changes.append(f"{key}: {a!r} -> {b!r}")
+    return changes
+
+
 def _check_run_dir(cfg: RunConfig, restart: bool) -> Path:
     """Create the run folder, or keep it when it holds the same config (to resume or re-export it)."""
     run = cfg.run_path
@@ -410,10 +430,11 @@ def _check_run_dir(cfg: RunConfig, restart: bool) -> Path:
     if saved.is_file():
         from nscfate.config import load_config
 
-        previous = load_config(saved)
-        if previous != cfg:
-            raise ConfigError(f"run folder {run} holds a different config; run again with --restart to start "
-                              "over, or choose another --run-dir")
+        changes = _config_changes(load_config(saved), cfg)
+        if changes:
+            raise ConfigError(f"run folder {run} holds a different config ({'; '.join(changes)}); run again with "
+                              "the same settings to resume it, with --restart to start over, or choose another "
+                              "--run-dir")
     run.mkdir(parents=True, exist_ok=True)
     saved.write_text(cfg.to_yaml(), encoding="utf-8")
     return run
@@ -441,6 +462,9 @@ def train(cfg: RunConfig, *, restart: bool = False, overwrite: bool = False, com
     from nscfate.memory import pin_malloc_thresholds
 
     pin_malloc_thresholds()  # RSS flat through long passes, whatever the dataset's size
+    # The data's folder as an absolute path: the same whatever the folder a session starts in, also in
+    # the model's metadata (``nscfate evaluate`` compares it to the data it is given).
+    cfg = replace(cfg, data=replace(cfg.data, path=str(Path(cfg.data.path).resolve())))
     _check_paths(cfg, restart=restart, overwrite=overwrite)
     out = Path(cfg.out)
     if out.exists() and not overwrite:

@@ -139,6 +139,23 @@ def test_an_unreadable_held_out_image_does_not_block_the_export(tmp_path, synth_
     assert info.metrics["test"].get("refused", 0) + info.metrics["val"].get("refused", 0) > 0
 
 
+def test_a_run_resumes_however_its_data_path_is_spelled_and_a_real_change_is_named(tmp_path, synth_dir,
+                                                                                    monkeypatch):
+    import dataclasses
+
+    from nscfate.training import _check_run_dir
+
+    monkeypatch.chdir(synth_dir.parent)
+    cfg = _cfg(tmp_path, synth_dir)
+    _check_run_dir(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=synth_dir.name)), False)
+    # the same folder, spelled as tab completion types it, or from elsewhere
+    _check_run_dir(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=synth_dir.name + "/")), False)
+    _check_run_dir(cfg, False)
+    changed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=5))
+    with pytest.raises(ConfigError, match=r"holds a different config \(train.epochs: 2 -> 5\)"):
+        _check_run_dir(changed, False)
+
+
 def test_interrupted_run_resumes_where_it_stopped(tmp_path, synth_dir):
     import keras
 
