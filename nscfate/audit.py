@@ -70,6 +70,7 @@ class AuditReport:
     results: tuple[BaselineResult, ...]
     warnings: tuple[str, ...] = field(default=())
     copies: dict = field(default_factory=dict)  # nscfate.data.find_copies of the dataset
+    unreadable: tuple[str, ...] = field(default=())  # files of the subset that could not be decoded (left out)
 
     @property
     def flagged(self) -> bool:
@@ -134,7 +135,7 @@ def audit(data: str | os.PathLike, *, task: str = "medium4", channel: int = 1, m
 
     from nscfate.classes import get_task
     from nscfate.data import find_copies, read_dataset
-    from nscfate.errors import DatasetError
+    from nscfate.errors import DatasetError, ImageError
     from nscfate.io import decode_image
 
     classes = [c for c in get_task(task).classes]
@@ -145,17 +146,22 @@ def audit(data: str | os.PathLike, *, task: str = "medium4", channel: int = 1, m
     if len(present) < 2:
         raise DatasetError(f"the audit needs images of at least two classes of {task}; found {present}")
     per_class = max(2, max_images // len(present))
-    train_x, train_y, test_x, test_y = [], [], [], []
+    train_x, train_y, test_x, test_y, unreadable = [], [], [], [], []
     for c in present:
         chosen = [by_class[c][i] for i in rng.permutation(len(by_class[c]))[:per_class]]
         n_test = max(1, int(round(len(chosen) * test_fraction)))
         for i, s in enumerate(chosen):
-            pixels = decode_image(s.path).pixels
+            try:
+                pixels = decode_image(s.path).pixels
+            except ImageError as exc:  # one broken file is reported, as inspect does; it does not end the audit
+                log.warning("left out of the audit: %s (%s)", s.path, exc)
+                unreadable.append(s.path)
+                continue
             (test_x if i < n_test else train_x).append(pixels)
             (test_y if i < n_test else train_y).append(c)
     report = audit_arrays(train_x, train_y, test_x, test_y, present, data=os.fspath(data), task=task)
     root = data if os.path.isdir(data) else os.path.dirname(os.fspath(data))
-    return replace(report, copies=find_copies(samples, root=root))
+    return replace(report, copies=find_copies(samples, root=root), unreadable=tuple(unreadable))
 
 
 def format_report(report: AuditReport) -> str:
@@ -179,4 +185,7 @@ def format_report(report: AuditReport) -> str:
         lines.append("no shortcut found: background-only and crop-size-only baselines are near chance")
     if report.copies:
         lines += ["", describe_copies(report.copies)]
+    if report.unreadable:
+        lines += ["", f"UNREADABLE: {len(report.unreadable)} image(s) could not be decoded and were left out, "
+                      f"e.g. {report.unreadable[0]}"]
     return "\n".join(lines) + "\n"

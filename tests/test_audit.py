@@ -63,6 +63,18 @@ def test_copies_of_one_picture_are_reported(synth_sets, tmp_path, caplog):
     assert audit(synth_sets / "clean", max_images=24).copies["images"] == 0
 
 
+def test_an_unreadable_file_is_left_out_and_named_not_the_end_of_the_audit(synth_sets, tmp_path):
+    import shutil
+
+    data = tmp_path / "clean"
+    shutil.copytree(synth_sets / "clean", data)
+    broken = data / "astro" / "a_broken_Ch1.tif"
+    broken.write_bytes(b"junk")
+    report = audit(data, max_images=480)  # every image: the broken one is among them
+    assert report.unreadable == (str(broken),)
+    assert f"UNREADABLE: 1 image(s) could not be decoded and were left out, e.g. {broken}" in format_report(report)
+
+
 def test_crop_size_artefact_is_flagged():
     rng = np.random.default_rng(0)
 
