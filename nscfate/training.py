@@ -618,13 +618,18 @@ def evaluate_splits(model, splits: Splits, cfg: RunConfig, classes: Sequence[str
     return out, predictions
 
 
-def _is_synthetic(cfg: RunConfig) -> bool:
-    """``export.synthetic`` if set, else whether the data folder holds the ``synth.json`` that
-    ``nscfate synth`` writes beside its images."""
+def _is_synthetic(cfg: RunConfig, samples: Sequence = ()) -> bool:
+    """``export.synthetic`` if set, else whether a ``synth.json`` (which ``nscfate synth`` writes beside
+    its images) is in the data folder or the one above, or, for a CSV that lists images elsewhere, in
+    the folders of its first image or the two above (``<root>/<class>/<file>``)."""
     if cfg.export.synthetic is not None:
         return cfg.export.synthetic
     path = Path(cfg.data.path)
-    return any((p / "synth.json").is_file() for p in (path, path.parent))
+    places = [path, path.parent]
+    if samples:
+        first = Path(samples[0].path).parent
+        places += [first, first.parent, first.parent.parent]
+    return any((p / "synth.json").is_file() for p in places)
 
 
 def export(model, cfg: RunConfig, splits: Splits, metrics: dict, manifest_sha256: str, *, overwrite: bool,
@@ -648,8 +653,8 @@ def export(model, cfg: RunConfig, splits: Splits, metrics: dict, manifest_sha256
     if not golden:
         raise DatasetError("no held-out image could be read for the model's golden input/output pair")
     golden = np.stack(golden)
-    synthetic = _is_synthetic(cfg)
     every = [s for part in splits.parts().values() for s in part]
+    synthetic = _is_synthetic(cfg, every)
     unbatched = D.classes_without_batches(every)
     batches = len(unbatched) < len({s.label for s in every})  # some classes come in acquisition batches
     description = cfg.export.description or (

@@ -156,6 +156,22 @@ def test_a_run_resumes_however_its_data_path_is_spelled_and_a_real_change_is_nam
         _check_run_dir(changed, False)
 
 
+def test_a_csv_of_synthetic_images_trains_a_model_marked_synthetic(tmp_path, synth_dir):
+    """The synthetic flag (the card's and the web app's warning) followed only a synth.json beside the CSV."""
+    import dataclasses
+
+    from nscfate import data as D
+    from nscfate.training import _is_synthetic
+
+    (tmp_path / "csvs").mkdir()
+    cfg = _cfg(tmp_path, synth_dir)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(tmp_path / "csvs" / "g.csv")))
+    samples = D.read_dataset(synth_dir, task="medium4")[:3]
+    assert _is_synthetic(cfg, samples)
+    own = [D.Sample(str(tmp_path / "lab" / "astro" / "cell.tif"), "astro", "g", None)]
+    assert not _is_synthetic(cfg, own)
+
+
 def test_interrupted_run_resumes_where_it_stopped(tmp_path, synth_dir):
     import keras
 
