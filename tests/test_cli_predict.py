@@ -159,3 +159,15 @@ def test_inspect_sums_up_a_long_group_table():
     text = format_report(report)
     assert f"... 60 more groups (60 images" in text and "names carry no acquisition batch" in text
     assert text.count("astro/") == MAX_ROWS
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["inspect", "data", "--max-images", "-1"], "argument --max-images: must be at least 1, got -1"),
+    (["audit", "data", "--max-images", "0"], "argument --max-images: must be at least 1, got 0"),
+    (["evaluate", "m", "--data", "d", "--out", "o", "--bootstrap", "-5"], "argument --bootstrap: must be at least 0"),
+    (["predict", "x.png", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+])
+def test_counts_out_of_range_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2 and message in capsys.readouterr().err

@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 
+from nscfate.commands import count
+
 HELP = ("check a dataset for shortcuts (can background or crop size alone predict the labels?) and for copies "
         "of one picture (every image is hashed)")
 
@@ -15,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", metavar="DATA", help="dataset: IFC export, root/<class>/ folders or CSV manifest")
     parser.add_argument("--task", default="medium4", choices=("medium4", "astro_vs_oligo"))
     parser.add_argument("--channel", type=int, default=1)
-    parser.add_argument("--max-images", type=int, default=4000, help="images used (class-stratified, seeded)")
+    parser.add_argument("--max-images", type=count(), default=4000, help="images used (class-stratified, seeded)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--strict", action="store_true",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nscfate.commands import count
+
 HELP = "evaluate a model on a labelled dataset: metrics.json, plots and a report in OUT_DIR"
 
 
@@ -17,9 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="OUT_DIR", help="where metrics.json, plots and report go")
     parser.add_argument("--channel", type=int, help="with a dataset folder only: image channel of an IFC export "
                                                     "(default 1)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
-    parser.add_argument("--limit", type=int, help="evaluate a seeded random subset of this many images")
+    parser.add_argument("--batch-size", type=count(), default=64)
+    parser.add_argument("--bootstrap", type=count(0), default=1000, help="bootstrap resamples for the 95%% intervals")
+    parser.add_argument("--limit", type=count(), help="evaluate a seeded random subset of this many images")
 
 
 def run(args: argparse.Namespace) -> int:

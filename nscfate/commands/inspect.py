@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from nscfate.commands import count
+
 HELP = ("summarise a dataset: counts per class, group and channel, copies of one picture (every image is "
         "hashed), image sizes and bit depths")
 
@@ -13,7 +15,7 @@ HELP = ("summarise a dataset: counts per class, group and channel, copies of one
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", help="dataset directory (IFC export or class folders) or CSV manifest")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    parser.add_argument("--max-images", type=int, default=None,
+    parser.add_argument("--max-images", type=count(), default=None,
                         help="decode at most this many images (random sample) for the size statistics")
     parser.add_argument("--seed", type=int, default=0, help="seed of that sample")
 

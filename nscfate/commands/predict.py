@@ -8,6 +8,8 @@ import logging
 import os
 import sys
 
+from nscfate.commands import count
+
 HELP = "predict the differentiation condition of single-cell brightfield images"
 
 log = logging.getLogger(__name__)
@@ -22,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model directory or registered name[@version] (default: the registry's default)")
     parser.add_argument("--json", action="store_true",
                         help="one JSON object per line: the prediction, or {file, error} for a refused file")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per model call (default 64)")
+    parser.add_argument("--batch-size", type=count(), default=64, help="images per model call (default 64)")
 
 
 def run(args: argparse.Namespace) -> int:
