@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from nscfate.commands import count  # noqa: E402  (the CLI's type for counts: one place for it)
+
 PERF_DOC = ROOT / "docs" / "PERFORMANCE.md"
 #: Where benchmark scratch data goes by default (outside the repository).
 DEFAULT_WORK = Path(os.environ.get("NSCFATE_BENCH_WORK", "/work/data/perf"))
@@ -45,18 +47,6 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 # ------------------------------------------------------------------------------------- options
-
-def int_at_least(minimum: int):
-    """An argparse ``type`` for integers of at least ``minimum``: ``--rounds 0`` is refused with a
-    usage message instead of failing later with a ZeroDivisionError or an empty median."""
-    def parse(text: str) -> int:
-        value = int(text)  # argparse reports a ValueError as "invalid int value"
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-    parse.__name__ = "int"
-    return parse
-
 
 def float_at_least(minimum: float, *, exclusive: bool = False):
     """An argparse ``type`` for floats of at least (or, ``exclusive``, above) ``minimum``."""
@@ -79,8 +69,8 @@ def positive_list(text: str) -> list[int]:
 
 
 #: A count of at least one (images, rounds, clients, ...), and one that may be zero.
-POSITIVE = int_at_least(1)
-NON_NEGATIVE = int_at_least(0)
+POSITIVE = count(1)
+NON_NEGATIVE = count(0)
 
 
 # ------------------------------------------------------------------------------------------ load

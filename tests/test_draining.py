@@ -12,16 +12,21 @@ from apphost.draining import DrainingServer, InFlightRequests
 from apphost.testing import free_port
 
 
+async def lifespan(receive, send):
+    """The ASGI lifespan protocol, with nothing to start or stop."""
+    while True:
+        message = await receive()
+        await send({"type": message["type"] + ".complete"})
+        if message["type"] == "lifespan.shutdown":
+            return
+
+
 def test_requests_in_progress_finish_before_the_workers_and_websockets_go():
     events = []
 
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
+            await lifespan(receive, send)
         elif scope["type"] == "http":
             await asyncio.sleep(1.0)  # an upload being classified
             await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -63,11 +68,7 @@ def test_requests_in_progress_finish_before_the_workers_and_websockets_go():
 def test_a_second_interrupt_ends_the_wait():
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
+            return await lifespan(receive, send)
         await asyncio.sleep(30)  # a request that would hold the stop for the whole grace
 
     async def scenario():
