@@ -757,7 +757,8 @@ function setUpHistory() {
     const error = $("history-error");
     showMessage(error, "");
     try {
-      await api("GET", "/_/api/predictions" + query({...formFilters(form), page: 0, page_size: 1}));
+      const filters = Object.fromEntries(new URL(exportLink.href).searchParams);  // exactly what it exports
+      await api("GET", "/_/api/predictions" + query({...filters, page: 0, page_size: 1}));
     } catch (err) {
       showMessage(error, "Not exported: " + err.message);
       return;
