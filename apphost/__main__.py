@@ -344,7 +344,7 @@ class LocalHost:
                 host_functions={"nscfate_host_status": self._host_status})
         except sqlalchemy.exc.ArgumentError as exc:  # e.g. "postgresql//...": not a URL at all
             raise HostError("DATABASE_URL cannot be read as a database URL (not shown: it may hold a "
-                            "password); the form is postgresql://USER:PASSWORD@HOST/DATABASE") from None
+                            "password); the form is postgresql://USER:PW@HOST/DATABASE") from None
         except sqlalchemy.exc.OperationalError as exc:
             raise HostError(f"cannot open the database ({describe_database(self.db_url)}): "
                             f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}") from None
