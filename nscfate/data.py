@@ -48,17 +48,20 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".tif", ".tiff", ".png", ".bmp", ".jpg", ".jpeg")
 BRIGHTFIELD_CHANNEL = 1
-#: IDEAS export names: <medium>_<day><replicate>_<object>_Ch<n>.[ome.]<ext>
+#: A copy's mark that file managers add: browsers and KDE "x_Ch2 (1).ome.tif", "x_Ch2.ome (1).tif";
+#: "x_Ch2-1.ome.tif"; macOS "x_Ch2 copy 2.ome.tif"; Windows "x_Ch2.ome - Copy (2).tif"; GNOME
+#: "x_Ch2 (copy).tif", "(another copy)", "(3rd copy)". A copied marker file is still a marker file, and
+#: a copied file keeps its batch: as a group of its own, a copy could land on the other side of a
+#: grouped split from its original.
+_COPY_MARK = r"(?: ?\(\d+\)| copy(?: \d+)?|-\d+| - copy(?: \(\d+\))?| \((?:another |\d+(?:st|nd|rd|th) )?copy\))?"
+#: IDEAS export names: <medium>_<day><replicate>_<object>_Ch<n>.[ome.]<ext> (a copy's mark allowed)
 IFC_NAME = re.compile(
-    r"^(?P<prefix>.+)_(?P<batch>[^_]+)_(?P<object>\d+)_Ch(?P<channel>\d+)\.(?:ome\.)?(?:tiff?|bmp|png|jpe?g)$",
+    rf"^(?P<prefix>.+)_(?P<batch>[^_]+)_(?P<object>\d+)_Ch(?P<channel>\d+){_COPY_MARK}(?:\.ome)?{_COPY_MARK}"
+    r"\.(?:tiff?|bmp|png|jpe?g)$",
     re.IGNORECASE,
 )
 #: The channel suffix alone, whatever precedes it: IDEAS's default ``<object>_Ch<n>.ome.tif`` and names
 #: with no batch carry marker channels too. Decides the channel of every file (:func:`file_channel`).
-#: A copy's mark that file managers add: browsers and KDE "x_Ch2 (1).ome.tif", "x_Ch2.ome (1).tif";
-#: "x_Ch2-1.ome.tif"; macOS "x_Ch2 copy 2.ome.tif"; Windows "x_Ch2.ome - Copy (2).tif"; GNOME
-#: "x_Ch2 (copy).tif", "(another copy)", "(3rd copy)". A copied marker file is still a marker file.
-_COPY_MARK = r"(?: ?\(\d+\)| copy(?: \d+)?|-\d+| - copy(?: \(\d+\))?| \((?:another |\d+(?:st|nd|rd|th) )?copy\))?"
 CHANNEL_SUFFIX = re.compile(rf"(?:^|_)Ch(?P<channel>\d+){_COPY_MARK}(?:\.ome)?{_COPY_MARK}\.[^.]+$", re.IGNORECASE)
 #: Fewest images of one class that a split can put on both sides.
 MIN_PER_CLASS = 2

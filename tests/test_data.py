@@ -49,6 +49,8 @@ def _write(path, data):
     ("my_medium_D2A_5_Ch1.BMP", ("my_medium", "D2A", 1)),
     ("cell_001.png", None),
     ("astro_D3B_000042_Ch1.jpg", ("astro", "D3B", 1)),  # converted to JPEG: the batch still counts
+    ("astro_D3B_000005_Ch1 (1).ome.tif", ("astro", "D3B", 1)),  # a copy keeps its batch (its group)
+    ("oligo_D1A_7_Ch1.ome - Copy.tif", ("oligo", "D1A", 1)),
 ])
 def test_parse_ifc_name(name, expected):
     assert parse_ifc_name(name) == expected
