@@ -47,7 +47,13 @@ def test_a_worker_whose_host_is_gone_stops(worker, tiny_model):
     not_the_parent = os.getppid() + 1_000_000  # as after the host died: the worker's parent is someone else
     args = worker.build_parser().parse_args(["--model", str(tiny_model), "--settle-seconds", "0",
                                              "--parent-pid", str(not_the_parent)])
-    assert worker._serve(args, "key", threading.Event(), Server()) == 0
+    stop = threading.Event()
+    assert worker._serve(args, "key", stop, Server()) == 0 and stop.is_set()
+    # also while it cannot reach the host yet (connecting): the watch runs from the start
+    unreachable = Server()
+    unreachable.connect = lambda key, url: (_ for _ in ()).throw(ConnectionRefusedError())
+    stop = threading.Event()
+    assert worker._serve(args, "key", stop, unreachable) == 0 and stop.is_set()
     args = worker.build_parser().parse_args(["--model", str(tiny_model), "--settle-seconds", "0",
                                              "--parent-pid", str(os.getppid())])
     stop = threading.Event()

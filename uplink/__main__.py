@@ -137,6 +137,8 @@ def _serve(args: argparse.Namespace, key: str, stop: threading.Event, server) ->
     from uplink.framing import install_fast_masking
     from uplink.service import InferenceService, load_predictors
 
+    if args.parent_pid:  # watched from the start: a host can die while its worker loads or connects
+        threading.Thread(target=_stop_when_orphaned, args=(args.parent_pid, stop), daemon=True).start()
     set_cpu_threads(args.intra_op_threads, args.inter_op_threads)
     try:
         predictors = load_predictors(args.model)
@@ -158,9 +160,6 @@ def _serve(args: argparse.Namespace, key: str, stop: threading.Event, server) ->
     logger.info("%s: %s at %s, default model %s", READY, ", ".join(CALLABLES), args.url, service.default_model)
     code = 0
     while not stop.wait(1.0):
-        if args.parent_pid and os.getppid() != args.parent_pid:
-            logger.warning("the host that started this worker (pid %d) is gone; stopping", args.parent_pid)
-            break
         # anvil-uplink reconnects by itself, for ever, also when the server refuses the key (a host that
         # made a new one): exit instead, so that a supervisor starts the worker again with the key it has now.
         refused = getattr(server, "_fatal_error", None)
@@ -179,6 +178,14 @@ def _serve(args: argparse.Namespace, key: str, stop: threading.Event, server) ->
     server.disconnect()
     logger.info("worker stopped")
     return code
+
+
+def _stop_when_orphaned(parent_pid: int, stop: threading.Event) -> None:
+    """Set ``stop`` once this process's parent is no longer ``parent_pid`` (the host died)."""
+    while not stop.wait(1.0):
+        if os.getppid() != parent_pid:
+            logger.warning("the host that started this worker (pid %d) is gone; stopping", parent_pid)
+            stop.set()
 
 
 def _connect(server, key: str, url: str, stop: threading.Event) -> bool:
